@@ -1,0 +1,333 @@
+//! The `POST /orders` body: parsed once at the edge into a [`NewOrder`], with every
+//! rule it breaks reported against the field that breaks it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
+use shared::domain::{
+    CustomerId, Money, NewOrder, NewOrderError, OrderLine, Quantity, Sku, MAX_ORDER_LINES,
+};
+use time::OffsetDateTime;
+
+use crate::problem::{FieldError, Problem};
+
+/// The body as sent. Every field is optional here so that a missing one is
+/// reported by name; unknown fields are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrderBody {
+    customer_id: Option<String>,
+    items: Option<Vec<ItemBody>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    sku: Option<String>,
+    // i64, not u16: a negative or oversized number gets our message, not serde's.
+    quantity: Option<i64>,
+    unit_price_cents: Option<i64>,
+}
+
+/// The parts of a valid request that make it "the same request" for
+/// `Idempotency-Key`: field order and white space do not matter.
+#[derive(Debug, Serialize)]
+struct Canonical<'a> {
+    customer_id: &'a str,
+    items: Vec<(&'a str, u16, i64)>,
+}
+
+/// A valid `POST /orders` body.
+#[derive(Debug)]
+pub struct CreateOrder {
+    pub order: NewOrder,
+}
+
+impl CreateOrder {
+    /// Parses and validates `bytes`: malformed JSON is a `400`, valid JSON that
+    /// breaks a rule a `422` listing every broken rule.
+    pub fn parse(bytes: &[u8], now: OffsetDateTime) -> Result<Self, Problem> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Problem::malformed_json(
+                "the body is empty; send a JSON object",
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let body: CreateOrderBody =
+            serde_path_to_error::deserialize(&mut de).map_err(json_problem)?;
+        de.end()
+            .map_err(|e| Problem::malformed_json(e.to_string()))?;
+        validate(body, now).map(|order| Self { order })
+    }
+
+    /// A digest input that is equal for equal requests.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let canonical = Canonical {
+            customer_id: self.order.customer_id().as_str(),
+            items: self
+                .order
+                .lines()
+                .iter()
+                .map(|l| (l.sku.as_str(), l.quantity.get(), l.unit_price.cents()))
+                .collect(),
+        };
+        // A struct of strings and integers always serializes.
+        serde_json::to_vec(&canonical).unwrap_or_default()
+    }
+}
+
+fn json_problem(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    match inner.classify() {
+        Category::Data => {
+            let field = if path == "." {
+                "(body)".to_owned()
+            } else {
+                path
+            };
+            Problem::invalid_fields(vec![FieldError::new(field, strip_position(&inner))])
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            Problem::malformed_json(inner.to_string())
+        }
+    }
+}
+
+/// serde_json appends " at line L column C" to data errors; the field path says more.
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+fn validate(body: CreateOrderBody, now: OffsetDateTime) -> Result<NewOrder, Problem> {
+    let mut errors = Vec::new();
+    let customer_id = match body.customer_id.as_deref() {
+        None => required(&mut errors, "customer_id"),
+        Some(text) => CustomerId::parse(text)
+            .map_err(|e| errors.push(FieldError::new("customer_id", e.to_string())))
+            .ok(),
+    };
+    let mut lines = Vec::new();
+    match body.items {
+        None => errors.push(FieldError::new("items", "is required")),
+        Some(items) if items.is_empty() => {
+            errors.push(FieldError::new("items", "must hold at least one line"))
+        }
+        Some(items) if items.len() > MAX_ORDER_LINES => errors.push(FieldError::new(
+            "items",
+            format!(
+                "must hold at most {MAX_ORDER_LINES} lines (got {})",
+                items.len()
+            ),
+        )),
+        Some(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(line) = validate_item(&mut errors, i, item) {
+                    lines.push((i, line));
+                }
+            }
+        }
+    }
+    // Report every duplicate SKU against the later line, naming the first.
+    for (pos, (i, line)) in lines.iter().enumerate() {
+        if let Some((first, _)) = lines[..pos].iter().find(|(_, other)| other.sku == line.sku) {
+            errors.push(FieldError::new(
+                format!("items[{i}].sku"),
+                format!(
+                    "SKU {} is already on items[{first}]; put its whole quantity on one line",
+                    line.sku
+                ),
+            ));
+        }
+    }
+    let customer_id = match customer_id {
+        Some(c) if errors.is_empty() => c,
+        _ => return Err(Problem::invalid_fields(errors)),
+    };
+    NewOrder::new(
+        customer_id,
+        lines.into_iter().map(|(_, l)| l).collect(),
+        now,
+    )
+    .map_err(|e| {
+        let field = match &e {
+            NewOrderError::DuplicateSku { index, .. } => format!("items[{index}].sku"),
+            NewOrderError::NoLines
+            | NewOrderError::TooManyLines(_)
+            | NewOrderError::TotalOverflow => "items".into(),
+        };
+        Problem::invalid_fields(vec![FieldError::new(field, e.to_string())])
+    })
+}
+
+fn required<T>(errors: &mut Vec<FieldError>, field: &str) -> Option<T> {
+    errors.push(FieldError::new(field, "is required"));
+    None
+}
+
+fn validate_item(errors: &mut Vec<FieldError>, i: usize, item: ItemBody) -> Option<OrderLine> {
+    let before = errors.len();
+    let mut field = |name: &str, detail: String| {
+        errors.push(FieldError::new(format!("items[{i}].{name}"), detail))
+    };
+    let sku = match item.sku.as_deref().map(Sku::parse) {
+        None => {
+            field("sku", "is required".into());
+            None
+        }
+        Some(Err(e)) => {
+            field("sku", e.to_string());
+            None
+        }
+        Some(Ok(sku)) => Some(sku),
+    };
+    let quantity = match item.quantity.map(Quantity::try_from) {
+        None => {
+            field("quantity", "is required".into());
+            None
+        }
+        Some(Err(e)) => {
+            field("quantity", e.to_string());
+            None
+        }
+        Some(Ok(q)) => Some(q),
+    };
+    let unit_price = match item.unit_price_cents.map(Money::unit_price) {
+        None => {
+            field(
+                "unit_price_cents",
+                "is required (an integer number of cents)".into(),
+            );
+            None
+        }
+        Some(Err(e)) => {
+            field("unit_price_cents", e.to_string());
+            None
+        }
+        Some(Ok(p)) => Some(p),
+    };
+    if errors.len() > before {
+        return None;
+    }
+    Some(OrderLine {
+        sku: sku?,
+        quantity: quantity?,
+        unit_price: unit_price?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(body: &str) -> Problem {
+        CreateOrder::parse(body.as_bytes(), OffsetDateTime::UNIX_EPOCH)
+            .expect_err("must be refused")
+    }
+
+    fn fields(p: &Problem) -> Vec<&str> {
+        p.errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_valid_body_becomes_an_order_with_a_server_side_total() {
+        let body = r#"{"customer_id":"c1","items":[{"sku":"A","quantity":2,"unit_price_cents":1999},{"sku":"B","quantity":1,"unit_price_cents":2}]}"#;
+        let parsed =
+            CreateOrder::parse(body.as_bytes(), OffsetDateTime::UNIX_EPOCH).expect("valid");
+        assert_eq!(parsed.order.total().cents(), 4000);
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_rule_breaks_422() {
+        assert_eq!(problem("{").status, 400);
+        assert_eq!(problem("").status, 400);
+        assert_eq!(
+            problem(r#"{"customer_id":"c1","items":[]} trailing"#).status,
+            400
+        );
+        assert_eq!(problem("[1,2]").status, 422);
+        let p = problem(r#"{"items":[]}"#);
+        assert_eq!(p.status, 422);
+        assert_eq!(fields(&p), ["customer_id", "items"]);
+    }
+
+    #[test]
+    fn every_broken_line_rule_is_named() {
+        let p = problem(
+            r#"{"customer_id":"c1","items":[
+                {"sku":"A","quantity":0,"unit_price_cents":1},
+                {"sku":"B","quantity":1001,"unit_price_cents":-5},
+                {"quantity":1,"unit_price_cents":1},
+                {"sku":"A","quantity":1,"unit_price_cents":1}]}"#,
+        );
+        assert_eq!(
+            fields(&p),
+            [
+                "items[0].quantity",
+                "items[1].quantity",
+                "items[1].unit_price_cents",
+                "items[2].sku"
+            ]
+        );
+        let p = problem(
+            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":1,"unit_price_cents":1},{"sku":"A","quantity":2,"unit_price_cents":1}]}"#,
+        );
+        assert_eq!(fields(&p), ["items[1].sku"]);
+        assert_eq!(p.errors[0].pointer, "/items/1/sku");
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_422_at_their_path() {
+        let p = problem(r#"{"customer_id":"c1","total_cents":1,"items":[]}"#);
+        assert_eq!(p.status, 422);
+        assert!(p.detail.contains("total_cents"), "{}", p.detail);
+        let p = problem(
+            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":"2","unit_price_cents":1}]}"#,
+        );
+        assert_eq!(fields(&p), ["items[0].quantity"]);
+        let p = problem(
+            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":1,"unit_price_cents":19.99}]}"#,
+        );
+        assert_eq!(fields(&p), ["items[0].unit_price_cents"]);
+        let p = problem(
+            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":99999999999999999999999,"unit_price_cents":1}]}"#,
+        );
+        assert_eq!(p.status, 422, "{p:?}");
+    }
+
+    #[test]
+    fn equal_requests_have_equal_canonical_forms() {
+        let a = r#"{"customer_id":"c1","items":[{"sku":"A","quantity":2,"unit_price_cents":5}]}"#;
+        let b = r#"{ "items" : [ {"unit_price_cents":5, "quantity":2, "sku":"A"} ], "customer_id":"c1" }"#;
+        let c = r#"{"customer_id":"c1","items":[{"sku":"A","quantity":3,"unit_price_cents":5}]}"#;
+        let canon = |s: &str| {
+            CreateOrder::parse(s.as_bytes(), OffsetDateTime::UNIX_EPOCH)
+                .expect("valid")
+                .canonical_bytes()
+        };
+        assert_eq!(canon(a), canon(b));
+        assert_ne!(canon(a), canon(c));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing() {
+        for deep in [
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!(
+                r#"{{"customer_id":{}1{}}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            format!(
+                r#"{{"customer_id":"c","items":[{{"sku":{}}}]}}"#,
+                "{\"a\":".repeat(50_000)
+            ),
+        ] {
+            let status = problem(&deep).status;
+            assert!(status == 400 || status == 422, "{status}");
+        }
+    }
+}

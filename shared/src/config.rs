@@ -1,0 +1,346 @@
+//! Typed configuration read from the environment once, at cold start.
+//!
+//! Every error names the variable and says what is wrong with it. Secrets
+//! (database and Redis passwords) are held in [`SecretString`]s and never appear
+//! in `Debug` output, errors or logs.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgConnectOptions;
+
+/// A snapshot of environment variables. Tests build one from pairs instead of
+/// touching the process environment.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, OsString>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names only: values may be secrets.
+        let mut names: Vec<_> = self.vars.keys().collect();
+        names.sort();
+        f.debug_struct("Env").field("names", &names).finish()
+    }
+}
+
+/// A variable that is missing or cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {var} is not set ({hint})")]
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
+    #[error("environment variable {var} is malformed: {reason}")]
+    Malformed { var: &'static str, reason: String },
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<OsString>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The variable's value; unset and empty are the same, as in most shells' intent.
+    pub fn get(&self, var: &'static str) -> Result<Option<&str>, ConfigError> {
+        match self.vars.get(var) {
+            None => Ok(None),
+            Some(v) => match v.to_str() {
+                Some("") => Ok(None),
+                Some(s) => Ok(Some(s)),
+                None => Err(ConfigError::Malformed {
+                    var,
+                    reason: "not valid UTF-8".into(),
+                }),
+            },
+        }
+    }
+
+    pub fn require(&self, var: &'static str, hint: &'static str) -> Result<&str, ConfigError> {
+        self.get(var)?.ok_or(ConfigError::Missing { var, hint })
+    }
+
+    /// Parses the variable if set, or returns `default`.
+    pub fn parse_or<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(var)? {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Malformed {
+                    var,
+                    reason: format!("{text:?}: {e}"),
+                }),
+        }
+    }
+
+    /// A whole number of milliseconds, at least 1.
+    pub fn millis_or(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+        match self.parse_or::<u64>(var, default_ms)? {
+            0 => Err(ConfigError::Malformed {
+                var,
+                reason: "must be at least 1 (milliseconds)".into(),
+            }),
+            ms => Ok(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    options: PgConnectOptions,
+    password: Option<SecretString>,
+    /// Connections per process. One Lambda instance serves one request at a
+    /// time, so a small pool suffices there; the emulator runs many at once.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered "unavailable".
+    pub acquire_timeout: Duration,
+    /// Server-side limit per statement, so a stuck query cannot hang a request.
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    pub const URL: &'static str = "DATABASE_URL";
+    pub const PASSWORD: &'static str = "DATABASE_PASSWORD";
+    pub const MAX_CONNECTIONS: &'static str = "DATABASE_MAX_CONNECTIONS";
+    pub const ACQUIRE_TIMEOUT_MS: &'static str = "DATABASE_ACQUIRE_TIMEOUT_MS";
+    pub const STATEMENT_TIMEOUT_MS: &'static str = "DATABASE_STATEMENT_TIMEOUT_MS";
+
+    /// Reads `DATABASE_URL` (required), `DATABASE_PASSWORD` (overrides the URL's
+    /// password, e.g. from Secrets Manager), `DATABASE_MAX_CONNECTIONS` (10),
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (3000), `DATABASE_STATEMENT_TIMEOUT_MS` (5000).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env.require(
+            Self::URL,
+            "e.g. postgres://postgres@127.0.0.1:5432/postgres",
+        )?;
+        Self::from_url(url)?.with_env_overrides(env)
+    }
+
+    /// A configuration for `url` with the default pool settings.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Malformed {
+                var: Self::URL,
+                reason: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        // sqlx's parse errors describe the part that is wrong, never echo the URL.
+        let options = PgConnectOptions::from_str(url).map_err(|e| ConfigError::Malformed {
+            var: Self::URL,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            options,
+            password: None,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn with_env_overrides(mut self, env: &Env) -> Result<Self, ConfigError> {
+        self.password = env
+            .get(Self::PASSWORD)?
+            .map(|p| SecretString::from(p.to_owned()));
+        self.max_connections = env.parse_or(Self::MAX_CONNECTIONS, self.max_connections)?;
+        if self.max_connections == 0 {
+            return Err(ConfigError::Malformed {
+                var: Self::MAX_CONNECTIONS,
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.acquire_timeout = env.millis_or(Self::ACQUIRE_TIMEOUT_MS, self.acquire_timeout)?;
+        self.statement_timeout =
+            env.millis_or(Self::STATEMENT_TIMEOUT_MS, self.statement_timeout)?;
+        Ok(self)
+    }
+
+    /// The options to connect with, including the secret: hand them to sqlx only.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        let options = self.options.clone().options([(
+            "statement_timeout",
+            format!("{}ms", self.statement_timeout.as_millis()),
+        )]);
+        match &self.password {
+            Some(p) => options.password(p.expose_secret()),
+            None => options,
+        }
+    }
+
+    /// The same server, another database (e.g. a fresh one per test).
+    pub fn with_database(mut self, name: &str) -> Self {
+        self.options = self.options.database(name);
+        self
+    }
+
+    pub fn database_name(&self) -> Option<&str> {
+        self.options.get_database()
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // PgConnectOptions' own Debug prints the password: never use it here.
+        f.debug_struct("DatabaseConfig")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("user", &self.options.get_username())
+            .field("database", &self.options.get_database())
+            .field("password", &"[redacted]")
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// How to reach Redis. The URL may hold a password, so it is a secret.
+#[derive(Clone)]
+pub struct RedisConfig {
+    url: SecretString,
+}
+
+impl RedisConfig {
+    pub const URL: &'static str = "REDIS_URL";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env.require(Self::URL, "e.g. redis://127.0.0.1:6379")?;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::Malformed {
+                var: Self::URL,
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        Ok(Self {
+            url: SecretString::from(url.to_owned()),
+        })
+    }
+
+    pub fn url(&self) -> &SecretString {
+        &self.url
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"[redacted]")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_database_url_is_named() {
+        let err = DatabaseConfig::from_env(&Env::default()).expect_err("must fail");
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: "DATABASE_URL",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn malformed_values_are_named_and_explained() {
+        let env = Env::from_pairs([("DATABASE_URL", "mysql://x")]);
+        let err = DatabaseConfig::from_env(&env).expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Malformed {
+                    var: "DATABASE_URL",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+            ("DATABASE_MAX_CONNECTIONS", "many"),
+        ]);
+        let err = DatabaseConfig::from_env(&env).expect_err("must fail");
+        assert!(
+            err.to_string().contains("DATABASE_MAX_CONNECTIONS"),
+            "{err}"
+        );
+
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+            ("DATABASE_STATEMENT_TIMEOUT_MS", "0"),
+        ]);
+        assert!(DatabaseConfig::from_env(&env).is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output_or_errors() {
+        let env = Env::from_pairs([
+            (
+                "DATABASE_URL",
+                "postgres://app:hunter2@db.internal:6432/orders",
+            ),
+            ("DATABASE_PASSWORD", "s3cr3t-from-secrets-manager"),
+            ("REDIS_URL", "redis://:redispw@cache:6379"),
+        ]);
+        let db = DatabaseConfig::from_env(&env).expect("valid");
+        let redis = RedisConfig::from_env(&env).expect("valid");
+        let shown = format!("{db:?} {redis:?} {env:?}");
+        for secret in ["hunter2", "s3cr3t", "redispw"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("db.internal") && shown.contains("6432"));
+        assert_eq!(db.database_name(), Some("orders"));
+
+        let bad_port = Env::from_pairs([("DATABASE_URL", "postgres://app:hunter2@db:notaport/x")]);
+        let err = DatabaseConfig::from_env(&bad_port)
+            .expect_err("must fail")
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn defaults_apply_and_overrides_parse() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "250"),
+            ("DATABASE_MAX_CONNECTIONS", ""),
+        ]);
+        let db = DatabaseConfig::from_env(&env).expect("valid");
+        assert_eq!(db.acquire_timeout, Duration::from_millis(250));
+        assert_eq!(db.max_connections, 10);
+        assert_eq!(db.statement_timeout, Duration::from_secs(5));
+    }
+}

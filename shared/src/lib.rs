@@ -1,0 +1,30 @@
+//! The core of the order system, shared by every function and by the emulator.
+//!
+//! - [`domain`]: values that cannot be invalid: ids, SKUs, quantities, money, orders.
+//! - [`envelope`]: the one event envelope, and how it is written to a Redis Stream
+//!   entry and an outbox row.
+//! - [`events`]: the payloads of the events the services exchange.
+//! - [`outbox`]: appending an event to a service's transactional outbox.
+//! - [`orders`]: the order service's tables (orders, order lines).
+//! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
+//! - [`db`]: connection pool and the embedded migrations.
+//! - [`config`]: typed configuration from the environment; secrets stay secret.
+//! - [`telemetry`]: tracing initialisation (JSON lines in Lambda, readable locally).
+//! - [`error`]: errors that say whether retrying can help.
+//!
+//! This crate knows no AWS event shape: those belong to `functions/*` and the
+//! emulator, which translate them into calls on this crate.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod envelope;
+pub mod error;
+pub mod events;
+pub mod idempotency;
+pub mod orders;
+pub mod outbox;
+pub mod telemetry;
+pub mod trace;
+
+pub use error::{Retry, StoreError};

@@ -1,0 +1,82 @@
+//! The transactional outbox: an event is appended in the same transaction as the
+//! state change it announces, so it exists if and only if that change committed.
+//! The relay (a later stage) moves it to Redis Streams.
+//!
+//! Every service's outbox table has one shape; this module is the only code that
+//! writes to them.
+
+use sqlx::PgConnection;
+
+use crate::envelope::{EventEnvelope, OutboxColumns};
+use crate::error::StoreError;
+
+/// The outbox tables, one per service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outbox {
+    /// `orders.outbox`, written by the order service.
+    Orders,
+    /// `inventory.outbox`, written by the inventory service.
+    Inventory,
+}
+
+impl Outbox {
+    pub const ALL: [Outbox; 2] = [Outbox::Orders, Outbox::Inventory];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::Orders => "orders.outbox",
+            Self::Inventory => "inventory.outbox",
+        }
+    }
+}
+
+/// Appends `event` to `outbox` on `conn`, which must be inside the transaction
+/// that makes the change the event announces.
+pub async fn append(
+    conn: &mut PgConnection,
+    outbox: Outbox,
+    event: &EventEnvelope,
+) -> Result<(), StoreError> {
+    let c = OutboxColumns::from(event);
+    // One literal statement per table: table names cannot be bound parameters,
+    // and SQL is never built from strings.
+    let result = match outbox {
+        Outbox::Orders => {
+            sqlx::query!(
+                r#"INSERT INTO orders.outbox
+                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                c.event_id,
+                c.event_type,
+                c.schema_version,
+                c.aggregate_type,
+                c.aggregate_id,
+                c.occurred_at,
+                c.traceparent,
+                c.payload,
+            )
+            .execute(conn)
+            .await
+        }
+        Outbox::Inventory => {
+            sqlx::query!(
+                r#"INSERT INTO inventory.outbox
+                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                c.event_id,
+                c.event_type,
+                c.schema_version,
+                c.aggregate_type,
+                c.aggregate_id,
+                c.occurred_at,
+                c.traceparent,
+                c.payload,
+            )
+            .execute(conn)
+            .await
+        }
+    };
+    result
+        .map(|_| ())
+        .map_err(|e| StoreError::database("appending to the outbox", e))
+}

@@ -42,7 +42,9 @@ fn filter(env: &Env) -> EnvFilter {
 
 /// Installs the global subscriber. A second call (tests) leaves the first in place.
 pub fn init(env: &Env) {
-    let builder = fmt().with_env_filter(filter(env));
+    let builder = fmt()
+        .with_env_filter(filter(env))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _already_set = match LogFormat::detect(env) {
         LogFormat::Json => builder
             .json()

@@ -1,0 +1,144 @@
+//! API Gateway's route matching: `{name}` segments capture one path segment.
+
+use std::collections::BTreeMap;
+
+/// The functions the emulator can invoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    CreateOrder,
+}
+
+/// One HTTP API route: `METHOD /path/{param}` (`ANY` matches every method).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: String,
+    pub path: String,
+    pub function: Function,
+}
+
+/// A route that matched a request, with its path parameters.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub route_key: String,
+    pub path_parameters: BTreeMap<String, String>,
+    pub function: Function,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// The routes of `template.yaml`'s create-order function.
+    pub fn standard() -> Self {
+        let route = |path: &str| Route {
+            method: "ANY".into(),
+            path: path.into(),
+            function: Function::CreateOrder,
+        };
+        Self {
+            routes: vec![route("/orders"), route("/orders/{id}")],
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The most specific route for `method` and `path`: an exact method wins over `ANY`.
+    pub fn find(&self, method: &str, path: &str) -> Option<Matched> {
+        let mut best: Option<(bool, Matched)> = None;
+        for route in &self.routes {
+            let exact = route.method.eq_ignore_ascii_case(method);
+            if !(exact || route.method == "ANY") {
+                continue;
+            }
+            let Some(path_parameters) = match_path(&route.path, path) else {
+                continue;
+            };
+            if best
+                .as_ref()
+                .is_some_and(|(was_exact, _)| *was_exact && !exact)
+            {
+                continue;
+            }
+            best = Some((
+                exact,
+                Matched {
+                    route_key: format!("{} {}", route.method, route.path),
+                    path_parameters,
+                    function: route.function,
+                },
+            ));
+        }
+        best.map(|(_, m)| m)
+    }
+}
+
+fn match_path(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    let mut want = template.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(w), Some(g)) => {
+                if let Some(name) = w.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                    if g.is_empty() {
+                        return None;
+                    }
+                    params.insert(name.to_owned(), percent_decode(g));
+                } else if w != g {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// API Gateway hands path parameters to the function percent-decoded.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_templates_and_extracts_parameters() {
+        let table = RouteTable::standard();
+        let m = table.find("GET", "/orders/abc%20d").expect("matches");
+        assert_eq!(m.route_key, "ANY /orders/{id}");
+        assert_eq!(
+            m.path_parameters.get("id").map(String::as_str),
+            Some("abc d")
+        );
+        assert!(table.find("POST", "/orders").is_some());
+        assert!(table.find("GET", "/orders/").is_none());
+        assert!(table.find("GET", "/orders/a/b").is_none());
+        assert!(table.find("GET", "/").is_none());
+    }
+}

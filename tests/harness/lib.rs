@@ -151,6 +151,11 @@ impl ApiRequest {
         self
     }
 
+    /// The event as API Gateway sends it.
+    pub fn build_event_json(&self) -> String {
+        self.event.to_string()
+    }
+
     /// The request exactly as `lambda_http` makes it from the event in Lambda.
     pub fn build(&self) -> lambda_http::Request {
         lambda_http::request::from_str(&self.event.to_string())

@@ -1,0 +1,25 @@
+//! Checks of ARCHITECTURE.md's invariants that a build alone does not enforce.
+
+/// The shared core knows no AWS event shapes: it depends on no Lambda crate.
+#[test]
+fn the_shared_core_depends_on_no_lambda_crate() {
+    let manifest = include_str!("../shared/Cargo.toml");
+    for forbidden in ["lambda_runtime", "lambda_http", "aws_lambda_events", "aws-lambda-events"] {
+        assert!(!manifest.contains(forbidden), "shared/Cargo.toml mentions {forbidden}");
+    }
+}
+
+/// Money never goes through a float in the domain or the core.
+#[test]
+fn no_float_on_a_money_path() {
+    for (file, text) in [
+        ("shared/src/domain/money.rs", include_str!("../shared/src/domain/money.rs")),
+        ("shared/src/domain/order.rs", include_str!("../shared/src/domain/order.rs")),
+        ("shared/src/events.rs", include_str!("../shared/src/events.rs")),
+        ("functions/create-order/src/body.rs", include_str!("../functions/create-order/src/body.rs")),
+    ] {
+        for float in ["f32", "f64"] {
+            assert!(!text.contains(float), "{file} uses {float}");
+        }
+    }
+}

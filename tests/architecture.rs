@@ -4,8 +4,16 @@
 #[test]
 fn the_shared_core_depends_on_no_lambda_crate() {
     let manifest = include_str!("../shared/Cargo.toml");
-    for forbidden in ["lambda_runtime", "lambda_http", "aws_lambda_events", "aws-lambda-events"] {
-        assert!(!manifest.contains(forbidden), "shared/Cargo.toml mentions {forbidden}");
+    for forbidden in [
+        "lambda_runtime",
+        "lambda_http",
+        "aws_lambda_events",
+        "aws-lambda-events",
+    ] {
+        assert!(
+            !manifest.contains(forbidden),
+            "shared/Cargo.toml mentions {forbidden}"
+        );
     }
 }
 
@@ -13,10 +21,22 @@ fn the_shared_core_depends_on_no_lambda_crate() {
 #[test]
 fn no_float_on_a_money_path() {
     for (file, text) in [
-        ("shared/src/domain/money.rs", include_str!("../shared/src/domain/money.rs")),
-        ("shared/src/domain/order.rs", include_str!("../shared/src/domain/order.rs")),
-        ("shared/src/events.rs", include_str!("../shared/src/events.rs")),
-        ("functions/create-order/src/body.rs", include_str!("../functions/create-order/src/body.rs")),
+        (
+            "shared/src/domain/money.rs",
+            include_str!("../shared/src/domain/money.rs"),
+        ),
+        (
+            "shared/src/domain/order.rs",
+            include_str!("../shared/src/domain/order.rs"),
+        ),
+        (
+            "shared/src/events.rs",
+            include_str!("../shared/src/events.rs"),
+        ),
+        (
+            "functions/create-order/src/body.rs",
+            include_str!("../functions/create-order/src/body.rs"),
+        ),
     ] {
         for float in ["f32", "f64"] {
             assert!(!text.contains(float), "{file} uses {float}");

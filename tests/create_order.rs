@@ -731,3 +731,39 @@ async fn a_database_that_times_out_is_503() -> Result<()> {
     blocker.rollback().await?;
     assert_nothing_written(&db).await
 }
+
+/// Once an answer has left, the key is free: back-to-back repeats (replays,
+/// refused bodies) never meet the previous request's lock and never see `409`.
+#[tokio::test]
+async fn back_to_back_repeats_never_see_the_key_in_flight() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let first = call(
+        &deps,
+        ApiRequest::post_orders(ORDER).header("idempotency-key", "busy"),
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    let other = ORDER.replace("\"quantity\":2", "\"quantity\":3");
+    for round in 0..40 {
+        let body = if round % 4 == 3 {
+            other.as_str()
+        } else {
+            ORDER
+        };
+        let again = call(
+            &deps,
+            ApiRequest::post_orders(body).header("idempotency-key", "busy"),
+        )
+        .await;
+        let expected = if round % 4 == 3 { 422 } else { 201 };
+        assert_eq!(
+            again.status,
+            expected,
+            "round {round}: {}",
+            String::from_utf8_lossy(&again.body)
+        );
+    }
+    assert_eq!(db.count("orders.orders").await?, 1);
+    Ok(())
+}

@@ -25,7 +25,11 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
-    let mut parsed = Args { concurrency: 8, seconds: 10, rounds: 2 };
+    let mut parsed = Args {
+        concurrency: 8,
+        seconds: 10,
+        rounds: 2,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().context("missing value");
@@ -129,7 +133,18 @@ fn pgbench(db: &TestDb, concurrency: usize, seconds: u64) -> Result<Option<f64>>
     let server = server.rsplit_once('/').map_or(server, |(s, _)| s);
     let url = format!("{server}/{}", db.config.database_name().unwrap_or_default());
     let output = std::process::Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-c", &concurrency.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &concurrency.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
         .arg(&script)
         .arg(&url)
         .output();
@@ -142,7 +157,10 @@ fn pgbench(db: &TestDb, concurrency: usize, seconds: u64) -> Result<Option<f64>>
         .and_then(|l| l["tps = ".len()..].split_whitespace().next())
         .and_then(|n| n.parse().ok());
     if tps.is_none() {
-        eprintln!("pgbench gave no figure: {}", String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "pgbench gave no figure: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(tps)
 }
@@ -162,7 +180,8 @@ async fn main() -> Result<()> {
         "create-order throughput: {} concurrent tasks, {} s per phase, {} rounds, pool of 20",
         args.concurrency, args.seconds, args.rounds
     );
-    let (mut handler_sum, mut raw_sum, mut keyed_sum, mut pgbench_sum, mut pgbench_n) = (0.0, 0.0, 0.0, 0.0, 0);
+    let (mut handler_sum, mut raw_sum, mut keyed_sum, mut pgbench_sum, mut pgbench_n) =
+        (0.0, 0.0, 0.0, 0.0, 0);
     for round in 1..=args.rounds {
         let handler = {
             let (deps, event) = (deps.clone(), event.clone());
@@ -193,7 +212,9 @@ async fn main() -> Result<()> {
                 let (deps, keyed) = (deps.clone(), keyed.clone());
                 async move {
                     let key = format!("bench-{}", keyed.fetch_add(1, Ordering::Relaxed));
-                    let request = ApiRequest::post_orders(BODY).header("idempotency-key", &key).build();
+                    let request = ApiRequest::post_orders(BODY)
+                        .header("idempotency-key", &key)
+                        .build();
                     let response = create_order::handle(&deps, request).await;
                     if response.status() != 201 {
                         bail!("handler answered {}", response.status());
@@ -227,8 +248,15 @@ async fn main() -> Result<()> {
         keyed_sum / raw_sum,
         if pgbench_n > 0 { format!("{:.0}/s", pgbench_sum / f64::from(pgbench_n)) } else { "n/a".into() }
     );
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders").fetch_one(&db.pool).await?;
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.outbox").fetch_one(&db.pool).await?;
-    println!("rows written: {orders} orders, {events} outbox events (one per order: {})", orders == events);
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders")
+        .fetch_one(&db.pool)
+        .await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.outbox")
+        .fetch_one(&db.pool)
+        .await?;
+    println!(
+        "rows written: {orders} orders, {events} outbox events (one per order: {})",
+        orders == events
+    );
     Ok(())
 }

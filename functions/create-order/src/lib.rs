@@ -15,14 +15,14 @@ use std::time::Duration;
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::config::{ConfigError, DatabaseConfig, Env};
-use shared::domain::OrderId;
+use shared::domain::{EventId, OrderId};
 use shared::envelope::now_utc;
 use shared::events::OrderCreatedV1;
 use shared::idempotency::{self, Fingerprint, IdempotencyKey, Lookup, StoredResponse};
 use shared::outbox::{self, Outbox};
 use shared::trace::TraceParent;
 use shared::{orders, StoreError};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::{error, info, warn, Instrument};
 
 pub use body::CreateOrder;
@@ -160,7 +160,6 @@ async fn create_order(
     };
     let command = CreateOrder::parse(bytes, now_utc()).map_err(Problem::into_response)?;
     let order = &command.order;
-    tracing::Span::current().record("order_id", tracing::field::display(order.id()));
     let fingerprint = Fingerprint::of(&command.canonical_bytes());
 
     let mut tx = deps
@@ -168,41 +167,96 @@ async fn create_order(
         .begin()
         .await
         .map_err(|e| store_failure(StoreError::database("starting a transaction", e)))?;
-    if let Some(key) = &key {
-        match idempotency::begin(&mut tx, key, fingerprint)
+    let outcome = write_order(
+        deps,
+        &mut tx,
+        &command,
+        key.as_ref(),
+        fingerprint,
+        traceparent,
+    )
+    .await;
+    match outcome {
+        Ok(Written::Created { response, event_id }) => {
+            tx.commit()
+                .await
+                .map_err(|e| store_failure(StoreError::database("committing the order", e)))?;
+            tracing::Span::current().record("order_id", tracing::field::display(order.id()));
+            info!(%event_id, total_cents = order.total().cents(), "order created");
+            Ok(to_response(response))
+        }
+        Ok(Written::Replay(stored)) => {
+            end_transaction(tx).await;
+            info!("replayed the stored response for this Idempotency-Key");
+            Ok(replay(stored))
+        }
+        Err(response) => {
+            end_transaction(tx).await;
+            Err(response)
+        }
+    }
+}
+
+/// What the transaction of a `POST /orders` produced.
+enum Written {
+    /// Order, lines, event (and the stored response) are written: commit.
+    Created {
+        response: StoredResponse,
+        event_id: EventId,
+    },
+    /// The key was used before for this request: nothing written.
+    Replay(StoredResponse),
+}
+
+/// Everything a `POST /orders` writes, on `tx`. `Err` is the error response.
+async fn write_order(
+    deps: &Deps,
+    tx: &mut PgConnection,
+    command: &CreateOrder,
+    key: Option<&IdempotencyKey>,
+    fingerprint: Fingerprint,
+    traceparent: TraceParent,
+) -> Result<Written, Response<Body>> {
+    if let Some(key) = key {
+        match idempotency::begin(tx, key, fingerprint)
             .await
             .map_err(store_failure)?
         {
             Lookup::Fresh => {}
-            Lookup::Replay(stored) => {
-                info!("replaying the stored response for this Idempotency-Key");
-                return Ok(replay(stored));
-            }
+            Lookup::Replay(stored) => return Ok(Written::Replay(stored)),
             Lookup::Mismatch => return Err(Problem::idempotency_key_reused().into_response()),
             Lookup::InFlight => return Err(Problem::idempotency_key_in_flight().into_response()),
         }
     }
-    let stored = orders::insert(&mut tx, order)
-        .await
-        .map_err(store_failure)?;
+    let order = &command.order;
+    let stored = orders::insert(tx, order).await.map_err(store_failure)?;
     let event = OrderCreatedV1::envelope(order, Some(traceparent)).map_err(|e| {
         error!(error = %e, "could not build the OrderCreated event");
         Problem::internal().into_response()
     })?;
-    outbox::append(&mut tx, Outbox::Orders, &event)
+    outbox::append(tx, Outbox::Orders, &event)
         .await
         .map_err(store_failure)?;
-    let created = created_response(&OrderView::from(&stored));
-    if let Some(key) = &key {
-        idempotency::record(&mut tx, key, fingerprint, &created, deps.idempotency_ttl)
+    let response = created_response(&OrderView::from(&stored));
+    if let Some(key) = key {
+        idempotency::record(tx, key, fingerprint, &response, deps.idempotency_ttl)
             .await
             .map_err(store_failure)?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| store_failure(StoreError::database("committing the order", e)))?;
-    info!(event_id = %event.event_id, total_cents = order.total().cents(), "order created");
-    Ok(to_response(created))
+    Ok(Written::Created {
+        response,
+        event_id: event.event_id,
+    })
+}
+
+/// Rolls back now, so the key's advisory lock is free before the answer leaves:
+/// a dropped transaction rolls back only when its connection is next used, and a
+/// client's immediate retry on another connection would meet the lock (`409`).
+async fn end_transaction(tx: sqlx::Transaction<'_, sqlx::Postgres>) {
+    if let Err(e) = tx.rollback().await {
+        // The connection is broken; closing it releases the lock just the same.
+        warn!(error = %e, "rolling back failed");
+    }
 }
 
 /// `GET /orders/{id}`.

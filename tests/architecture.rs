@@ -43,3 +43,24 @@ fn no_float_on_a_money_path() {
         }
     }
 }
+
+/// Every service's outbox has one shape (names, types, nullability, defaults,
+/// order), so one relay can drain them all.
+#[tokio::test]
+async fn every_outbox_table_has_the_same_shape() -> anyhow::Result<()> {
+    let db = tests::TestDb::fresh().await?;
+    let shape = |schema: &'static str| {
+        sqlx::query_as::<_, (String, String, String, Option<String>)>(
+            "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text
+             FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = 'outbox'
+             ORDER BY ordinal_position",
+        )
+        .bind(schema)
+        .fetch_all(&db.pool)
+    };
+    let orders = shape("orders").await?;
+    assert!(orders.len() >= 9, "{orders:?}");
+    assert_eq!(orders, shape("inventory").await?);
+    Ok(())
+}

@@ -2,7 +2,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -26,20 +25,37 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         port: u16,
     },
+    /// Apply the migrations of every service to DATABASE_URL (or the local default) and exit.
+    /// Idempotent: what already ran is skipped.
+    Migrate,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line with every cause, not a backtrace.
+            eprintln!("emulator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let env = Env::from_process();
     shared::telemetry::init(&env);
-    let Command::Up { port } = Cli::parse().command;
-
+    let command = Cli::parse().command;
     let database = emulator::database::config(&env)?;
     let create_url = env
         .get("DATABASE_URL")?
         .is_none()
         .then_some(emulator::database::DEFAULT_DATABASE_URL);
     let pool = emulator::database::prepare(&database, create_url).await?;
+    let Command::Up { port } = command else {
+        tracing::info!(database = ?database, "migrations applied");
+        return Ok(());
+    };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
         .with_context(|| {
@@ -49,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let emulator = emulator::Emulator {
         create_order: Arc::new(create_order::Deps {
             pool,
-            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            idempotency_ttl: create_order::Config::idempotency_ttl(&env)?,
         }),
         routes: routes.clone(),
     };

@@ -104,12 +104,11 @@ fn strip_position(error: &serde_json::Error) -> String {
 
 fn validate(body: CreateOrderBody, now: OffsetDateTime) -> Result<NewOrder, Problem> {
     let mut errors = Vec::new();
-    let customer_id = match body.customer_id.as_deref() {
-        None => required(&mut errors, "customer_id"),
-        Some(text) => CustomerId::parse(text)
-            .map_err(|e| errors.push(FieldError::new("customer_id", e.to_string())))
-            .ok(),
-    };
+    let customer_id = checked(
+        &mut errors,
+        "customer_id".into(),
+        body.customer_id.as_deref().map(CustomerId::parse),
+    );
     let mut lines = Vec::new();
     match body.items {
         None => errors.push(FieldError::new("items", "is required")),
@@ -168,47 +167,36 @@ fn required<T>(errors: &mut Vec<FieldError>, field: &str) -> Option<T> {
     None
 }
 
+/// A field that is required and must parse: its value, or an error recorded against it.
+fn checked<T, E: std::fmt::Display>(
+    errors: &mut Vec<FieldError>,
+    field: String,
+    parsed: Option<Result<T, E>>,
+) -> Option<T> {
+    match parsed {
+        None => required(errors, &field),
+        Some(Err(e)) => {
+            errors.push(FieldError::new(field, e.to_string()));
+            None
+        }
+        Some(Ok(value)) => Some(value),
+    }
+}
+
 fn validate_item(errors: &mut Vec<FieldError>, i: usize, item: ItemBody) -> Option<OrderLine> {
     let before = errors.len();
-    let mut field = |name: &str, detail: String| {
-        errors.push(FieldError::new(format!("items[{i}].{name}"), detail))
-    };
-    let sku = match item.sku.as_deref().map(Sku::parse) {
-        None => {
-            field("sku", "is required".into());
-            None
-        }
-        Some(Err(e)) => {
-            field("sku", e.to_string());
-            None
-        }
-        Some(Ok(sku)) => Some(sku),
-    };
-    let quantity = match item.quantity.map(Quantity::try_from) {
-        None => {
-            field("quantity", "is required".into());
-            None
-        }
-        Some(Err(e)) => {
-            field("quantity", e.to_string());
-            None
-        }
-        Some(Ok(q)) => Some(q),
-    };
-    let unit_price = match item.unit_price_cents.map(Money::unit_price) {
-        None => {
-            field(
-                "unit_price_cents",
-                "is required (an integer number of cents)".into(),
-            );
-            None
-        }
-        Some(Err(e)) => {
-            field("unit_price_cents", e.to_string());
-            None
-        }
-        Some(Ok(p)) => Some(p),
-    };
+    let field = |name: &str| format!("items[{i}].{name}");
+    let sku = checked(errors, field("sku"), item.sku.as_deref().map(Sku::parse));
+    let quantity = checked(
+        errors,
+        field("quantity"),
+        item.quantity.map(Quantity::try_from),
+    );
+    let unit_price = checked(
+        errors,
+        field("unit_price_cents"),
+        item.unit_price_cents.map(Money::unit_price),
+    );
     if errors.len() > before {
         return None;
     }

@@ -44,17 +44,21 @@ impl Config {
     pub const IDEMPOTENCY_TTL_SECS: &'static str = "IDEMPOTENCY_TTL_SECS";
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let ttl = env.parse_or::<u64>(Self::IDEMPOTENCY_TTL_SECS, 24 * 60 * 60)?;
-        if ttl == 0 {
-            return Err(ConfigError::Malformed {
-                var: Self::IDEMPOTENCY_TTL_SECS,
-                reason: "must be at least 1 (seconds)".into(),
-            });
-        }
         Ok(Self {
             database: DatabaseConfig::from_env(env)?,
-            idempotency_ttl: Duration::from_secs(ttl),
+            idempotency_ttl: Self::idempotency_ttl(env)?,
         })
+    }
+
+    /// `IDEMPOTENCY_TTL_SECS`, at least 1; 24 hours when unset.
+    pub fn idempotency_ttl(env: &Env) -> Result<Duration, ConfigError> {
+        match env.parse_or::<u64>(Self::IDEMPOTENCY_TTL_SECS, 24 * 60 * 60)? {
+            0 => Err(ConfigError::Malformed {
+                var: Self::IDEMPOTENCY_TTL_SECS,
+                reason: "must be at least 1 (seconds)".into(),
+            }),
+            secs => Ok(Duration::from_secs(secs)),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
-use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType};
+use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use shared::trace::TraceParent;
 
 fn redis_url() -> String {
@@ -22,7 +22,9 @@ async fn an_envelope_round_trips_through_xadd_and_xrange() -> Result<()> {
         AggregateType::parse("Order")?,
         AggregateId::parse(&uuid::Uuid::now_v7().to_string())?,
         Some(TraceParent::new_root()),
-        serde_json::json!({"note": "ünïcødé, \"quotes\", \r\n and a 😀", "total_cents": 4498}),
+        Payload::from_json(
+            r#"{"note": "ünïcødé, \"quotes\", \r\n and a 😀",  "total_cents": 4498, "z": 1.50}"#,
+        )?,
     );
     let _: String = conn.xadd(&stream, "*", &event.to_stream_fields()).await?;
     let reply: StreamRangeReply = conn.xrange_all(&stream).await?;

@@ -58,7 +58,46 @@ pub struct EventEnvelope {
     pub occurred_at: OffsetDateTime,
     /// The W3C trace context of the request that caused the event.
     pub traceparent: Option<TraceParent>,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
+}
+
+/// An event's payload: JSON text, checked to be JSON, kept byte for byte as its
+/// producer wrote it (the relay publishes it exactly as written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(String);
+
+impl Payload {
+    /// Checks that `text` is one JSON value.
+    pub fn from_json(text: impl Into<String>) -> Result<Self, InvalidValue> {
+        let text = text.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| InvalidValue::new(format!("the payload is not JSON: {e}")))?;
+        Ok(Self(text))
+    }
+
+    /// Serializes `value` as the payload.
+    pub fn of(value: &impl serde::Serialize) -> Result<Self, InvalidValue> {
+        serde_json::to_string(value)
+            .map(Self)
+            .map_err(|e| InvalidValue::new(format!("the payload cannot be serialized: {e}")))
+    }
+
+    /// Decodes the payload into the type its `event_type` and `schema_version` name.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Why a stream entry or an outbox row is not an envelope. Always permanent:
@@ -110,7 +149,7 @@ impl EventEnvelope {
         aggregate_type: AggregateType,
         aggregate_id: AggregateId,
         traceparent: Option<TraceParent>,
-        payload: serde_json::Value,
+        payload: Payload,
     ) -> Self {
         Self {
             event_id: EventId::new(),
@@ -138,7 +177,7 @@ impl EventEnvelope {
         if let Some(tp) = &self.traceparent {
             fields.push((TRACEPARENT, tp.to_string()));
         }
-        fields.push((PAYLOAD, self.payload.to_string()));
+        fields.push((PAYLOAD, self.payload.as_str().to_owned()));
         fields
     }
 
@@ -192,8 +231,7 @@ impl EventEnvelope {
                     TraceParent::parse(&tp).map_err(|e| EnvelopeError::invalid(TRACEPARENT, e))
                 })
                 .transpose()?,
-            payload: serde_json::from_str(&payload)
-                .map_err(|e| EnvelopeError::invalid(PAYLOAD, e))?,
+            payload: Payload::from_json(payload).map_err(|e| EnvelopeError::invalid(PAYLOAD, e))?,
         })
     }
 }
@@ -227,7 +265,8 @@ pub struct OutboxColumns {
     pub aggregate_id: String,
     pub occurred_at: OffsetDateTime,
     pub traceparent: Option<String>,
-    pub payload: serde_json::Value,
+    /// JSON text (the column is `json`, which keeps the text as written).
+    pub payload: String,
 }
 
 impl From<&EventEnvelope> for OutboxColumns {
@@ -241,7 +280,7 @@ impl From<&EventEnvelope> for OutboxColumns {
             aggregate_id: e.aggregate_id.to_string(),
             occurred_at: e.occurred_at,
             traceparent: e.traceparent.map(|tp| tp.to_string()),
-            payload: e.payload.clone(),
+            payload: e.payload.as_str().to_owned(),
         }
     }
 }
@@ -266,7 +305,8 @@ impl TryFrom<OutboxColumns> for EventEnvelope {
                     TraceParent::parse(&tp).map_err(|e| EnvelopeError::invalid(TRACEPARENT, e))
                 })
                 .transpose()?,
-            payload: row.payload,
+            payload: Payload::from_json(row.payload)
+                .map_err(|e| EnvelopeError::invalid(PAYLOAD, e))?,
         })
     }
 }
@@ -298,7 +338,8 @@ mod tests {
             AggregateType::parse("Order").expect("valid"),
             AggregateId::parse("0193a3e2-7c1a-7000-8000-000000000001").expect("valid"),
             Some(TraceParent::new_root()),
-            serde_json::json!({"total_cents": 3998, "items": [{"sku": "A"}]}),
+            Payload::from_json(r#"{"total_cents": 3998, "items": [{"sku": "A"}], "a": 1.50}"#)
+                .expect("JSON"),
         )
     }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{InvalidValue, NewOrder};
-use crate::envelope::{AggregateId, AggregateType, EventEnvelope, EventType};
+use crate::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use crate::trace::TraceParent;
 
 /// The aggregate type of every order event.
@@ -53,8 +53,7 @@ impl OrderCreatedV1 {
         order: &NewOrder,
         traceparent: Option<TraceParent>,
     ) -> Result<EventEnvelope, InvalidValue> {
-        let payload = serde_json::to_value(Self::of(order))
-            .map_err(|e| InvalidValue::new(format!("OrderCreated payload: {e}")))?;
+        let payload = Payload::of(&Self::of(order))?;
         let mut event = EventEnvelope::new(
             EventType::parse(ORDER_CREATED)?,
             Self::SCHEMA_VERSION,

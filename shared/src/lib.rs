@@ -5,6 +5,8 @@
 //!   entry and an outbox row.
 //! - [`events`]: the payloads of the events the services exchange.
 //! - [`outbox`]: appending an event to a service's transactional outbox.
+//! - [`relay`]: moving outbox rows to Redis Streams, in order, never losing one.
+//! - [`streams`]: stream names and partitions.
 //! - [`orders`]: the order service's tables (orders, order lines).
 //! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
 //! - [`db`]: connection pool and the embedded migrations.
@@ -24,6 +26,8 @@ pub mod events;
 pub mod idempotency;
 pub mod orders;
 pub mod outbox;
+pub mod relay;
+pub mod streams;
 pub mod telemetry;
 pub mod trace;
 

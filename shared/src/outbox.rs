@@ -45,7 +45,7 @@ pub async fn append(
             sqlx::query!(
                 r#"INSERT INTO orders.outbox
                    (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)"#,
                 c.event_id,
                 c.event_type,
                 c.schema_version,
@@ -62,7 +62,7 @@ pub async fn append(
             sqlx::query!(
                 r#"INSERT INTO inventory.outbox
                    (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)"#,
                 c.event_id,
                 c.event_type,
                 c.schema_version,

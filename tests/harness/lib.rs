@@ -196,3 +196,121 @@ impl From<lambda_http::Response<lambda_http::Body>> for Answer {
         }
     }
 }
+
+/// The Redis tests use: `TEST_REDIS_URL` or the local default.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A stream namespace no other test uses.
+pub fn unique_namespace() -> String {
+    format!("test-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn spare_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A private `redis-server` on a spare loopback port, for tests that stop and
+/// restart Redis; killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    pub async fn start(port: u16) -> anyhow::Result<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        let server = Self { port, child };
+        for _ in 0..100 {
+            if let Ok(client) = redis::Client::open(server.url()) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(server);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("redis-server on port {port} did not answer")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every entry of every stream under `namespace`, by stream key, in stream order.
+pub async fn read_streams(
+    redis_url: &str,
+    namespace: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<shared::envelope::EventEnvelope>>> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut conn)
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for key in keys {
+        let mut entries = Vec::new();
+        let mut from = "-".to_owned();
+        loop {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut conn)
+                .await?;
+            let Some(last) = reply.ids.last().map(|e| e.id.clone()) else {
+                break;
+            };
+            for entry in &reply.ids {
+                let fields = entry.map.iter().map(|(k, v)| {
+                    let bytes: Vec<u8> = redis::from_redis_value(v.clone()).unwrap_or_default();
+                    (k.clone(), bytes)
+                });
+                entries.push(shared::envelope::EventEnvelope::from_stream_fields(fields)?);
+            }
+            from = format!("({last}");
+        }
+        out.insert(key, entries);
+    }
+    Ok(out)
+}

@@ -1,0 +1,133 @@
+//! The outbox-relay function: invoked by a schedule (an EventBridge / CloudWatch
+//! scheduled event), it drains every outbox into Redis Streams until they are
+//! empty or the invocation's time is nearly up, and returns what it did.
+//!
+//! [`handle`] is the whole function; `main.rs` builds [`Deps`] once per cold start.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use lambda_runtime::LambdaEvent;
+use secrecy::ExposeSecret;
+use shared::config::{ConfigError, DatabaseConfig, Env, RedisConfig};
+use shared::relay::{DrainSummary, Relay, RelayError, RelayOptions};
+use shared::Retry;
+use tracing::{info, Instrument};
+
+/// The function's settings, read once at cold start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub relay: RelayOptions,
+    /// Stop starting batches when less than this remains of the invocation
+    /// (`RELAY_SAFETY_MARGIN_MS`, 3000).
+    pub safety_margin: Duration,
+    /// `REDIS_RESPONSE_TIMEOUT_MS` (2000): a command that takes longer fails the batch.
+    pub redis_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseConfig::from_env(env)?,
+            redis: RedisConfig::from_env(env)?,
+            relay: RelayOptions::from_env(env)?,
+            safety_margin: env.millis_or("RELAY_SAFETY_MARGIN_MS", Duration::from_secs(3))?,
+            redis_timeout: env.millis_or("REDIS_RESPONSE_TIMEOUT_MS", Duration::from_secs(2))?,
+        })
+    }
+}
+
+/// What the handler borrows.
+#[derive(Debug)]
+pub struct Deps {
+    pub relay: Relay,
+    pub safety_margin: Duration,
+}
+
+impl Deps {
+    pub async fn connect(config: &Config) -> Result<Self, redis::RedisError> {
+        let pool = shared::db::lazy_pool(&config.database);
+        let redis =
+            shared::relay::connect_redis(config.redis.url().expose_secret(), config.redis_timeout)
+                .await?;
+        Ok(Self {
+            relay: Relay::new(pool, redis, config.relay.clone()),
+            safety_margin: config.safety_margin,
+        })
+    }
+}
+
+/// A failed invocation; Lambda records it and the next scheduled run retries.
+/// Rows stay pending, so nothing is lost.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} failure: {source}")]
+pub struct InvocationError {
+    kind: &'static str,
+    #[source]
+    source: RelayError,
+}
+
+impl InvocationError {
+    pub fn is_retryable(&self) -> bool {
+        self.source.retry() == Retry::Retryable
+    }
+}
+
+/// When to stop: the invocation's deadline (epoch milliseconds) less the margin.
+pub fn stop_at(deadline_epoch_ms: u64, margin: Duration) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let remaining = Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
+    Instant::now() + remaining.saturating_sub(margin)
+}
+
+/// One scheduled invocation.
+pub async fn handle(
+    deps: &Deps,
+    event: LambdaEvent<CloudWatchEvent>,
+) -> Result<DrainSummary, InvocationError> {
+    let stop = stop_at(event.context.deadline, deps.safety_margin);
+    let span = tracing::info_span!("relay", request_id = %event.context.request_id);
+    async move {
+        let summary = deps
+            .relay
+            .drain_until(stop)
+            .await
+            .map_err(|source| InvocationError {
+                kind: match source.retry() {
+                    Retry::Retryable => "retryable",
+                    Retry::Permanent => "permanent",
+                },
+                source,
+            })?;
+        info!(
+            published = summary.published,
+            failed = summary.failed,
+            batches = summary.batches,
+            stopped_by = summary.stopped_by,
+            duration_ms = summary.duration_ms,
+            "outboxes drained"
+        );
+        Ok(summary)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Lambda's error record: the type says whether the next run can succeed.
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(error: InvocationError) -> Self {
+        Self {
+            error_type: if error.is_retryable() {
+                "Relay.Retryable"
+            } else {
+                "Relay.Permanent"
+            }
+            .to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! The outbox relay: moves committed events from the outbox tables to Redis
+//! Streams, in order per aggregate, never losing one.
+//!
+//! One step, [`Relay::relay_once`], does a whole batch in one PostgreSQL
+//! transaction: take some relay slots (transaction-scoped advisory locks), read
+//! the oldest pending rows of those slots, `XADD` them in one pipelined round
+//! trip, and only once Redis has accepted them delete them and commit. A crash
+//! anywhere before the commit leaves the rows pending, and the next run publishes
+//! them again with the same `event_id` (at least once; consumers deduplicate).
+//! [`Relay::drain_until`] repeats the step until the outboxes are empty or time is
+//! up (the Lambda invocation); [`Relay::run`] keeps draining, woken by
+//! `LISTEN/NOTIFY` (the emulator).
+//!
+//! Ordering: every row belongs to one of [`SLOTS`] slots by its aggregate id
+//! (a generated column). A slot is published only under its lock, so the rows of
+//! one aggregate are published by one relay at a time, in id order. `SKIP LOCKED`
+//! on rows would not do: two relays could take two consecutive events of one
+//! aggregate and race each other to Redis.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+use tracing::{debug, info, warn};
+
+use crate::config::{ConfigError, Env};
+use crate::envelope::{EventEnvelope, OutboxColumns};
+use crate::error::{Retry, StoreError};
+use crate::outbox::Outbox;
+use crate::streams::{partition_of, stream_key, stream_key_pattern};
+
+/// Relay slots per outbox (see the migration `outbox_relay`).
+pub const SLOTS: i16 = 16;
+
+/// Advisory-lock namespace of relay slots (first key of the two-key form).
+const LOCK_NAMESPACE: i32 = 0x1de0_0002;
+
+/// How the relay behaves; see [`RelayOptions::from_env`] for the variables.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Rows per batch, i.e. per transaction and per pipelined `XADD` round trip.
+    pub batch_size: u32,
+    /// Slots one batch may take; fewer than [`SLOTS`] lets several relays share work.
+    pub slots_per_batch: u32,
+    /// Streams per aggregate type (`hash(aggregate_id) mod N`).
+    pub stream_partitions: u16,
+    /// The first part of every stream key (`events:{Order:0}`).
+    pub stream_namespace: String,
+    /// The largest stream entry published; a larger row is set aside as failed.
+    pub max_entry_bytes: usize,
+    /// Entries older than this are trimmed from the streams (`XTRIM MINID`),
+    /// but never one a consumer group has not yet processed.
+    pub stream_retention: Duration,
+    /// Which outboxes to drain.
+    pub outboxes: Vec<Outbox>,
+    /// Test-only fault injection.
+    #[doc(hidden)]
+    pub fault: Fault,
+}
+
+/// A failure a test can inject between two steps of a batch.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Stop after Redis accepted the batch and before the commit, as a crash would.
+    CrashAfterPublish,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            slots_per_batch: 8,
+            stream_partitions: 1,
+            stream_namespace: crate::streams::DEFAULT_NAMESPACE.to_owned(),
+            max_entry_bytes: 1024 * 1024,
+            stream_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            outboxes: Outbox::ALL.to_vec(),
+            fault: Fault::None,
+        }
+    }
+}
+
+impl RelayOptions {
+    /// `RELAY_BATCH_SIZE` (500, 1..=10000), `STREAM_PARTITIONS` (1, 1..=1024),
+    /// `RELAY_MAX_ENTRY_BYTES` (1 MiB), `STREAM_RETENTION_HOURS` (168),
+    /// `STREAM_NAMESPACE` (`events`).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let range = |var: &'static str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::Malformed {
+                    var,
+                    reason: format!("must be between {lo} and {hi} (got {value})"),
+                })
+            }
+        };
+        let batch = range(
+            "RELAY_BATCH_SIZE",
+            env.parse_or("RELAY_BATCH_SIZE", u64::from(d.batch_size))?,
+            1,
+            10_000,
+        )?;
+        let partitions = range(
+            "STREAM_PARTITIONS",
+            env.parse_or("STREAM_PARTITIONS", u64::from(d.stream_partitions))?,
+            1,
+            1024,
+        )?;
+        let max_entry = range(
+            "RELAY_MAX_ENTRY_BYTES",
+            env.parse_or("RELAY_MAX_ENTRY_BYTES", d.max_entry_bytes as u64)?,
+            1024,
+            512 * 1024 * 1024,
+        )?;
+        let hours = range(
+            "STREAM_RETENTION_HOURS",
+            env.parse_or("STREAM_RETENTION_HOURS", 168)?,
+            1,
+            24 * 365 * 10,
+        )?;
+        // The ranges above keep every value within its target type.
+        Ok(Self {
+            batch_size: batch as u32,
+            stream_partitions: partitions as u16,
+            max_entry_bytes: max_entry as usize,
+            stream_retention: Duration::from_secs(hours * 3600),
+            stream_namespace: match env.get("STREAM_NAMESPACE")? {
+                None => d.stream_namespace,
+                Some(ns)
+                    if !ns.is_empty()
+                        && ns
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+                {
+                    ns.to_owned()
+                }
+                Some(_) => {
+                    return Err(ConfigError::Malformed {
+                        var: "STREAM_NAMESPACE",
+                        reason: "must be ASCII letters, digits and - _ . :".into(),
+                    })
+                }
+            },
+            ..d
+        })
+    }
+}
+
+/// Why a batch or a drain failed. Rows stay pending either way.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Redis {
+        context: &'static str,
+        source: redis::RedisError,
+    },
+    #[error("fault injected by a test")]
+    Injected,
+}
+
+impl RelayError {
+    fn redis(context: &'static str, source: redis::RedisError) -> Self {
+        Self::Redis { context, source }
+    }
+
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::Store(e) => e.retry(),
+            // Every Redis failure here is the server's or the network's, not a
+            // row's: rows Redis could not take are set aside before the XADD.
+            Self::Redis { .. } | Self::Injected => Retry::Retryable,
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    /// Rows were published (and rows that can never be published set aside).
+    Done { published: u64, failed: u64 },
+    /// The slots this batch took hold no pending row.
+    Empty { slots: Vec<i16> },
+    /// Other relays hold every slot.
+    Busy,
+}
+
+/// An outbox's pending work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    pub pending: u64,
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Rows set aside as failed, waiting for an operator.
+    pub failed: u64,
+}
+
+/// What a drain did: the invocation's result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrainSummary {
+    pub published: u64,
+    pub failed: u64,
+    pub batches: u64,
+    pub backlog: HashMap<&'static str, Backlog>,
+    pub duration_ms: u64,
+    /// `empty` (nothing left to do) or `deadline` (time ran out first).
+    pub stopped_by: &'static str,
+}
+
+/// A row set aside: it can never be published as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedRow {
+    pub id: i64,
+    pub event_id: uuid::Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// A stream key and the entry's fields.
+type StreamEntry = (String, Vec<(&'static str, String)>);
+
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    id: i64,
+    event_id: uuid::Uuid,
+    event_type: String,
+    schema_version: i32,
+    aggregate_type: String,
+    aggregate_id: String,
+    occurred_at: time::OffsetDateTime,
+    traceparent: Option<String>,
+    payload: String,
+}
+
+/// The SQL of the relay, written once with the table as a parameter of the macro
+/// (a table name cannot be a bind parameter; SQL is never built at run time).
+macro_rules! relay_sql {
+    ($table:literal) => {
+        OutboxSql {
+            pending: concat!(
+                "SELECT id, event_id, event_type, schema_version, aggregate_type, aggregate_id,
+                        occurred_at, traceparent, payload::text AS payload
+                 FROM ", $table, "
+                 WHERE failed_at IS NULL AND relay_slot = ANY($1)
+                 ORDER BY id
+                 LIMIT $2"
+            ),
+            delete: concat!("DELETE FROM ", $table, " WHERE id = ANY($1)"),
+            fail: concat!(
+                "UPDATE ", $table, " AS o
+                 SET attempts = o.attempts + 1, last_error = f.error, failed_at = now()
+                 FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error)
+                 WHERE o.id = f.id"
+            ),
+            backlog: concat!(
+                "SELECT count(*) FILTER (WHERE failed_at IS NULL),
+                        (extract(epoch FROM now() - min(recorded_at) FILTER (WHERE failed_at IS NULL)) * 1000)::bigint,
+                        count(*) FILTER (WHERE failed_at IS NOT NULL)
+                 FROM ", $table
+            ),
+            failed: concat!(
+                "SELECT id, event_id, aggregate_type, aggregate_id, attempts, last_error
+                 FROM ", $table, " WHERE failed_at IS NOT NULL ORDER BY id LIMIT $1"
+            ),
+            redrive: concat!(
+                "UPDATE ", $table, " SET failed_at = NULL, attempts = 0, last_error = NULL
+                 WHERE failed_at IS NOT NULL AND id = ANY($1)"
+            ),
+        }
+    };
+}
+
+struct OutboxSql {
+    pending: &'static str,
+    delete: &'static str,
+    fail: &'static str,
+    backlog: &'static str,
+    failed: &'static str,
+    redrive: &'static str,
+}
+
+fn sql(outbox: Outbox) -> OutboxSql {
+    match outbox {
+        Outbox::Orders => relay_sql!("orders.outbox"),
+        Outbox::Inventory => relay_sql!("inventory.outbox"),
+    }
+}
+
+fn outbox_code(outbox: Outbox) -> i32 {
+    match outbox {
+        Outbox::Orders => 0,
+        Outbox::Inventory => 1,
+    }
+}
+
+/// Moves events from the outboxes to Redis Streams.
+pub struct Relay {
+    pool: PgPool,
+    redis: ConnectionManager,
+    options: RelayOptions,
+    /// Where the next batch starts looking for free slots, so successive batches
+    /// cycle through all of them.
+    cursor: AtomicUsize,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, redis: ConnectionManager, options: RelayOptions) -> Self {
+        Self {
+            pool,
+            redis,
+            options,
+            cursor: AtomicUsize::new(rand::random_range(0..SLOTS as usize)),
+        }
+    }
+
+    pub fn options(&self) -> &RelayOptions {
+        &self.options
+    }
+
+    /// One batch from `outbox`: claim, publish, delete, commit.
+    pub async fn relay_once(&self, outbox: Outbox) -> Result<Batch, RelayError> {
+        let sql = sql(outbox);
+        let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a relay transaction"))?;
+
+        let start = self.cursor.load(Ordering::Relaxed);
+        let order: Vec<i16> = (0..SLOTS as usize)
+            .map(|i| ((start + i) % SLOTS as usize) as i16)
+            .collect();
+        let slots: Vec<i16> = sqlx::query_scalar(
+            "SELECT s FROM unnest($1::smallint[]) WITH ORDINALITY AS t(s, n)
+             WHERE pg_try_advisory_xact_lock($2, $3 * 100 + s)
+             ORDER BY n
+             LIMIT $4",
+        )
+        .bind(&order)
+        .bind(LOCK_NAMESPACE)
+        .bind(outbox_code(outbox))
+        .bind(i64::from(self.options.slots_per_batch))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("taking relay slots"))?;
+        let Some(last) = slots.last() else {
+            tx.rollback()
+                .await
+                .map_err(db("ending a relay transaction"))?;
+            return Ok(Batch::Busy);
+        };
+        self.cursor
+            .store((*last as usize + 1) % SLOTS as usize, Ordering::Relaxed);
+
+        let rows: Vec<PendingRow> = sqlx::query_as(sql.pending)
+            .bind(&slots)
+            .bind(i64::from(self.options.batch_size))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading pending outbox rows"))?;
+        if rows.is_empty() {
+            tx.rollback()
+                .await
+                .map_err(db("ending a relay transaction"))?;
+            return Ok(Batch::Empty { slots });
+        }
+
+        let mut pipe = redis::pipe();
+        let mut published = Vec::with_capacity(rows.len());
+        let (mut failed_ids, mut failed_errors) = (Vec::new(), Vec::new());
+        for row in rows {
+            let id = row.id;
+            match self.entry(row) {
+                Ok((key, fields)) => {
+                    pipe.xadd(key, "*", &fields).ignore();
+                    published.push(id);
+                }
+                Err(error) => {
+                    warn!(outbox = outbox.table(), row_id = id, %error, "outbox row set aside: it cannot be published");
+                    failed_ids.push(id);
+                    failed_errors.push(error);
+                }
+            }
+        }
+        if !published.is_empty() {
+            let mut redis = self.redis.clone();
+            pipe.query_async::<()>(&mut redis)
+                .await
+                .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
+        }
+        if self.options.fault == Fault::CrashAfterPublish {
+            return Err(RelayError::Injected);
+        }
+        if !published.is_empty() {
+            sqlx::query(sql.delete)
+                .bind(&published)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("deleting published outbox rows"))?;
+        }
+        if !failed_ids.is_empty() {
+            sqlx::query(sql.fail)
+                .bind(&failed_ids)
+                .bind(&failed_errors)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("setting failed outbox rows aside"))?;
+        }
+        tx.commit().await.map_err(db("committing a relay batch"))?;
+        debug!(
+            outbox = outbox.table(),
+            published = published.len(),
+            failed = failed_ids.len(),
+            "batch relayed"
+        );
+        Ok(Batch::Done {
+            published: published.len() as u64,
+            failed: failed_ids.len() as u64,
+        })
+    }
+
+    /// The stream key and fields of a row, or why it can never be published.
+    fn entry(&self, row: PendingRow) -> Result<StreamEntry, String> {
+        let columns = OutboxColumns {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            schema_version: row.schema_version,
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            occurred_at: row.occurred_at,
+            traceparent: row.traceparent,
+            payload: row.payload,
+        };
+        let event =
+            EventEnvelope::try_from(columns).map_err(|e| format!("malformed envelope: {e}"))?;
+        let fields = event.to_stream_fields();
+        let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > self.options.max_entry_bytes {
+            return Err(format!(
+                "the stream entry would be {size} bytes, over the limit of {}",
+                self.options.max_entry_bytes
+            ));
+        }
+        let partition = partition_of(event.aggregate_id.as_str(), self.options.stream_partitions);
+        Ok((
+            stream_key(
+                &self.options.stream_namespace,
+                &event.aggregate_type,
+                partition,
+            ),
+            fields,
+        ))
+    }
+
+    /// Relays batches until every outbox is empty or `deadline` comes; then
+    /// trims the streams and reports the backlog.
+    pub async fn drain_until(&self, deadline: Instant) -> Result<DrainSummary, RelayError> {
+        let started = Instant::now();
+        let mut summary = DrainSummary {
+            stopped_by: "empty",
+            ..DrainSummary::default()
+        };
+        for &outbox in &self.options.outboxes {
+            // Slots seen empty since the last batch that found work; once every
+            // slot this relay can take has been seen empty, the outbox is done.
+            let mut empty: BTreeSet<i16> = BTreeSet::new();
+            loop {
+                if Instant::now() >= deadline {
+                    summary.stopped_by = "deadline";
+                    break;
+                }
+                match self.relay_once(outbox).await? {
+                    Batch::Done { published, failed } => {
+                        summary.published += published;
+                        summary.failed += failed;
+                        summary.batches += 1;
+                        empty.clear();
+                    }
+                    Batch::Empty { slots } => {
+                        let before = empty.len();
+                        empty.extend(slots);
+                        if empty.len() == before || empty.len() == SLOTS as usize {
+                            break;
+                        }
+                    }
+                    // Others hold every slot: they are draining it.
+                    Batch::Busy => break,
+                }
+            }
+        }
+        self.trim_streams().await?;
+        for &outbox in &self.options.outboxes {
+            summary
+                .backlog
+                .insert(outbox.table(), self.backlog(outbox).await?);
+        }
+        summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(summary)
+    }
+
+    /// Drains, then waits for `NOTIFY outbox` (sent when outbox rows commit) or
+    /// `fallback_poll`, and drains again, until `shutdown` completes. The batch
+    /// in flight finishes first. Errors are logged and retried with backoff.
+    pub async fn run(
+        &self,
+        fallback_poll: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("connecting the outbox listener"))?;
+        listener
+            .listen("outbox")
+            .await
+            .map_err(db("listening for outbox rows"))?;
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(50);
+        let mut last_trim = Instant::now();
+        loop {
+            match self.drain_quietly().await {
+                Ok(published) => {
+                    backoff = Duration::from_millis(50);
+                    if published > 0 {
+                        debug!(published, "relayed");
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay failed; rows stay pending");
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            if last_trim.elapsed() > Duration::from_secs(60) {
+                if let Err(error) = self.trim_streams().await {
+                    warn!(%error, "trimming streams failed");
+                }
+                last_trim = Instant::now();
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                notification = listener.recv() => {
+                    if let Err(error) = notification {
+                        warn!(%error, "outbox listener lost its connection; reconnecting");
+                    }
+                }
+                _ = tokio::time::sleep(fallback_poll) => {}
+            }
+        }
+    }
+
+    /// Every batch available now, without the backlog report.
+    async fn drain_quietly(&self) -> Result<u64, RelayError> {
+        let mut total = 0;
+        for &outbox in &self.options.outboxes {
+            let mut empty: BTreeSet<i16> = BTreeSet::new();
+            loop {
+                match self.relay_once(outbox).await? {
+                    Batch::Done { published, .. } => {
+                        total += published;
+                        empty.clear();
+                    }
+                    Batch::Empty { slots } => {
+                        let before = empty.len();
+                        empty.extend(slots);
+                        if empty.len() == before || empty.len() == SLOTS as usize {
+                            break;
+                        }
+                    }
+                    Batch::Busy => break,
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Pending and failed rows of `outbox`, and the age of the oldest pending one.
+    pub async fn backlog(&self, outbox: Outbox) -> Result<Backlog, RelayError> {
+        let (pending, age, failed): (i64, Option<i64>, i64) = sqlx::query_as(sql(outbox).backlog)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                RelayError::Store(StoreError::database("measuring the outbox backlog", e))
+            })?;
+        Ok(Backlog {
+            pending: pending.max(0) as u64,
+            oldest_pending_age_ms: age.map(|a| a.max(0) as u64),
+            failed: failed.max(0) as u64,
+        })
+    }
+
+    /// Trims every stream of the aggregate types in the outboxes: entries older
+    /// than the retention go, except those a consumer group has yet to process.
+    pub async fn trim_streams(&self) -> Result<u64, RelayError> {
+        let cutoff_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
+            - i128::try_from(self.options.stream_retention.as_millis()).unwrap_or(i128::MAX);
+        if cutoff_ms <= 0 {
+            return Ok(0);
+        }
+        let mut redis = self.redis.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(stream_key_pattern(&self.options.stream_namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream")
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| RelayError::redis("listing streams to trim", e))?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut trimmed = 0;
+        for key in keys {
+            let min_id = safe_min_id(&mut redis, &key, format!("{cutoff_ms}-0")).await?;
+            let n: u64 = redis::cmd("XTRIM")
+                .arg(&key)
+                .arg("MINID")
+                .arg("=")
+                .arg(&min_id)
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| RelayError::redis("trimming a stream", e))?;
+            trimmed += n;
+        }
+        if trimmed > 0 {
+            info!(trimmed, "stream entries past retention trimmed");
+        }
+        Ok(trimmed)
+    }
+
+    /// Rows of `outbox` set aside as failed, oldest first.
+    pub async fn failed_rows(
+        &self,
+        outbox: Outbox,
+        limit: i64,
+    ) -> Result<Vec<FailedRow>, RelayError> {
+        let rows: Vec<(i64, uuid::Uuid, String, String, i32, Option<String>)> =
+            sqlx::query_as(sql(outbox).failed)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| {
+                    RelayError::Store(StoreError::database("listing failed outbox rows", e))
+                })?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, event_id, aggregate_type, aggregate_id, attempts, last_error)| FailedRow {
+                    id,
+                    event_id,
+                    aggregate_type,
+                    aggregate_id,
+                    attempts,
+                    last_error,
+                },
+            )
+            .collect())
+    }
+
+    /// Puts failed rows back in line (after an operator fixed them); returns how many.
+    pub async fn redrive(&self, outbox: Outbox, ids: &[i64]) -> Result<u64, RelayError> {
+        sqlx::query(sql(outbox).redrive)
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| RelayError::Store(StoreError::database("redriving failed outbox rows", e)))
+    }
+}
+
+/// The lowest id that may be trimmed to: `cutoff`, or the oldest entry a group
+/// still has pending (or has not yet been delivered), whichever is lower.
+async fn safe_min_id(
+    redis: &mut ConnectionManager,
+    key: &str,
+    cutoff: String,
+) -> Result<String, RelayError> {
+    let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(redis)
+        .await
+        .map_err(|e| RelayError::redis("reading a stream's consumer groups", e))?;
+    let mut min = StreamId::parse(&cutoff);
+    for group in groups.groups {
+        let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&group.name)
+            .query_async(redis)
+            .await
+            .map_err(|e| RelayError::redis("reading a group's pending entries", e))?;
+        let keep_from = match pending {
+            redis::streams::StreamPendingReply::Data(data) if data.count > 0 => {
+                StreamId::parse(&data.start_id)
+            }
+            // Nothing pending: everything after the last delivered entry is unprocessed.
+            _ => StreamId::parse(&group.last_delivered_id).map(StreamId::next),
+        };
+        if let (Some(keep), Some(current)) = (keep_from, min) {
+            min = Some(current.min(keep));
+        }
+    }
+    Ok(min.map_or(cutoff, |id| id.to_string()))
+}
+
+/// A stream entry id, `ms-seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    fn next(self) -> Self {
+        if self.1 == u64::MAX {
+            Self(self.0 + 1, 0)
+        } else {
+            Self(self.0, self.1 + 1)
+        }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// A Redis connection for the relay: reconnects by itself, and gives up on a
+/// command after `response_timeout` so an unreachable Redis fails a batch
+/// instead of hanging it.
+pub async fn connect_redis(
+    url: &str,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(response_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1);
+    ConnectionManager::new_with_config(client, config).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        let a = StreamId::parse("1700000000000-5").expect("id");
+        let b = StreamId::parse("999999999999-9").expect("id");
+        assert!(b < a);
+        assert_eq!(a.next().to_string(), "1700000000000-6");
+        assert_eq!(StreamId::parse("nope"), None);
+    }
+
+    #[test]
+    fn options_read_and_bound_their_variables() {
+        let env = Env::from_pairs([("RELAY_BATCH_SIZE", "100"), ("STREAM_PARTITIONS", "4")]);
+        let options = RelayOptions::from_env(&env).expect("valid");
+        assert_eq!((options.batch_size, options.stream_partitions), (100, 4));
+        let bad = Env::from_pairs([("RELAY_BATCH_SIZE", "0")]);
+        assert!(RelayOptions::from_env(&bad).is_err());
+        let bad = Env::from_pairs([("STREAM_PARTITIONS", "many")]);
+        assert!(RelayOptions::from_env(&bad).is_err());
+    }
+}

@@ -4,7 +4,8 @@
 //! One step, [`Relay::relay_once`], does a whole batch in one PostgreSQL
 //! transaction: take some relay slots (transaction-scoped advisory locks), read
 //! the oldest pending rows of those slots, `XADD` them in one pipelined round
-//! trip, and only once Redis has accepted them delete them and commit. A crash
+//! trip while deleting them in the same transaction, and commit only once Redis
+//! has accepted every entry (the deletion is visible only then). A crash
 //! anywhere before the commit leaves the rows pending, and the next run publishes
 //! them again with the same `event_id` (at least once; consumers deduplicate).
 //! [`Relay::drain_until`] repeats the step until the outboxes are empty or time is
@@ -47,6 +48,8 @@ pub struct RelayOptions {
     pub batch_size: u32,
     /// Slots one batch may take; fewer than [`SLOTS`] lets several relays share work.
     pub slots_per_batch: u32,
+    /// Batch loops one relay runs at once per outbox (`RELAY_BATCHES_IN_FLIGHT`, 2).
+    pub batches_in_flight: u32,
     /// Streams per aggregate type (`hash(aggregate_id) mod N`).
     pub stream_partitions: u16,
     /// The first part of every stream key (`events:{Order:0}`).
@@ -78,6 +81,7 @@ impl Default for RelayOptions {
         Self {
             batch_size: 500,
             slots_per_batch: 8,
+            batches_in_flight: 2,
             stream_partitions: 1,
             stream_namespace: crate::streams::DEFAULT_NAMESPACE.to_owned(),
             max_entry_bytes: 1024 * 1024,
@@ -122,6 +126,12 @@ impl RelayOptions {
             1024,
             512 * 1024 * 1024,
         )?;
+        let in_flight = range(
+            "RELAY_BATCHES_IN_FLIGHT",
+            env.parse_or("RELAY_BATCHES_IN_FLIGHT", u64::from(d.batches_in_flight))?,
+            1,
+            u64::from(SLOTS as u16),
+        )?;
         let hours = range(
             "STREAM_RETENTION_HOURS",
             env.parse_or("STREAM_RETENTION_HOURS", 168)?,
@@ -131,6 +141,7 @@ impl RelayOptions {
         // The ranges above keep every value within its target type.
         Ok(Self {
             batch_size: batch as u32,
+            batches_in_flight: in_flight as u32,
             stream_partitions: partitions as u16,
             max_entry_bytes: max_entry as usize,
             stream_retention: Duration::from_secs(hours * 3600),
@@ -203,6 +214,14 @@ pub struct Backlog {
     pub oldest_pending_age_ms: Option<u64>,
     /// Rows set aside as failed, waiting for an operator.
     pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    published: u64,
+    failed: u64,
+    batches: u64,
+    hit_deadline: bool,
 }
 
 /// What a drain did: the invocation's result.
@@ -403,21 +422,19 @@ impl Relay {
                 }
             }
         }
+        // Redis takes the batch while PostgreSQL deletes it inside the still open
+        // transaction: the deletion counts only if the commit below happens, and
+        // the commit happens only once Redis has accepted every entry.
         if !published.is_empty() {
             let mut redis = self.redis.clone();
-            pipe.query_async::<()>(&mut redis)
-                .await
-                .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
-        }
-        if self.options.fault == Fault::CrashAfterPublish {
-            return Err(RelayError::Injected);
-        }
-        if !published.is_empty() {
-            sqlx::query(sql.delete)
-                .bind(&published)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("deleting published outbox rows"))?;
+            let publish = pipe.query_async::<()>(&mut redis);
+            let delete = sqlx::query(sql.delete).bind(&published).execute(&mut *tx);
+            let (published_result, deleted) = tokio::join!(publish, delete);
+            published_result.map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
+            if self.options.fault == Fault::CrashAfterPublish {
+                return Err(RelayError::Injected);
+            }
+            deleted.map_err(db("deleting published outbox rows"))?;
         }
         if !failed_ids.is_empty() {
             sqlx::query(sql.fail)
@@ -482,31 +499,12 @@ impl Relay {
             ..DrainSummary::default()
         };
         for &outbox in &self.options.outboxes {
-            // Slots seen empty since the last batch that found work; once every
-            // slot this relay can take has been seen empty, the outbox is done.
-            let mut empty: BTreeSet<i16> = BTreeSet::new();
-            loop {
-                if Instant::now() >= deadline {
-                    summary.stopped_by = "deadline";
-                    break;
-                }
-                match self.relay_once(outbox).await? {
-                    Batch::Done { published, failed } => {
-                        summary.published += published;
-                        summary.failed += failed;
-                        summary.batches += 1;
-                        empty.clear();
-                    }
-                    Batch::Empty { slots } => {
-                        let before = empty.len();
-                        empty.extend(slots);
-                        if empty.len() == before || empty.len() == SLOTS as usize {
-                            break;
-                        }
-                    }
-                    // Others hold every slot: they are draining it.
-                    Batch::Busy => break,
-                }
+            let counts = self.drain_outbox(outbox, deadline).await?;
+            summary.published += counts.published;
+            summary.failed += counts.failed;
+            summary.batches += counts.batches;
+            if counts.hit_deadline {
+                summary.stopped_by = "deadline";
             }
         }
         self.trim_streams().await?;
@@ -517,6 +515,53 @@ impl Relay {
         }
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(summary)
+    }
+
+    /// Drains one outbox with [`RelayOptions::batches_in_flight`] batch loops at
+    /// once: while one batch waits for Redis, another reads or commits. They take
+    /// disjoint slots, so order per aggregate holds.
+    async fn drain_outbox(&self, outbox: Outbox, deadline: Instant) -> Result<Counts, RelayError> {
+        let loops =
+            (0..self.options.batches_in_flight.max(1)).map(|_| self.batch_loop(outbox, deadline));
+        let mut total = Counts::default();
+        for counts in futures::future::try_join_all(loops).await? {
+            total.published += counts.published;
+            total.failed += counts.failed;
+            total.batches += counts.batches;
+            total.hit_deadline |= counts.hit_deadline;
+        }
+        Ok(total)
+    }
+
+    /// Batches until the slots this loop can take are all empty, or `deadline`.
+    async fn batch_loop(&self, outbox: Outbox, deadline: Instant) -> Result<Counts, RelayError> {
+        let mut counts = Counts::default();
+        // Slots seen empty since the last batch that found work; once every slot
+        // this loop can take has been seen empty, the outbox is done.
+        let mut empty: BTreeSet<i16> = BTreeSet::new();
+        loop {
+            if Instant::now() >= deadline {
+                counts.hit_deadline = true;
+                return Ok(counts);
+            }
+            match self.relay_once(outbox).await? {
+                Batch::Done { published, failed } => {
+                    counts.published += published;
+                    counts.failed += failed;
+                    counts.batches += 1;
+                    empty.clear();
+                }
+                Batch::Empty { slots } => {
+                    let before = empty.len();
+                    empty.extend(slots);
+                    if empty.len() == before || empty.len() == SLOTS as usize {
+                        return Ok(counts);
+                    }
+                }
+                // Others hold every slot: they are draining it.
+                Batch::Busy => return Ok(counts),
+            }
+        }
     }
 
     /// Drains, then waits for `NOTIFY outbox` (sent when outbox rows commit) or
@@ -578,23 +623,11 @@ impl Relay {
     async fn drain_quietly(&self) -> Result<u64, RelayError> {
         let mut total = 0;
         for &outbox in &self.options.outboxes {
-            let mut empty: BTreeSet<i16> = BTreeSet::new();
-            loop {
-                match self.relay_once(outbox).await? {
-                    Batch::Done { published, .. } => {
-                        total += published;
-                        empty.clear();
-                    }
-                    Batch::Empty { slots } => {
-                        let before = empty.len();
-                        empty.extend(slots);
-                        if empty.len() == before || empty.len() == SLOTS as usize {
-                            break;
-                        }
-                    }
-                    Batch::Busy => break,
-                }
-            }
+            // No deadline: run until the outbox is empty.
+            total += self
+                .drain_outbox(outbox, Instant::now() + Duration::from_secs(86_400))
+                .await?
+                .published;
         }
         Ok(total)
     }

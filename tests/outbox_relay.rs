@@ -10,7 +10,7 @@ use shared::outbox::{self, Outbox};
 use shared::relay::{Fault, Relay, RelayError, RelayOptions};
 use shared::trace::TraceParent;
 use shared::Retry;
-use tests::{read_streams, redis_url, unique_namespace, RedisServer, TestDb};
+use tests::{read_streams, redis_url, unique_namespace, RedisServer, RunningRelay, TestDb};
 
 fn options(namespace: &str) -> RelayOptions {
     RelayOptions {
@@ -20,6 +20,7 @@ fn options(namespace: &str) -> RelayOptions {
 }
 
 async fn relay(db: &TestDb, redis_url: &str, options: RelayOptions) -> Result<Relay> {
+    // A short timeout, so the Redis-down test fails fast.
     let redis = shared::relay::connect_redis(redis_url, Duration::from_millis(500)).await?;
     Ok(Relay::new(db.pool.clone(), redis, options))
 }
@@ -470,16 +471,11 @@ async fn four_relays_publish_100_000_rows_exactly_once() -> Result<()> {
 async fn listen_notify_wakes_the_relay_within_milliseconds() -> Result<()> {
     let db = TestDb::fresh().await?;
     let ns = unique_namespace();
-    let relay = relay(&db, &redis_url(), options(&ns)).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(Duration::from_secs(60), async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await; // listening by now
+    let running = RunningRelay::start(
+        relay(&db, &redis_url(), options(&ns)).await?,
+        Duration::from_secs(60),
+    )
+    .await;
     let e = event("Order", "agg-1", 7)?;
     let committed = Instant::now();
     append(&db, Outbox::Orders, &e).await?;
@@ -496,8 +492,7 @@ async fn listen_notify_wakes_the_relay_within_milliseconds() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _ = stop.send(());
-    running.await??;
+    running.stop().await?;
     let arrived = arrived.expect("the event arrived");
     assert!(
         arrived < Duration::from_secs(5),

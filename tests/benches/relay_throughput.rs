@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
 use shared::outbox::{self, Outbox};
-use shared::relay::{Relay, RelayOptions, SLOTS};
+use shared::relay::{RelayOptions, SLOTS};
 use tests::{redis_url, unique_namespace, TestDb};
 
 struct Args {
@@ -151,16 +151,16 @@ async fn relays(db: &TestDb, count: usize, namespace: &str) -> Result<(u64, Dura
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..count {
-        let redis = shared::relay::connect_redis(&redis_url(), Duration::from_secs(5)).await?;
-        let relay = Relay::new(
-            db.pool.clone(),
-            redis,
+        let relay = tests::relay(
+            &db.pool,
+            &redis_url(),
             RelayOptions {
                 stream_namespace: namespace.to_owned(),
                 outboxes: vec![Outbox::Orders],
                 ..RelayOptions::default()
             },
-        );
+        )
+        .await?;
         let pool = db.pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut published = 0;
@@ -207,24 +207,16 @@ fn epoch_ms() -> u64 {
 /// Commit-to-XADD latency in LISTEN/NOTIFY mode at `rate` events per second.
 async fn notify_latency(db: &TestDb, rate: u64, seconds: u64) -> Result<Vec<u64>> {
     let namespace = unique_namespace();
-    let redis = shared::relay::connect_redis(&redis_url(), Duration::from_secs(5)).await?;
-    let relay = Relay::new(
-        db.pool.clone(),
-        redis,
+    let relay = tests::relay(
+        &db.pool,
+        &redis_url(),
         RelayOptions {
             stream_namespace: namespace.clone(),
             ..RelayOptions::default()
         },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(Duration::from_secs(5), async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    )
+    .await?;
+    let running = tests::RunningRelay::start(relay, Duration::from_secs(5)).await;
     // Each event is its own transaction, started on schedule whether or not the
     // previous one has committed, so the offered rate is the rate asked for.
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
@@ -257,8 +249,7 @@ async fn notify_latency(db: &TestDb, rate: u64, seconds: u64) -> Result<Vec<u64>
         commits.insert(id, at);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop.send(());
-    running.await??;
+    running.stop().await?;
     // An entry id is Redis' clock at XADD, in ms: the same clock as the commit times.
     let client = redis::Client::open(redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;

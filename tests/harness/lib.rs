@@ -314,3 +314,42 @@ pub async fn read_streams(
     }
     Ok(out)
 }
+
+/// A relay on `pool` and the Redis at `redis_url`, failing a command after 5 s.
+pub async fn relay(
+    pool: &PgPool,
+    redis_url: &str,
+    options: shared::relay::RelayOptions,
+) -> anyhow::Result<shared::relay::Relay> {
+    let redis = shared::relay::connect_redis(redis_url, Duration::from_secs(5)).await?;
+    Ok(shared::relay::Relay::new(pool.clone(), redis, options))
+}
+
+/// A relay in its long-lived LISTEN/NOTIFY mode, in the background until [`RunningRelay::stop`].
+#[derive(Debug)]
+pub struct RunningRelay {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), shared::relay::RelayError>>,
+}
+
+impl RunningRelay {
+    /// Starts `relay.run` and gives it time to start listening.
+    pub async fn start(relay: shared::relay::Relay, fallback_poll: Duration) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay
+                .run(fallback_poll, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Self { stop, task }
+    }
+
+    /// Asks it to stop and waits until it has.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        Ok(self.task.await??)
+    }
+}

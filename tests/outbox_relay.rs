@@ -20,9 +20,7 @@ fn options(namespace: &str) -> RelayOptions {
 }
 
 async fn relay(db: &TestDb, redis_url: &str, options: RelayOptions) -> Result<Relay> {
-    // A short timeout, so the Redis-down test fails fast.
-    let redis = shared::relay::connect_redis(redis_url, Duration::from_millis(500)).await?;
-    Ok(Relay::new(db.pool.clone(), redis, options))
+    tests::relay(&db.pool, redis_url, options).await
 }
 
 fn far() -> Instant {
@@ -291,7 +289,9 @@ async fn redis_down_fails_retryably_and_nothing_is_lost() -> Result<()> {
     let port = tests::spare_port()?;
     let server = RedisServer::start(port).await?;
     let url = server.url();
-    let relay = relay(&db, &url, options(&ns)).await?;
+    // A short timeout, so the failure comes fast.
+    let redis = shared::relay::connect_redis(&url, Duration::from_millis(500)).await?;
+    let relay = Relay::new(db.pool.clone(), redis, options(&ns));
     for i in 0..5 {
         append(&db, Outbox::Orders, &event("Order", "agg-1", i)?).await?;
     }

@@ -186,16 +186,7 @@ async fn relays(db: &TestDb, count: usize, namespace: &str) -> Result<(u64, Dura
 }
 
 async fn clear_streams(namespace: &str) -> Result<()> {
-    let client = redis::Client::open(redis_url())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut conn)
-        .await?;
-    for key in keys {
-        let _: usize = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
-    }
-    Ok(())
+    tests::delete_streams(&redis_url(), namespace).await
 }
 
 fn epoch_ms() -> u64 {

@@ -280,7 +280,13 @@ pub async fn read_streams(
     namespace: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, Vec<shared::envelope::EventEnvelope>>> {
     let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    // Reading 100,000 entries on a loaded machine outlasts the default 500 ms
+    // response timeout of a multiplexed connection.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{namespace}:*"))
         .query_async(&mut conn)
@@ -295,7 +301,7 @@ pub async fn read_streams(
                 .arg(&from)
                 .arg("+")
                 .arg("COUNT")
-                .arg(10_000)
+                .arg(2_000)
                 .query_async(&mut conn)
                 .await?;
             let Some(last) = reply.ids.last().map(|e| e.id.clone()) else {
@@ -352,4 +358,18 @@ impl RunningRelay {
         let _ = self.stop.send(());
         Ok(self.task.await??)
     }
+}
+
+/// Deletes every stream under `namespace`, so test runs do not pile up in Redis.
+pub async fn delete_streams(redis_url: &str, namespace: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        let _: usize = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
+    }
+    Ok(())
 }

@@ -1,14 +1,12 @@
 //! The `POST /orders` body: parsed once at the edge into a [`NewOrder`], with every
 //! rule it breaks reported against the field that breaks it.
 
+use http_api::{FieldError, Problem};
 use serde::{Deserialize, Serialize};
-use serde_json::error::Category;
 use shared::domain::{
     CustomerId, Money, NewOrder, NewOrderError, OrderLine, Quantity, Sku, MAX_ORDER_LINES,
 };
 use time::OffsetDateTime;
-
-use crate::problem::{FieldError, Problem};
 
 /// The body as sent. Every field is optional here so that a missing one is
 /// reported by name; unknown fields are refused.
@@ -46,16 +44,7 @@ impl CreateOrder {
     /// Parses and validates `bytes`: malformed JSON is a `400`, valid JSON that
     /// breaks a rule a `422` listing every broken rule.
     pub fn parse(bytes: &[u8], now: OffsetDateTime) -> Result<Self, Problem> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Problem::malformed_json(
-                "the body is empty; send a JSON object",
-            ));
-        }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let body: CreateOrderBody =
-            serde_path_to_error::deserialize(&mut de).map_err(json_problem)?;
-        de.end()
-            .map_err(|e| Problem::malformed_json(e.to_string()))?;
+        let body: CreateOrderBody = http_api::parse_json(bytes)?;
         validate(body, now).map(|order| Self { order })
     }
 
@@ -72,33 +61,6 @@ impl CreateOrder {
         };
         // A struct of strings and integers always serializes.
         serde_json::to_vec(&canonical).unwrap_or_default()
-    }
-}
-
-fn json_problem(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
-    let path = error.path().to_string();
-    let inner = error.into_inner();
-    match inner.classify() {
-        Category::Data => {
-            let field = if path == "." {
-                "(body)".to_owned()
-            } else {
-                path
-            };
-            Problem::invalid_fields(vec![FieldError::new(field, strip_position(&inner))])
-        }
-        Category::Syntax | Category::Eof | Category::Io => {
-            Problem::malformed_json(inner.to_string())
-        }
-    }
-}
-
-/// serde_json appends " at line L column C" to data errors; the field path says more.
-fn strip_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    match text.rfind(" at line ") {
-        Some(at) => text[..at].to_owned(),
-        None => text,
     }
 }
 

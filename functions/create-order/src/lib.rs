@@ -1,36 +1,39 @@
-//! The create-order function: `POST /orders` and `GET /orders/{id}` behind an API
-//! Gateway HTTP API (payload format 2.0).
+//! The create-order function: `POST /orders`, `GET /orders/{id}` and
+//! `POST /orders/{id}/cancel` behind an API Gateway HTTP API (payload format 2.0).
 //!
 //! [`handle`] is the whole function; `main.rs` only builds its [`Deps`] once and
 //! hands it to the Lambda runtime. The emulator and the tests call [`handle`]
 //! directly. Every answer, success or failure, is an HTTP response: the function
-//! never reports an invocation error to Lambda for a request it understood.
+//! never reports an invocation error to Lambda for a request it understood. The
+//! HTTP conventions (problem details, JSON bodies, storage failures) are
+//! `http-api`'s, shared with the other API functions.
 
 mod body;
-mod problem;
 mod view;
 
 use std::time::Duration;
 
+use http_api::{
+    check_body_size, check_content_type, end_transaction, json_response, request_id, request_path,
+    store_failure,
+};
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Request, Response};
 use shared::config::{ConfigError, DatabaseConfig, Env};
-use shared::domain::{EventId, OrderId};
+use shared::domain::{EventId, OrderId, OrderStatus};
 use shared::envelope::now_utc;
-use shared::events::OrderCreatedV1;
+use shared::events::{OrderCancelledV1, OrderCreatedV1};
 use shared::idempotency::{self, Fingerprint, IdempotencyKey, Lookup, StoredResponse};
+use shared::orders::{self, Cancellation, Order};
 use shared::outbox::{self, Outbox};
 use shared::trace::TraceParent;
-use shared::{orders, StoreError};
+use shared::StoreError;
 use sqlx::{PgConnection, PgPool};
-use tracing::{error, info, warn, Instrument};
+use tracing::{error, info, Instrument};
 
 pub use body::CreateOrder;
-pub use problem::{FieldError, Problem};
+pub use http_api::{FieldError, Problem, MAX_BODY_BYTES};
 pub use view::OrderView;
-
-/// Bodies larger than this are refused with `413` before they are parsed.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The function's settings, read once at cold start.
 #[derive(Debug, Clone)]
@@ -81,8 +84,12 @@ impl Deps {
 
 /// The route a request matched.
 enum Route {
+    /// `/orders`
     Orders,
+    /// `/orders/{id}`
     Order(String),
+    /// `/orders/{id}/cancel`
+    Cancel(String),
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -90,18 +97,25 @@ fn route(path: &str) -> Option<Route> {
     if rest.is_empty() {
         return Some(Route::Orders);
     }
-    let id = rest.strip_prefix('/')?;
-    (!id.is_empty() && !id.contains('/')).then(|| Route::Order(id.to_owned()))
+    let rest = rest.strip_prefix('/')?;
+    let (id, action) = match rest.split_once('/') {
+        None => (rest, None),
+        Some((id, action)) => (id, Some(action)),
+    };
+    if id.is_empty() {
+        return None;
+    }
+    match action {
+        None => Some(Route::Order(id.to_owned())),
+        Some("cancel") => Some(Route::Cancel(id.to_owned())),
+        Some(_) => None,
+    }
 }
 
 /// Answers one HTTP request.
 pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
-    let path = match request.raw_http_path() {
-        "" => request.uri().path().to_owned(),
-        raw => raw.to_owned(),
-    };
-    let traceparent =
-        incoming_traceparent(&request).map_or_else(TraceParent::new_root, |tp| tp.child());
+    let path = request_path(&request);
+    let traceparent = http_api::traceparent(&request);
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
@@ -116,6 +130,8 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
             (Some(Route::Orders), _) => Problem::method_not_allowed("POST").into_response(),
             (Some(Route::Order(id)), &Method::GET) => get(deps, &id).await,
             (Some(Route::Order(_)), _) => Problem::method_not_allowed("GET").into_response(),
+            (Some(Route::Cancel(id)), &Method::POST) => cancel(deps, &id, traceparent).await,
+            (Some(Route::Cancel(_)), _) => Problem::method_not_allowed("POST").into_response(),
             (None, _) => Problem::not_found(format!("no route for {path}")).into_response(),
         };
         info!(status = response.status().as_u16(), "answered");
@@ -123,19 +139,6 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
     }
     .instrument(span)
     .await
-}
-
-fn request_id(request: &Request) -> Option<String> {
-    match request.request_context_ref()? {
-        lambda_http::request::RequestContext::ApiGatewayV2(ctx) => ctx.request_id.clone(),
-        #[allow(unreachable_patterns)]
-        _ => None,
-    }
-}
-
-fn incoming_traceparent(request: &Request) -> Option<TraceParent> {
-    let value = request.headers().get("traceparent")?.to_str().ok()?;
-    TraceParent::parse(value).ok()
 }
 
 async fn create(deps: &Deps, request: &Request, traceparent: TraceParent) -> Response<Body> {
@@ -152,9 +155,7 @@ async fn create_order(
 ) -> Result<Response<Body>, Response<Body>> {
     check_content_type(request).map_err(Problem::into_response)?;
     let bytes: &[u8] = request.body().as_ref();
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(Problem::payload_too_large(MAX_BODY_BYTES).into_response());
-    }
+    check_body_size(bytes, MAX_BODY_BYTES).map_err(Problem::into_response)?;
     let key = match request.headers().get("idempotency-key") {
         None => None,
         Some(value) => Some(
@@ -253,62 +254,101 @@ async fn write_order(
     })
 }
 
-/// Rolls back now, so the key's advisory lock is free before the answer leaves:
-/// a dropped transaction rolls back only when its connection is next used, and a
-/// client's immediate retry on another connection would meet the lock (`409`).
-async fn end_transaction(tx: sqlx::Transaction<'_, sqlx::Postgres>) {
-    if let Err(e) = tx.rollback().await {
-        // The connection is broken; closing it releases the lock just the same.
-        warn!(error = %e, "rolling back failed");
-    }
-}
-
 /// `GET /orders/{id}`.
 async fn get(deps: &Deps, id: &str) -> Response<Body> {
     let Ok(id) = OrderId::parse(id) else {
-        return Problem::invalid_path_id().into_response();
+        return invalid_order_id().into_response();
     };
     tracing::Span::current().record("order_id", tracing::field::display(id));
     match orders::find(&deps.pool, id).await {
         Ok(Some(order)) => json_response(StatusCode::OK, &OrderView::from(&order)),
-        Ok(None) => Problem::not_found(format!("there is no order {id}")).into_response(),
+        Ok(None) => no_such_order(id).into_response(),
         Err(e) => store_failure(e),
     }
 }
 
-/// `application/json` (any `+json` type too), in UTF-8.
-fn check_content_type(request: &Request) -> Result<(), Problem> {
-    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
-        return Err(Problem::unsupported_media_type(None));
-    };
-    let text = value.to_str().unwrap_or("(not ASCII)");
-    let mut parts = text.split(';');
-    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    let utf8 = parts.all(|param| match param.split_once('=') {
-        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
-            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-        }
-        _ => true,
-    });
-    if json && utf8 {
-        Ok(())
-    } else {
-        Err(Problem::unsupported_media_type(Some(text)))
+async fn cancel(deps: &Deps, id: &str, traceparent: TraceParent) -> Response<Body> {
+    match cancel_order(deps, id, traceparent).await {
+        Ok(response) | Err(response) => response,
     }
 }
 
-/// Maps a storage failure to `503` (retryable: nothing was changed, try again)
-/// or `500` (a bug or corrupt data), logging the cause.
-fn store_failure(error: StoreError) -> Response<Body> {
-    if error.is_retryable() {
-        warn!(error = %error, "database unavailable");
-        Problem::unavailable().into_response()
-    } else {
-        error!(error = %error, "database operation failed");
-        Problem::internal().into_response()
+/// `POST /orders/{id}/cancel`: the status change and its `OrderCancelled` event in
+/// one transaction. `Err` holds the (error) response too; it only lets `?` stop early.
+async fn cancel_order(
+    deps: &Deps,
+    id: &str,
+    traceparent: TraceParent,
+) -> Result<Response<Body>, Response<Body>> {
+    let id = OrderId::parse(id).map_err(|_| invalid_order_id().into_response())?;
+    tracing::Span::current().record("order_id", tracing::field::display(id));
+    let mut tx = deps
+        .pool
+        .begin()
+        .await
+        .map_err(|e| store_failure(StoreError::database("starting a transaction", e)))?;
+    match write_cancellation(&mut tx, id, traceparent).await {
+        Ok((order, event_id)) => {
+            tx.commit().await.map_err(|e| {
+                store_failure(StoreError::database("committing the cancellation", e))
+            })?;
+            info!(%event_id, "order cancelled");
+            Ok(json_response(StatusCode::OK, &OrderView::from(&order)))
+        }
+        Err(response) => {
+            end_transaction(tx).await;
+            Err(response)
+        }
     }
+}
+
+/// Everything a `POST /orders/{id}/cancel` writes, on `tx`. `Err` is the error response.
+async fn write_cancellation(
+    tx: &mut PgConnection,
+    id: OrderId,
+    traceparent: TraceParent,
+) -> Result<(Order, EventId), Response<Body>> {
+    match orders::cancel(tx, id).await.map_err(store_failure)? {
+        Cancellation::Cancelled(order) => {
+            let event = OrderCancelledV1::envelope(id, Some(traceparent)).map_err(|e| {
+                error!(error = %e, "could not build the OrderCancelled event");
+                Problem::internal().into_response()
+            })?;
+            outbox::append(tx, Outbox::Orders, &event)
+                .await
+                .map_err(store_failure)?;
+            Ok((order, event.event_id))
+        }
+        Cancellation::NotCancellable(status) => {
+            info!(%status, "order not cancellable");
+            Err(order_not_cancellable(id, status).into_response())
+        }
+        Cancellation::NotFound => Err(no_such_order(id).into_response()),
+    }
+}
+
+/// `400`: the `{id}` of the path is not an order id.
+fn invalid_order_id() -> Problem {
+    Problem::invalid_path_parameter(
+        "/problems/invalid-id",
+        "The order id in the path is not valid",
+        FieldError::path_parameter("id", "an order id must be a UUID"),
+        "an order id must be a UUID, e.g. 0193a3e2-7c1a-7000-8000-000000000001",
+    )
+}
+
+fn no_such_order(id: OrderId) -> Problem {
+    Problem::not_found(format!("there is no order {id}"))
+}
+
+/// `409`: only `PENDING` and `CONFIRMED` orders can be cancelled.
+fn order_not_cancellable(id: OrderId, status: OrderStatus) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "/problems/order-not-cancellable",
+        "The order cannot be cancelled in its current status",
+        format!("order {id} is {status}; only PENDING or CONFIRMED orders can be cancelled"),
+    )
 }
 
 fn created_response(view: &OrderView) -> StoredResponse {
@@ -346,24 +386,6 @@ fn replay(stored: StoredResponse) -> Response<Body> {
     response
 }
 
-fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        Err(e) => {
-            error!(error = %e, "could not serialize a response");
-            Problem::internal().into_response()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +396,10 @@ mod tests {
         assert!(matches!(route("/orders/abc"), Some(Route::Order(id)) if id == "abc"));
         assert!(route("/orders/").is_none());
         assert!(route("/orders/a/b").is_none());
+        assert!(matches!(route("/orders/abc/cancel"), Some(Route::Cancel(id)) if id == "abc"));
+        assert!(route("/orders//cancel").is_none());
+        assert!(route("/orders/abc/cancel/x").is_none());
+        assert!(route("/orders/abc/cancelx").is_none());
         assert!(route("/ordersx").is_none());
         assert!(route("/").is_none());
     }

@@ -4,12 +4,15 @@ use serde::Serialize;
 use shared::envelope::format_timestamp;
 use shared::orders::Order;
 
-/// `{"id","customer_id","status","items":[...],"total_cents","created_at"}`.
+/// `{"id","customer_id","status","items":[...],"total_cents","created_at"}`, and
+/// `"status_reason"` when the status has one (e.g. why the order was rejected).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrderView {
     pub id: String,
     pub customer_id: String,
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     pub items: Vec<OrderItemView>,
     pub total_cents: i64,
     pub created_at: String,
@@ -29,6 +32,7 @@ impl From<&Order> for OrderView {
             id: order.id.to_string(),
             customer_id: order.customer_id.to_string(),
             status: order.status.as_str(),
+            status_reason: order.status_reason.clone(),
             items: order
                 .lines
                 .iter()

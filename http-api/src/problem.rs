@@ -1,6 +1,9 @@
 //! Error answers as `application/problem+json` (RFC 9457). Every problem names
 //! what is wrong; field errors carry the offending field as a path
 //! (`items[0].quantity`) and a JSON Pointer (`/items/0/quantity`).
+//!
+//! The constructors here are the problems every API function shares; a function
+//! builds its own (e.g. `/problems/order-not-cancellable`) with [`Problem::new`].
 
 use lambda_http::http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
@@ -21,6 +24,16 @@ impl FieldError {
         Self {
             pointer: json_pointer(&field),
             field,
+            detail: detail.into(),
+        }
+    }
+
+    /// An invalid path parameter such as `id`: named, with no pointer (it is not
+    /// in the body).
+    pub fn path_parameter(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            field: name.into(),
+            pointer: String::new(),
             detail: detail.into(),
         }
     }
@@ -51,7 +64,9 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(
+    /// A problem of type `kind` (a URI reference such as `/problems/invalid-id`, or
+    /// `about:blank` when the status says it all) with a fixed `title`.
+    pub fn new(
         status: StatusCode,
         kind: &'static str,
         title: &'static str,
@@ -120,20 +135,14 @@ impl Problem {
         .with_header(header::RETRY_AFTER, "1")
     }
 
-    pub fn invalid_path_id() -> Self {
-        Self {
-            errors: vec![FieldError {
-                field: "id".into(),
-                pointer: String::new(),
-                detail: "an order id must be a UUID".into(),
-            }],
-            ..Self::new(
-                StatusCode::BAD_REQUEST,
-                "/problems/invalid-id",
-                "The order id in the path is not valid",
-                "an order id must be a UUID, e.g. 0193a3e2-7c1a-7000-8000-000000000001",
-            )
-        }
+    /// `400`: a path parameter that does not parse; `errors` names it.
+    pub fn invalid_path_parameter(
+        kind: &'static str,
+        title: &'static str,
+        error: FieldError,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, kind, title, detail).with_errors(vec![error])
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -170,10 +179,6 @@ impl Problem {
             "Unsupported Media Type",
             detail,
         )
-        .with_header(
-            header::HeaderName::from_static("accept-post"),
-            "application/json",
-        )
     }
 
     pub fn unavailable() -> Self {
@@ -195,9 +200,16 @@ impl Problem {
         )
     }
 
-    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+    /// Adds a response header (e.g. `retry-after`, `allow`).
+    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
         self.extra_headers
             .push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    /// Replaces the field errors.
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
         self
     }
 

@@ -98,6 +98,25 @@ impl Env {
         }
     }
 
+    /// A whole number within `lo..=hi`, or `default` when unset.
+    pub fn in_range(
+        &self,
+        var: &'static str,
+        default: i64,
+        lo: i64,
+        hi: i64,
+    ) -> Result<i64, ConfigError> {
+        let value = self.parse_or(var, default)?;
+        if (lo..=hi).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::Malformed {
+                var,
+                reason: format!("must be between {lo} and {hi} (got {value})"),
+            })
+        }
+    }
+
     /// A whole number of milliseconds, at least 1.
     pub fn millis_or(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);

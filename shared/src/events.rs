@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{InvalidValue, NewOrder};
+use crate::domain::{InvalidValue, NewOrder, OrderId};
 use crate::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use crate::trace::TraceParent;
 
@@ -65,4 +65,125 @@ impl OrderCreatedV1 {
         event.occurred_at = order.created_at();
         Ok(event)
     }
+}
+
+pub const ORDER_CANCELLED: &str = "OrderCancelled";
+
+/// `OrderCancelled`, schema version 1: a `PENDING` or `CONFIRMED` order was
+/// cancelled; the inventory service releases what it reserved for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelledV1 {
+    pub order_id: Uuid,
+}
+
+impl OrderCancelledV1 {
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    pub fn envelope(
+        order_id: OrderId,
+        traceparent: Option<TraceParent>,
+    ) -> Result<EventEnvelope, InvalidValue> {
+        event(
+            ORDER_CANCELLED,
+            Self::SCHEMA_VERSION,
+            ORDER_AGGREGATE,
+            order_id,
+            &Self {
+                order_id: order_id.as_uuid(),
+            },
+            traceparent,
+        )
+    }
+}
+
+/// The aggregate type of the inventory service's answers about one order's
+/// reservation; the aggregate id is the order id, so the answers about one order
+/// stay in order.
+pub const RESERVATION_AGGREGATE: &str = "Reservation";
+pub const INVENTORY_RESERVED: &str = "InventoryReserved";
+pub const INVENTORY_REJECTED: &str = "InventoryRejected";
+
+/// `InventoryReserved`, schema version 1: every line of the order is reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReservedV1 {
+    pub order_id: Uuid,
+    pub items: Vec<ReservedItemV1>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedItemV1 {
+    pub sku: String,
+    pub quantity: u16,
+}
+
+impl InventoryReservedV1 {
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    pub fn envelope(
+        &self,
+        traceparent: Option<TraceParent>,
+    ) -> Result<EventEnvelope, InvalidValue> {
+        event(
+            INVENTORY_RESERVED,
+            Self::SCHEMA_VERSION,
+            RESERVATION_AGGREGATE,
+            OrderId::from(self.order_id),
+            self,
+            traceparent,
+        )
+    }
+}
+
+/// `InventoryRejected`, schema version 1: nothing was reserved, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRejectedV1 {
+    pub order_id: Uuid,
+    /// For people: e.g. `insufficient stock for WIDGET-1: requested 3, available 1`.
+    pub reason: String,
+    /// For programs: the lines that could not be reserved.
+    pub shortages: Vec<ShortageV1>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortageV1 {
+    pub sku: String,
+    pub requested: u16,
+    /// What was available; 0 for a SKU the inventory does not know.
+    pub available: i64,
+}
+
+impl InventoryRejectedV1 {
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    pub fn envelope(
+        &self,
+        traceparent: Option<TraceParent>,
+    ) -> Result<EventEnvelope, InvalidValue> {
+        event(
+            INVENTORY_REJECTED,
+            Self::SCHEMA_VERSION,
+            RESERVATION_AGGREGATE,
+            OrderId::from(self.order_id),
+            self,
+            traceparent,
+        )
+    }
+}
+
+fn event(
+    event_type: &str,
+    schema_version: u32,
+    aggregate_type: &str,
+    aggregate_id: OrderId,
+    payload: &impl Serialize,
+    traceparent: Option<TraceParent>,
+) -> Result<EventEnvelope, InvalidValue> {
+    Ok(EventEnvelope::new(
+        EventType::parse(event_type)?,
+        schema_version,
+        AggregateType::parse(aggregate_type)?,
+        AggregateId::parse(&aggregate_id.to_string())?,
+        traceparent,
+        Payload::of(payload)?,
+    ))
 }

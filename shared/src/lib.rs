@@ -6,8 +6,10 @@
 //! - [`events`]: the payloads of the events the services exchange.
 //! - [`outbox`]: appending an event to a service's transactional outbox.
 //! - [`relay`]: moving outbox rows to Redis Streams, in order, never losing one.
+//! - [`source`]: reading Redis Streams with the semantics of a Lambda event source mapping.
 //! - [`streams`]: stream names and partitions.
 //! - [`orders`]: the order service's tables (orders, order lines).
+//! - [`inbox`]: the ids of the events a consumer has applied.
 //! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
 //! - [`db`]: connection pool and the embedded migrations.
 //! - [`config`]: typed configuration from the environment; secrets stay secret.
@@ -24,9 +26,12 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod inbox;
+pub mod inventory;
 pub mod orders;
 pub mod outbox;
 pub mod relay;
+pub mod source;
 pub mod streams;
 pub mod telemetry;
 pub mod trace;

@@ -80,3 +80,99 @@ pub async fn append(
         .map(|_| ())
         .map_err(|e| StoreError::database("appending to the outbox", e))
 }
+
+/// Appends `events`, in order, to `outbox` in one statement; for consumers that
+/// settle a whole batch in one transaction.
+pub async fn append_all(
+    conn: &mut PgConnection,
+    outbox: Outbox,
+    events: &[EventEnvelope],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len();
+    let (
+        mut ids,
+        mut types,
+        mut versions,
+        mut agg_types,
+        mut agg_ids,
+        mut at,
+        mut tps,
+        mut payloads,
+    ) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for event in events {
+        let c = OutboxColumns::from(event);
+        ids.push(c.event_id);
+        types.push(c.event_type);
+        versions.push(c.schema_version);
+        agg_types.push(c.aggregate_type);
+        agg_ids.push(c.aggregate_id);
+        at.push(c.occurred_at);
+        // '' stands for "no traceparent" (arrays of NULLs do not bind as text[]).
+        tps.push(c.traceparent.unwrap_or_default());
+        payloads.push(c.payload);
+    }
+    // Rows are inserted in array order (WITH ORDINALITY), so ids follow it.
+    let result = match outbox {
+        Outbox::Orders => {
+            sqlx::query!(
+                r#"INSERT INTO orders.outbox
+                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+                   SELECT e.event_id, e.event_type, e.schema_version, e.aggregate_type, e.aggregate_id,
+                          e.occurred_at, NULLIF(e.traceparent, ''), e.payload::json
+                   FROM UNNEST($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
+                               $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
+                        AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
+                             occurred_at, traceparent, payload, n)
+                   ORDER BY e.n"#,
+                &ids,
+                &types,
+                &versions,
+                &agg_types,
+                &agg_ids,
+                &at,
+                &tps,
+                &payloads,
+            )
+            .execute(conn)
+            .await
+        }
+        Outbox::Inventory => {
+            sqlx::query!(
+                r#"INSERT INTO inventory.outbox
+                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+                   SELECT e.event_id, e.event_type, e.schema_version, e.aggregate_type, e.aggregate_id,
+                          e.occurred_at, NULLIF(e.traceparent, ''), e.payload::json
+                   FROM UNNEST($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
+                               $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
+                        AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
+                             occurred_at, traceparent, payload, n)
+                   ORDER BY e.n"#,
+                &ids,
+                &types,
+                &versions,
+                &agg_types,
+                &agg_ids,
+                &at,
+                &tps,
+                &payloads,
+            )
+            .execute(conn)
+            .await
+        }
+    };
+    result
+        .map(|_| ())
+        .map_err(|e| StoreError::database("appending to the outbox", e))
+}

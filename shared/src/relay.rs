@@ -98,53 +98,29 @@ impl RelayOptions {
     /// `STREAM_NAMESPACE` (`events`).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let range = |var: &'static str, value: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&value) {
-                Ok(value)
-            } else {
-                Err(ConfigError::Malformed {
-                    var,
-                    reason: format!("must be between {lo} and {hi} (got {value})"),
-                })
-            }
-        };
-        let batch = range(
-            "RELAY_BATCH_SIZE",
-            env.parse_or("RELAY_BATCH_SIZE", u64::from(d.batch_size))?,
-            1,
-            10_000,
-        )?;
-        let partitions = range(
-            "STREAM_PARTITIONS",
-            env.parse_or("STREAM_PARTITIONS", u64::from(d.stream_partitions))?,
-            1,
-            1024,
-        )?;
-        let max_entry = range(
+        let batch = env.in_range("RELAY_BATCH_SIZE", i64::from(d.batch_size), 1, 10_000)?;
+        let partitions =
+            env.in_range("STREAM_PARTITIONS", i64::from(d.stream_partitions), 1, 1024)?;
+        let max_entry = env.in_range(
             "RELAY_MAX_ENTRY_BYTES",
-            env.parse_or("RELAY_MAX_ENTRY_BYTES", d.max_entry_bytes as u64)?,
+            d.max_entry_bytes as i64,
             1024,
             512 * 1024 * 1024,
         )?;
-        let in_flight = range(
+        let in_flight = env.in_range(
             "RELAY_BATCHES_IN_FLIGHT",
-            env.parse_or("RELAY_BATCHES_IN_FLIGHT", u64::from(d.batches_in_flight))?,
+            i64::from(d.batches_in_flight),
             1,
-            u64::from(SLOTS as u16),
+            i64::from(SLOTS),
         )?;
-        let hours = range(
-            "STREAM_RETENTION_HOURS",
-            env.parse_or("STREAM_RETENTION_HOURS", 168)?,
-            1,
-            24 * 365 * 10,
-        )?;
+        let hours = env.in_range("STREAM_RETENTION_HOURS", 168, 1, 24 * 365 * 10)?;
         // The ranges above keep every value within its target type.
         Ok(Self {
             batch_size: batch as u32,
             batches_in_flight: in_flight as u32,
             stream_partitions: partitions as u16,
             max_entry_bytes: max_entry as usize,
-            stream_retention: Duration::from_secs(hours * 3600),
+            stream_retention: Duration::from_secs(hours as u64 * 3600),
             stream_namespace: match env.get("STREAM_NAMESPACE")? {
                 None => d.stream_namespace,
                 Some(ns)

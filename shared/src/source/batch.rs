@@ -1,0 +1,195 @@
+//! What a batch handler receives and answers: the in-process form of a Lambda
+//! stream event and its partial batch response.
+
+use std::fmt;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::EventEnvelope;
+
+/// One stream entry handed to a handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRecord {
+    /// The stream key, e.g. `events:{Order:0}`.
+    pub stream: String,
+    /// The entry id, e.g. `1732435200000-0`; the `itemIdentifier` of a failure.
+    pub id: String,
+    /// 1 on the first delivery, 2 on the first retry, and so on.
+    pub attempt: u32,
+    pub event: EventEnvelope,
+}
+
+/// Records in stream order. The records of one aggregate appear in the order
+/// they were written; a handler processes them in that order and, once one of
+/// an aggregate fails, reports the aggregate's later records as failed too
+/// (see [`crate::source::outcomes_in_order`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamBatch {
+    pub records: Vec<StreamRecord>,
+}
+
+/// The partial batch response, in AWS's shape:
+/// `{"batchItemFailures":[{"itemIdentifier":"<entry id>"}]}`. An empty list
+/// means every record succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResponse {
+    pub batch_item_failures: Vec<BatchItemFailure>,
+}
+
+/// One failed record. `reason` and `permanent` extend AWS's shape (and are left
+/// out of the JSON when unset): a permanent failure goes to the dead-letter
+/// stream at once instead of being retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItemFailure {
+    pub item_identifier: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
+}
+
+impl BatchResponse {
+    pub fn success() -> Self {
+        Self::default()
+    }
+
+    /// The response for `outcomes` (one per record of the batch, in order).
+    pub fn from_outcomes<'a>(
+        outcomes: impl IntoIterator<Item = (&'a StreamRecord, &'a RecordOutcome)>,
+    ) -> Self {
+        let batch_item_failures = outcomes
+            .into_iter()
+            .filter_map(|(record, outcome)| match outcome {
+                RecordOutcome::Done => None,
+                RecordOutcome::Retry(reason) => Some(BatchItemFailure {
+                    item_identifier: record.id.clone(),
+                    reason: Some(reason.clone()),
+                    permanent: false,
+                }),
+                RecordOutcome::Reject(reason) => Some(BatchItemFailure {
+                    item_identifier: record.id.clone(),
+                    reason: Some(reason.clone()),
+                    permanent: true,
+                }),
+            })
+            .collect();
+        Self {
+            batch_item_failures,
+        }
+    }
+}
+
+/// What became of one record in a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Its effect is applied (or was applied before: a redelivery).
+    Done,
+    /// It failed for now (a database restart, a timeout): retry it.
+    Retry(String),
+    /// It can never succeed (unknown event type or version, invalid payload):
+    /// dead-letter it now.
+    Reject(String),
+}
+
+/// The whole batch failed (a function error): every record is retried, or, with
+/// bisect on error, the batch is split and the halves retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+impl HandlerError {
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+/// A consuming function's batch handler.
+pub trait BatchHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        batch: StreamBatch,
+    ) -> impl Future<Output = Result<BatchResponse, HandlerError>> + Send;
+}
+
+/// Marks every record after a failed record of the same aggregate as failed
+/// too, so that no later event of an aggregate takes effect before an earlier
+/// one. `outcomes` is in batch order, one per record.
+pub fn outcomes_in_order(records: &[StreamRecord], outcomes: &mut [RecordOutcome]) {
+    let mut failed: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (record, outcome) in records.iter().zip(outcomes.iter_mut()) {
+        let aggregate = record.event.aggregate_id.as_str();
+        if failed.contains(aggregate) {
+            if *outcome == RecordOutcome::Done || matches!(outcome, RecordOutcome::Reject(_)) {
+                *outcome = RecordOutcome::Retry(WAITING_FOR_EARLIER.to_owned());
+            }
+        } else if *outcome != RecordOutcome::Done {
+            failed.insert(aggregate);
+        }
+    }
+}
+
+/// The usual shape of a handler: decode each record into a job (`Err` is why it
+/// never can be handled: a permanent failure), apply the jobs together
+/// (`apply` answers one outcome per job, in order), keep each aggregate in
+/// order, and answer in AWS's shape.
+pub async fn decode_and_apply<T, Fut>(
+    records: &[StreamRecord],
+    decode: impl Fn(&StreamRecord) -> Result<T, String>,
+    apply: impl FnOnce(Vec<T>) -> Fut,
+) -> BatchResponse
+where
+    Fut: Future<Output = Vec<RecordOutcome>>,
+{
+    let mut outcomes = vec![RecordOutcome::Done; records.len()];
+    let mut jobs = Vec::with_capacity(records.len());
+    let mut slots = Vec::with_capacity(records.len());
+    for (i, record) in records.iter().enumerate() {
+        match decode(record) {
+            Ok(job) => {
+                jobs.push(job);
+                slots.push(i);
+            }
+            Err(reason) => outcomes[i] = RecordOutcome::Reject(reason),
+        }
+    }
+    if !jobs.is_empty() {
+        for (slot, outcome) in slots.iter().zip(apply(jobs).await) {
+            outcomes[*slot] = outcome;
+        }
+    }
+    outcomes_in_order(records, &mut outcomes);
+    BatchResponse::from_outcomes(records.iter().zip(&outcomes))
+}
+
+/// The reason of a record that waits behind a failed record of its aggregate.
+pub const WAITING_FOR_EARLIER: &str = "an earlier event of the same aggregate failed";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_response_has_aws_shape() {
+        let ok = serde_json::to_string(&BatchResponse::success()).expect("json");
+        assert_eq!(ok, r#"{"batchItemFailures":[]}"#);
+        let one = BatchResponse {
+            batch_item_failures: vec![BatchItemFailure {
+                item_identifier: "1-0".into(),
+                reason: None,
+                permanent: false,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&one).expect("json"),
+            r#"{"batchItemFailures":[{"itemIdentifier":"1-0"}]}"#
+        );
+        let parsed: BatchResponse =
+            serde_json::from_str(r#"{"batchItemFailures":[{"itemIdentifier":"2-0"}]}"#)
+                .expect("parse");
+        assert_eq!(parsed.batch_item_failures[0].item_identifier, "2-0");
+        assert!(!parsed.batch_item_failures[0].permanent);
+    }
+}

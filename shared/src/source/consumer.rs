@@ -1,0 +1,135 @@
+//! What every consuming function reads from its environment, and how long a
+//! scheduled invocation may run.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::SourceSettings;
+use crate::config::{ConfigError, DatabaseConfig, Env, RedisConfig};
+use crate::envelope::AggregateType;
+use crate::streams::stream_keys;
+
+/// A consuming function's settings, read once at cold start.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub source: SourceSettings,
+    /// Stop starting batches when less than this remains of the invocation
+    /// (`SAFETY_MARGIN_MS`, 3000).
+    pub safety_margin: Duration,
+    /// `REDIS_RESPONSE_TIMEOUT_MS` (2000), for every command but the blocking read.
+    pub redis_timeout: Duration,
+}
+
+impl ConsumerConfig {
+    /// The settings of consumer group `group`, reading every partition of
+    /// `aggregate_types` (`STREAM_PARTITIONS`, `STREAM_NAMESPACE`, as the relay
+    /// writes them), with the event source variables of
+    /// [`SourceSettings::from_env`].
+    pub fn from_env(env: &Env, group: &str, aggregate_types: &[&str]) -> Result<Self, ConfigError> {
+        // The relay's reading of the same variables, so both agree.
+        let relay = crate::relay::RelayOptions::from_env(env)?;
+        let mut streams = Vec::new();
+        for t in aggregate_types {
+            let t = AggregateType::parse(t).map_err(|e| ConfigError::Malformed {
+                var: "aggregate type",
+                reason: e.to_string(),
+            })?;
+            streams.extend(stream_keys(
+                &relay.stream_namespace,
+                &t,
+                relay.stream_partitions,
+            ));
+        }
+        let mut settings = SourceSettings::new(group, streams);
+        settings.namespace = relay.stream_namespace;
+        Ok(Self {
+            database: DatabaseConfig::from_env(env)?,
+            redis: RedisConfig::from_env(env)?,
+            source: settings.from_env(env)?,
+            safety_margin: env.millis_or("SAFETY_MARGIN_MS", Duration::from_secs(3))?,
+            redis_timeout: env.millis_or("REDIS_RESPONSE_TIMEOUT_MS", Duration::from_secs(2))?,
+        })
+    }
+}
+
+/// When to stop an invocation whose deadline is `deadline_epoch_ms`
+/// (milliseconds since the epoch, as Lambda gives it): `margin` before it.
+pub fn stop_at(deadline_epoch_ms: u64, margin: Duration) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let remaining = Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
+    Instant::now() + remaining.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_reads_every_partition_of_its_aggregate_types() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("REDIS_URL", "redis://h"),
+            ("STREAM_PARTITIONS", "2"),
+            ("STREAM_NAMESPACE", "prod"),
+            ("BATCH_SIZE", "7"),
+        ]);
+        let c = ConsumerConfig::from_env(&env, "inventory", &["Order"]).expect("valid");
+        assert_eq!(c.source.streams, ["prod:{Order:0}", "prod:{Order:1}"]);
+        assert_eq!(c.source.namespace, "prod");
+        assert_eq!(c.source.group, "inventory");
+        assert_eq!(c.source.batch_size, 7);
+        let soon = stop_at(0, Duration::from_secs(3));
+        assert!(soon <= Instant::now());
+    }
+}
+
+/// An event source and its handler, built once per process: what a consuming
+/// function's invocations borrow.
+#[derive(Debug)]
+pub struct Consumer<H> {
+    pub source: super::EventSource,
+    pub handler: std::sync::Arc<H>,
+    pub safety_margin: Duration,
+}
+
+impl<H: super::BatchHandler> Consumer<H> {
+    pub async fn connect(config: &ConsumerConfig, handler: H) -> Result<Self, redis::RedisError> {
+        use secrecy::ExposeSecret;
+        Ok(Self {
+            source: super::EventSource::connect(
+                config.redis.url().expose_secret(),
+                config.redis_timeout,
+                config.source.clone(),
+            )
+            .await?,
+            handler: std::sync::Arc::new(handler),
+            safety_margin: config.safety_margin,
+        })
+    }
+
+    /// Reads the streams until `safety_margin` before `deadline_epoch_ms` (a
+    /// scheduled invocation), then lets the batches in hand finish.
+    pub async fn run_invocation(&self, deadline_epoch_ms: u64) -> super::SourceStats {
+        let stop = stop_at(deadline_epoch_ms, self.safety_margin);
+        let stats = self
+            .source
+            .run(
+                std::sync::Arc::clone(&self.handler),
+                Some(stop),
+                std::future::pending(),
+            )
+            .await;
+        tracing::info!(group = %self.source.settings().group, ?stats, "streams read");
+        stats
+    }
+
+    /// Reads the streams until `shutdown` (the emulator, a long-lived process).
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> super::SourceStats {
+        self.source
+            .run(std::sync::Arc::clone(&self.handler), None, shutdown)
+            .await
+    }
+}

@@ -4,7 +4,7 @@
 //!
 //! [`handle`] is the whole function; `main.rs` builds [`Deps`] once per cold start.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use lambda_runtime::LambdaEvent;
@@ -75,14 +75,7 @@ impl InvocationError {
     }
 }
 
-/// When to stop: the invocation's deadline (epoch milliseconds) less the margin.
-pub fn stop_at(deadline_epoch_ms: u64, margin: Duration) -> Instant {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let remaining = Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms));
-    Instant::now() + remaining.saturating_sub(margin)
-}
+pub use shared::source::stop_at;
 
 /// One scheduled invocation.
 pub async fn handle(

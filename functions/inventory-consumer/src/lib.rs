@@ -1,0 +1,144 @@
+//! The inventory-consumer function: reads the `Order` streams as consumer group
+//! `inventory`, reserves stock for `OrderCreated` (every line or none) and
+//! releases it for `OrderCancelled` (the saga's compensation), and answers
+//! with `InventoryReserved` or `InventoryRejected` through the inventory outbox.
+//!
+//! A batch is settled in one transaction: the inbox rows of its events, the
+//! stock changes and the outbox rows commit together or not at all, so a
+//! redelivered event changes nothing and an answer exists only for a committed
+//! reservation. [`Inventory`] is the batch handler; [`handle`] runs the event
+//! source inside a scheduled invocation; the emulator runs it long-lived.
+
+mod store;
+
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use lambda_runtime::LambdaEvent;
+use shared::config::{ConfigError, Env};
+use shared::domain::{OrderId, Quantity, Sku};
+use shared::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
+use shared::source::{
+    decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
+    SourceStats, StreamBatch, StreamRecord,
+};
+use shared::trace::TraceParent;
+use sqlx::PgPool;
+use tracing::Instrument;
+
+pub use store::{apply, Applied};
+
+/// The consumer group, and the consumer's name in the inbox.
+pub const GROUP: &str = "inventory";
+
+/// The function's settings: the consumer group `inventory` on the `Order` streams.
+pub fn config(env: &Env) -> Result<ConsumerConfig, ConfigError> {
+    ConsumerConfig::from_env(env, GROUP, &[shared::events::ORDER_AGGREGATE])
+}
+
+/// What one record asks the inventory to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Reserve every line of a new order, or none.
+    Reserve {
+        order_id: OrderId,
+        lines: Vec<(Sku, Quantity)>,
+    },
+    /// Give back what an order holds: it was cancelled.
+    Release { order_id: OrderId },
+}
+
+/// A command with the event that carried it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub event_id: uuid::Uuid,
+    pub traceparent: Option<TraceParent>,
+    pub command: Command,
+}
+
+/// What `record` asks for; `Err` is why it never can be handled.
+pub fn decode(record: &StreamRecord) -> Result<Job, String> {
+    let event = &record.event;
+    let version = event.schema_version;
+    let command = match (event.event_type.as_str(), version) {
+        (ORDER_CREATED, OrderCreatedV1::SCHEMA_VERSION) => {
+            let order: OrderCreatedV1 = event
+                .payload
+                .decode()
+                .map_err(|e| format!("invalid {ORDER_CREATED} payload: {e}"))?;
+            let mut lines = Vec::with_capacity(order.items.len());
+            for item in &order.items {
+                let sku = Sku::parse(&item.sku).map_err(|e| format!("invalid item: {e}"))?;
+                let quantity = Quantity::try_from(i64::from(item.quantity))
+                    .map_err(|e| format!("invalid item: {e}"))?;
+                lines.push((sku, quantity));
+            }
+            if lines.is_empty() {
+                return Err(format!("invalid {ORDER_CREATED} payload: no items"));
+            }
+            Command::Reserve {
+                order_id: OrderId::from(order.order_id),
+                lines,
+            }
+        }
+        (ORDER_CANCELLED, OrderCancelledV1::SCHEMA_VERSION) => {
+            let cancelled: OrderCancelledV1 = event
+                .payload
+                .decode()
+                .map_err(|e| format!("invalid {ORDER_CANCELLED} payload: {e}"))?;
+            Command::Release {
+                order_id: OrderId::from(cancelled.order_id),
+            }
+        }
+        (ORDER_CREATED | ORDER_CANCELLED, v) => {
+            return Err(format!(
+                "unsupported schema version {v} of {}",
+                event.event_type
+            ))
+        }
+        (other, _) => return Err(format!("unknown event type {other:?}")),
+    };
+    Ok(Job {
+        event_id: event.event_id.as_uuid(),
+        traceparent: event.traceparent,
+        command,
+    })
+}
+
+/// The batch handler.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub pool: PgPool,
+}
+
+impl BatchHandler for Inventory {
+    async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
+        Ok(
+            decode_and_apply(&batch.records, decode, |jobs: Vec<Job>| async move {
+                store::apply_isolating(&self.pool, &jobs).await
+            })
+            .await,
+        )
+    }
+}
+
+/// What an invocation borrows: the event source and the handler, built once.
+pub type Deps = Consumer<Inventory>;
+
+/// The handler over a (lazily connecting) pool for `config`.
+pub fn handler(config: &ConsumerConfig) -> Inventory {
+    Inventory {
+        pool: shared::db::lazy_pool(&config.database),
+    }
+}
+
+/// One scheduled invocation: read the streams until the time budget is spent.
+pub async fn handle(
+    deps: &Deps,
+    event: LambdaEvent<CloudWatchEvent>,
+) -> Result<SourceStats, lambda_runtime::Error> {
+    let span =
+        tracing::info_span!("consume", group = GROUP, request_id = %event.context.request_id);
+    Ok(deps
+        .run_invocation(event.context.deadline)
+        .instrument(span)
+        .await)
+}

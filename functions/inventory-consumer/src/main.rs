@@ -1,0 +1,19 @@
+//! The Lambda entry point: configuration, telemetry, the pool and the event
+//! source are built once per cold start; each scheduled invocation reads the
+//! streams for its time budget.
+
+use lambda_runtime::{service_fn, LambdaEvent};
+use shared::config::Env;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let env = Env::from_process();
+    shared::telemetry::init(&env);
+    let config = inventory_consumer::config(&env)?;
+    let deps =
+        inventory_consumer::Deps::connect(&config, inventory_consumer::handler(&config)).await?;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| {
+        inventory_consumer::handle(&deps, event)
+    }))
+    .await
+}

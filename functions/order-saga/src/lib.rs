@@ -1,0 +1,179 @@
+//! The order saga's consumer: reads the `Reservation` streams as consumer group
+//! `order-saga` and moves each `PENDING` order to `CONFIRMED` on
+//! `InventoryReserved` or to `REJECTED`, with the reason, on
+//! `InventoryRejected`. An order that has moved on (cancelled meanwhile) stays
+//! as it is. Each batch commits its inbox rows with its status changes, so an
+//! event delivered twice changes nothing.
+
+use std::collections::HashSet;
+
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use lambda_runtime::LambdaEvent;
+use shared::config::{ConfigError, Env};
+use shared::domain::OrderStatus;
+use shared::events::{
+    InventoryRejectedV1, InventoryReservedV1, INVENTORY_REJECTED, INVENTORY_RESERVED,
+    RESERVATION_AGGREGATE,
+};
+use shared::inbox::{self, Inbox};
+use shared::source::{
+    decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
+    RecordOutcome, SourceStats, StreamBatch, StreamRecord,
+};
+use shared::StoreError;
+use sqlx::PgPool;
+use tracing::{debug, warn, Instrument};
+use uuid::Uuid;
+
+/// The consumer group, and the consumer's name in the inbox.
+pub const GROUP: &str = "order-saga";
+
+/// The function's settings: consumer group `order-saga` on the `Reservation` streams.
+pub fn config(env: &Env) -> Result<ConsumerConfig, ConfigError> {
+    ConsumerConfig::from_env(env, GROUP, &[RESERVATION_AGGREGATE])
+}
+
+/// The step an answer asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    pub status: OrderStatus,
+    pub reason: Option<String>,
+}
+
+/// The longest reason stored (the column allows 2000 characters).
+const MAX_REASON_CHARS: usize = 1000;
+
+/// The step `record` asks for; `Err` is why it never can be handled.
+pub fn decode(record: &StreamRecord) -> Result<Step, String> {
+    let event = &record.event;
+    let event_id = event.event_id.as_uuid();
+    match (event.event_type.as_str(), event.schema_version) {
+        (INVENTORY_RESERVED, InventoryReservedV1::SCHEMA_VERSION) => {
+            let e: InventoryReservedV1 = event
+                .payload
+                .decode()
+                .map_err(|e| format!("invalid {INVENTORY_RESERVED} payload: {e}"))?;
+            Ok(Step {
+                event_id,
+                order_id: e.order_id,
+                status: OrderStatus::Confirmed,
+                reason: None,
+            })
+        }
+        (INVENTORY_REJECTED, InventoryRejectedV1::SCHEMA_VERSION) => {
+            let e: InventoryRejectedV1 = event
+                .payload
+                .decode()
+                .map_err(|e| format!("invalid {INVENTORY_REJECTED} payload: {e}"))?;
+            Ok(Step {
+                event_id,
+                order_id: e.order_id,
+                status: OrderStatus::Rejected,
+                reason: Some(e.reason.chars().take(MAX_REASON_CHARS).collect()),
+            })
+        }
+        (INVENTORY_RESERVED | INVENTORY_REJECTED, v) => Err(format!(
+            "unsupported schema version {v} of {}",
+            event.event_type
+        )),
+        (other, _) => Err(format!("unknown event type {other:?}")),
+    }
+}
+
+/// The batch handler.
+#[derive(Debug, Clone)]
+pub struct Saga {
+    pub pool: PgPool,
+}
+
+impl BatchHandler for Saga {
+    async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
+        Ok(
+            decode_and_apply(&batch.records, decode, |steps: Vec<Step>| async move {
+                match apply(&self.pool, &steps).await {
+                    Ok(_) => vec![RecordOutcome::Done; steps.len()],
+                    Err(e) => {
+                        warn!(error = %e, steps = steps.len(), "applying saga steps failed");
+                        // Even a permanent error is retried: status updates cannot
+                        // violate a constraint, so it is a bug or a hand edit, and the
+                        // events go to the dead-letter stream only after the retries.
+                        vec![RecordOutcome::Retry(e.to_string()); steps.len()]
+                    }
+                }
+            })
+            .await,
+        )
+    }
+}
+
+/// Applies `steps` in one transaction; returns how many orders changed.
+pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|e| StoreError::database("starting a transaction", e))?;
+    let event_ids: Vec<Uuid> = steps.iter().map(|s| s.event_id).collect();
+    let fresh = inbox::record(&mut tx, Inbox::Orders, GROUP, &event_ids).await?;
+    // The first answer about an order decides; later ones find it no longer PENDING.
+    let mut orders = HashSet::new();
+    let (mut ids, mut statuses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+    for step in steps {
+        if fresh.contains(&step.event_id) && orders.insert(step.order_id) {
+            ids.push(step.order_id);
+            statuses.push(step.status.as_str().to_owned());
+            reasons.push(step.reason.clone().unwrap_or_default());
+        }
+    }
+    let changed = if ids.is_empty() {
+        0
+    } else {
+        sqlx::query!(
+            r#"UPDATE orders.orders o
+               SET status = u.status, status_reason = NULLIF(u.reason, ''), updated_at = now()
+               FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
+               WHERE o.id = u.id AND o.status = 'PENDING'"#,
+            &ids,
+            &statuses,
+            &reasons,
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::database("moving orders on", e))?
+        .rows_affected()
+    };
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::database("committing saga steps", e))?;
+    debug!(
+        steps = steps.len(),
+        fresh = fresh.len(),
+        changed,
+        "saga steps applied"
+    );
+    Ok(changed)
+}
+
+/// What an invocation borrows: the event source and the handler, built once.
+pub type Deps = Consumer<Saga>;
+
+/// The handler over a (lazily connecting) pool for `config`.
+pub fn handler(config: &ConsumerConfig) -> Saga {
+    Saga {
+        pool: shared::db::lazy_pool(&config.database),
+    }
+}
+
+/// One scheduled invocation: read the streams until the time budget is spent.
+pub async fn handle(
+    deps: &Deps,
+    event: LambdaEvent<CloudWatchEvent>,
+) -> Result<SourceStats, lambda_runtime::Error> {
+    let span =
+        tracing::info_span!("consume", group = GROUP, request_id = %event.context.request_id);
+    Ok(deps
+        .run_invocation(event.context.deadline)
+        .instrument(span)
+        .await)
+}

@@ -1,19 +1,25 @@
 //! The local emulator: the functions of this repo on a laptop, with no AWS
 //! account and no Docker.
 //!
-//! This first version serves the HTTP API: each request becomes an API Gateway
-//! HTTP API (payload 2.0) event, is turned into a `lambda_http::Request` exactly
-//! as the Lambda runtime does it, and is handed in-process to the function's
-//! `handle`; the response is mapped back. Schedules, stream sources and the
+//! It serves the HTTP API: each request becomes an API Gateway HTTP API (payload
+//! 2.0) event, is turned into a `lambda_http::Request` exactly as the Lambda
+//! runtime does it, and is handed in-process to the function's `handle`; the
+//! response is mapped back. Behind it run the outbox relay (woken by
+//! `LISTEN/NOTIFY`) and the saga's consumers ([`workers`]). Schedules and the
 //! template reader come with the emulator's own issue.
 //!
 //! - [`gateway`]: HTTP request ⇄ API Gateway v2 event and response.
-//! - [`routes`]: the route table (`ANY /orders`, `ANY /orders/{id}`).
+//! - [`routes`]: the route table (`ANY /orders`, `ANY /orders/{id}`,
+//!   `POST /orders/{id}/cancel`, `ANY /inventory/{sku}`).
+//! - [`cli`]: the operator commands (`dlq`, `streams`, `outbox`).
 //! - [`database`]: zero-configuration PostgreSQL: create the database, migrate.
+//! - [`workers`]: the relay and the consumers, in the background.
 
+pub mod cli;
 pub mod database;
 pub mod gateway;
 pub mod routes;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +33,7 @@ use axum::Router;
 #[derive(Debug, Clone)]
 pub struct Emulator {
     pub create_order: Arc<create_order::Deps>,
+    pub inventory_api: Arc<inventory_api::Deps>,
     pub routes: routes::RouteTable,
 }
 
@@ -72,6 +79,9 @@ async fn dispatch(
     let response = match matched.function {
         routes::Function::CreateOrder => {
             create_order::handle(&emulator.create_order, request).await
+        }
+        routes::Function::InventoryApi => {
+            inventory_api::handle(&emulator.inventory_api, request).await
         }
     };
     gateway::response(response)

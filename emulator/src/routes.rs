@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Function {
     CreateOrder,
+    InventoryApi,
 }
 
 /// One HTTP API route: `METHOD /path/{param}` (`ANY` matches every method).
@@ -30,15 +31,20 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The routes of `template.yaml`'s create-order function.
+    /// The routes of `template.yaml`'s HTTP API functions.
     pub fn standard() -> Self {
-        let route = |path: &str| Route {
-            method: "ANY".into(),
+        let route = |method: &str, path: &str, function| Route {
+            method: method.into(),
             path: path.into(),
-            function: Function::CreateOrder,
+            function,
         };
         Self {
-            routes: vec![route("/orders"), route("/orders/{id}")],
+            routes: vec![
+                route("ANY", "/orders", Function::CreateOrder),
+                route("ANY", "/orders/{id}", Function::CreateOrder),
+                route("POST", "/orders/{id}/cancel", Function::CreateOrder),
+                route("ANY", "/inventory/{sku}", Function::InventoryApi),
+            ],
         }
     }
 
@@ -100,27 +106,9 @@ fn match_path(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
 
 /// API Gateway hands path parameters to the function percent-decoded.
 fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -140,5 +128,23 @@ mod tests {
         assert!(table.find("GET", "/orders/").is_none());
         assert!(table.find("GET", "/orders/a/b").is_none());
         assert!(table.find("GET", "/").is_none());
+    }
+
+    #[test]
+    fn cancel_is_post_only_and_inventory_goes_to_its_function() {
+        let table = RouteTable::standard();
+        let m = table.find("POST", "/orders/abc/cancel").expect("matches");
+        assert_eq!(m.route_key, "POST /orders/{id}/cancel");
+        assert_eq!(m.function, Function::CreateOrder);
+        assert!(table.find("GET", "/orders/abc/cancel").is_none());
+        let m = table.find("PUT", "/inventory/A%3A1").expect("matches");
+        assert_eq!(m.route_key, "ANY /inventory/{sku}");
+        assert_eq!(m.function, Function::InventoryApi);
+        assert_eq!(
+            m.path_parameters.get("sku").map(String::as_str),
+            Some("A:1")
+        );
+        assert!(table.find("GET", "/inventory").is_none());
+        assert!(table.find("GET", "/inventory/a/b").is_none());
     }
 }

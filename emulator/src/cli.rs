@@ -1,0 +1,176 @@
+//! The operator commands around the emulator: `dlq`, `streams`, `outbox`. Each
+//! writes a readable report to `out`; progress goes to `progress`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+use shared::outbox::Outbox;
+use shared::relay::Relay;
+use shared::source::{DeadLetter, DeadLetters, Selection};
+
+/// The consumer groups of this system: one per consuming function.
+pub const GROUPS: [&str; 2] = [inventory_consumer::GROUP, order_saga::GROUP];
+
+fn check_group(group: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        GROUPS.contains(&group),
+        "unknown consumer group {group:?} (the groups are {})",
+        GROUPS.join(", ")
+    );
+    Ok(())
+}
+
+fn describe(letter: &DeadLetter) -> String {
+    let event = letter.original().decode().map_or_else(
+        |e| format!("undecodable ({e})"),
+        |e| {
+            format!(
+                "{} {} of {} {}",
+                e.event_type, e.event_id, e.aggregate_type, e.aggregate_id
+            )
+        },
+    );
+    format!(
+        "{id}  from {stream} {source}  attempts {attempts}  at {at}\n    event: {event}\n    error: {error}",
+        id = letter.id,
+        stream = letter.source_stream,
+        source = letter.source_id,
+        attempts = letter.attempts,
+        at = letter.failed_at,
+        error = letter.error,
+    )
+}
+
+/// `dlq list`: the dead letters of `groups`, up to `count` each.
+pub async fn dlq_list(
+    redis: &ConnectionManager,
+    namespace: &str,
+    groups: &[&str],
+    count: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for group in groups {
+        check_group(group)?;
+        let dead = DeadLetters::new(redis.clone(), namespace, group);
+        let total = dead.count().await?;
+        writeln!(out, "{} ({total} dead letters)", dead.key())?;
+        for letter in dead.list(None, count).await? {
+            writeln!(out, "{}", describe(&letter))?;
+        }
+        if total as usize > count {
+            writeln!(out, "... and {} more (--count)", total as usize - count)?;
+        }
+    }
+    Ok(())
+}
+
+/// `dlq show`: one dead letter, with its original fields.
+pub async fn dlq_show(
+    redis: &ConnectionManager,
+    namespace: &str,
+    group: &str,
+    id: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    check_group(group)?;
+    let dead = DeadLetters::new(redis.clone(), namespace, group);
+    let letter = dead
+        .get(id)
+        .await?
+        .with_context(|| format!("no dead letter {id} in {}", dead.key()))?;
+    writeln!(out, "{}", describe(&letter))?;
+    writeln!(out, "    fields:")?;
+    for (k, v) in &letter.fields {
+        writeln!(
+            out,
+            "      {} = {}",
+            String::from_utf8_lossy(k),
+            String::from_utf8_lossy(v)
+        )?;
+    }
+    Ok(())
+}
+
+/// `dlq redrive`: back to their original streams, with progress.
+pub async fn dlq_redrive(
+    redis: &ConnectionManager,
+    namespace: &str,
+    group: &str,
+    selection: &Selection,
+    out: &mut dyn Write,
+    progress: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    check_group(group)?;
+    let dead = DeadLetters::new(redis.clone(), namespace, group);
+    let n = dead
+        .redrive(selection, |done, total| {
+            let _ = write!(progress, "\rredriven {done}/{total}");
+            let _ = progress.flush();
+        })
+        .await?;
+    if n > 0 {
+        writeln!(progress)?;
+    }
+    writeln!(out, "{n} dead letters of {} redriven", dead.key())?;
+    Ok(n)
+}
+
+/// `dlq purge`.
+pub async fn dlq_purge(
+    redis: &ConnectionManager,
+    namespace: &str,
+    group: &str,
+    selection: &Selection,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    check_group(group)?;
+    let dead = DeadLetters::new(redis.clone(), namespace, group);
+    let n = dead.purge(selection).await?;
+    writeln!(out, "{n} dead letters of {} purged", dead.key())?;
+    Ok(n)
+}
+
+/// `streams`: per stream, its length and each group's consumers, pending and lag.
+pub async fn streams(
+    redis: &ConnectionManager,
+    namespace: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let streams = shared::source::stream_overview(&mut redis.clone(), namespace).await?;
+    if streams.is_empty() {
+        writeln!(out, "no streams under {namespace}:")?;
+    }
+    for s in streams {
+        writeln!(out, "{}  length {}", s.key, s.length)?;
+        for g in s.groups {
+            writeln!(
+                out,
+                "    group {:<12} consumers {:<3} pending {:<6} lag {:<6} last delivered {}",
+                g.name,
+                g.consumers,
+                g.pending,
+                g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string()),
+                g.last_delivered_id
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `outbox`: per outbox, rows waiting, the oldest one's age, and rows set aside.
+pub async fn outbox(relay: &Relay, out: &mut dyn Write) -> anyhow::Result<()> {
+    for o in Outbox::ALL {
+        let b = relay.backlog(o).await?;
+        writeln!(
+            out,
+            "{:<18} pending {:<8} oldest {:<10} failed {}",
+            o.table(),
+            b.pending,
+            b.oldest_pending_age_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+            b.failed
+        )?;
+    }
+    Ok(())
+}

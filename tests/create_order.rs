@@ -22,27 +22,6 @@ async fn call(deps: &Deps, request: ApiRequest) -> Answer {
     Answer::from(handle(deps, request.build()).await)
 }
 
-/// Asserts a problem+json answer with `status`, and returns its body.
-fn problem(answer: &Answer, status: u16) -> Value {
-    assert_eq!(
-        answer.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    assert_eq!(
-        answer.header("content-type"),
-        Some("application/problem+json")
-    );
-    let body = answer.json();
-    assert_eq!(body["status"], json!(status));
-    assert!(
-        body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(),
-        "{body}"
-    );
-    body
-}
-
 async fn assert_nothing_written(db: &TestDb) -> Result<()> {
     for table in [
         "orders.orders",
@@ -172,12 +151,12 @@ async fn get_answers_404_for_an_unknown_order_and_400_for_a_bad_id() -> Result<(
         ApiRequest::get_order("0193a3e2-7c1a-7000-8000-000000000001"),
     )
     .await;
-    problem(&missing, 404);
+    tests::problem(&missing, 404);
     let bad = call(&deps, ApiRequest::get_order("not-a-uuid")).await;
-    let body = problem(&bad, 400);
+    let body = tests::problem(&bad, 400);
     assert_eq!(body["errors"][0]["field"], "id");
     let injected = call(&deps, ApiRequest::get_order("1%27%20OR%20%271%27%3D%271")).await;
-    problem(&injected, 400);
+    tests::problem(&injected, 400);
     Ok(())
 }
 
@@ -195,7 +174,7 @@ async fn malformed_json_is_400_and_writes_nothing() -> Result<()> {
         "{\"customer_id\": \"\u{1}\"}",
     ] {
         let answer = call(&deps, ApiRequest::post_orders(body)).await;
-        problem(&answer, 400);
+        tests::problem(&answer, 400);
     }
     // Invalid UTF-8 inside a JSON string, sent as binary.
     let answer = call(
@@ -203,7 +182,7 @@ async fn malformed_json_is_400_and_writes_nothing() -> Result<()> {
         ApiRequest::post_orders_fixture().base64_body(b"{\"customer_id\":\"\xff\xfe\"}"),
     )
     .await;
-    problem(&answer, 400);
+    tests::problem(&answer, 400);
     assert_nothing_written(&db).await
 }
 
@@ -290,7 +269,7 @@ async fn rule_breaking_bodies_are_422_naming_the_field() -> Result<()> {
     ];
     for (case, body, field) in cases {
         let answer = call(&deps, ApiRequest::post_orders(&body.to_string())).await;
-        let problem = problem(&answer, 422);
+        let problem = tests::problem(&answer, 422);
         let named = problem["errors"].as_array().is_some_and(|errors| {
             errors.iter().any(|e| {
                 e["field"].as_str().is_some_and(|f| f.contains(field))
@@ -308,7 +287,7 @@ async fn every_broken_rule_is_reported() -> Result<()> {
     let db = TestDb::fresh().await?;
     let body = json!({"items": [{"sku": "", "quantity": 0, "unit_price_cents": -1}]});
     let answer = call(&deps(&db), ApiRequest::post_orders(&body.to_string())).await;
-    let problem = problem(&answer, 422);
+    let problem = tests::problem(&answer, 422);
     let fields: Vec<&str> = problem["errors"]
         .as_array()
         .into_iter()
@@ -337,7 +316,7 @@ async fn oversized_bodies_are_413() -> Result<()> {
         ApiRequest::post_orders(&format!("{ORDER}{padding}")),
     )
     .await;
-    problem(&answer, 413);
+    tests::problem(&answer, 413);
     // Exactly at the limit is still read.
     let at_limit = format!(
         "{ORDER}{}",
@@ -367,10 +346,10 @@ async fn non_json_content_types_are_415() -> Result<()> {
             ApiRequest::post_orders(ORDER).header("content-type", content_type),
         )
         .await;
-        problem(&answer, 415);
+        tests::problem(&answer, 415);
         assert_eq!(answer.header("accept-post"), Some("application/json"));
     }
-    problem(
+    tests::problem(
         &call(
             &deps,
             ApiRequest::post_orders(ORDER).without_header("content-type"),
@@ -398,7 +377,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() -> Result<()> {
     let db = TestDb::fresh().await?;
     let deps = deps(&db);
     for path in ["/", "/order", "/orders/", "/orders/a/b", "/ordersx"] {
-        problem(
+        tests::problem(
             &call(&deps, ApiRequest::get_order("x").path(path)).await,
             404,
         );
@@ -418,7 +397,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() -> Result<()> {
             ApiRequest::post_orders(ORDER).method(method).path(path),
         )
         .await;
-        problem(&answer, 405);
+        tests::problem(&answer, 405);
         assert_eq!(answer.header("allow"), Some(allow));
     }
     assert_nothing_written(&db).await
@@ -494,7 +473,7 @@ async fn a_reused_key_with_another_body_is_422() -> Result<()> {
         ApiRequest::post_orders(&other).header("idempotency-key", "k"),
     )
     .await;
-    let body = problem(&answer, 422);
+    let body = tests::problem(&answer, 422);
     assert_eq!(body["type"], "/problems/idempotency-key-reused");
     assert_eq!(db.count("orders.orders").await?, 1);
     Ok(())
@@ -505,7 +484,7 @@ async fn a_malformed_key_is_400() -> Result<()> {
     let db = TestDb::fresh().await?;
     let deps = deps(&db);
     for key in ["\"unterminated", "has space", &"k".repeat(256)] {
-        problem(
+        tests::problem(
             &call(
                 &deps,
                 ApiRequest::post_orders(ORDER).header("idempotency-key", key),
@@ -557,7 +536,7 @@ async fn a_repeat_while_the_first_is_in_flight_is_409() -> Result<()> {
         ApiRequest::post_orders(ORDER).header("idempotency-key", "slow"),
     )
     .await;
-    let body = problem(&second, 409);
+    let body = tests::problem(&second, 409);
     assert_eq!(body["type"], "/problems/idempotency-key-in-flight");
     assert_eq!(second.header("retry-after"), Some("1"));
     blocker.rollback().await?;
@@ -671,7 +650,7 @@ async fn a_failing_outbox_insert_rolls_back_the_order() -> Result<()> {
         ApiRequest::post_orders(ORDER).header("idempotency-key", "atomic"),
     )
     .await;
-    let body = problem(&answer, 500);
+    let body = tests::problem(&answer, 500);
     assert!(
         !body["detail"]
             .as_str()
@@ -701,7 +680,7 @@ async fn an_unreachable_database_is_503_not_a_hang() -> Result<()> {
         ApiRequest::get_order("0193a3e2-7c1a-7000-8000-000000000001"),
     ] {
         let answer = tokio::time::timeout(Duration::from_secs(10), call(&deps, request)).await?;
-        problem(&answer, 503);
+        tests::problem(&answer, 503);
         assert_eq!(answer.header("retry-after"), Some("1"));
     }
     Ok(())
@@ -727,7 +706,7 @@ async fn a_database_that_times_out_is_503() -> Result<()> {
         call(&deps, ApiRequest::post_orders(ORDER)),
     )
     .await?;
-    problem(&answer, 503);
+    tests::problem(&answer, 503);
     blocker.rollback().await?;
     assert_nothing_written(&db).await
 }
@@ -765,5 +744,239 @@ async fn back_to_back_repeats_never_see_the_key_in_flight() -> Result<()> {
         );
     }
     assert_eq!(db.count("orders.orders").await?, 1);
+    Ok(())
+}
+
+/// The trace id of the cancel fixture's `traceparent`.
+const CANCEL_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// Creates an order through the API and returns its JSON.
+async fn create(deps: &Deps) -> Value {
+    let created = call(deps, ApiRequest::post_orders(ORDER)).await;
+    assert_eq!(created.status, 201);
+    created.json()
+}
+
+/// `(status, updated_at)` of the order, as stored.
+async fn stored_status(db: &TestDb, id: &str) -> Result<(String, time::OffsetDateTime)> {
+    Ok(
+        sqlx::query_as("SELECT status, updated_at FROM orders.orders WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?,
+    )
+}
+
+/// Every `OrderCancelled` row of the outbox: `(aggregate_id, traceparent, payload)`.
+async fn cancelled_events(db: &TestDb) -> Result<Vec<(String, Option<String>, Value)>> {
+    Ok(sqlx::query_as(
+        "SELECT aggregate_id, traceparent, payload FROM orders.outbox
+         WHERE event_type = 'OrderCancelled' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// A PENDING order becomes CANCELLED (updated now), answers with the order, and
+/// exactly one OrderCancelled event naming it is in the outbox, continuing the
+/// cancel request's trace.
+#[tokio::test]
+async fn cancel_turns_a_pending_order_cancelled_with_one_event() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let order = create(&deps).await;
+    let id = order["id"].as_str().expect("id").to_owned();
+    let (_, created_at) = stored_status(&db, &id).await?;
+
+    let answer = call(&deps, ApiRequest::cancel_order(&id)).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let mut expected = order.clone();
+    expected["status"] = json!("CANCELLED");
+    assert_eq!(answer.json(), expected, "the order, now CANCELLED");
+
+    let (status, updated_at) = stored_status(&db, &id).await?;
+    assert_eq!(status, "CANCELLED");
+    assert!(updated_at > created_at, "updated_at was not set");
+
+    let events = cancelled_events(&db).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (aggregate_id, traceparent, payload) = &events[0];
+    assert_eq!(aggregate_id, &id);
+    assert_eq!(payload, &json!({ "order_id": id }));
+    let (event_type, version, aggregate_type): (String, i32, String) = sqlx::query_as(
+        "SELECT event_type, schema_version, aggregate_type FROM orders.outbox ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(
+        (event_type.as_str(), version, aggregate_type.as_str()),
+        ("OrderCancelled", 1, "Order")
+    );
+    let traceparent = traceparent.as_deref().expect("traceparent stored");
+    assert!(
+        traceparent.starts_with(&format!("00-{CANCEL_TRACE}-")),
+        "the cancel request's trace continues: {traceparent}"
+    );
+    assert_ne!(
+        traceparent, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "a new span of ours is the parent"
+    );
+    assert_eq!(
+        db.count("orders.outbox").await?,
+        2,
+        "OrderCreated + OrderCancelled"
+    );
+
+    let fetched = call(&deps, ApiRequest::get_order(&id)).await;
+    assert_eq!(fetched.json(), expected);
+    Ok(())
+}
+
+/// A CONFIRMED order can be cancelled too.
+#[tokio::test]
+async fn cancel_turns_a_confirmed_order_cancelled() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let id = create(&deps).await["id"].as_str().expect("id").to_owned();
+    sqlx::query("UPDATE orders.orders SET status = 'CONFIRMED' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&db.pool)
+        .await?;
+    let answer = call(&deps, ApiRequest::cancel_order(&id)).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["status"], "CANCELLED");
+    assert_eq!(stored_status(&db, &id).await?.0, "CANCELLED");
+    assert_eq!(cancelled_events(&db).await?.len(), 1);
+    Ok(())
+}
+
+/// REJECTED and CANCELLED orders cannot be cancelled: 409 naming the status, and
+/// nothing is written (no status change, no new event).
+#[tokio::test]
+async fn cancelling_a_rejected_or_cancelled_order_is_409_and_writes_nothing() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    for status in ["REJECTED", "CANCELLED"] {
+        let id = create(&deps).await["id"].as_str().expect("id").to_owned();
+        sqlx::query("UPDATE orders.orders SET status = $2 WHERE id = $1::uuid")
+            .bind(&id)
+            .bind(status)
+            .execute(&db.pool)
+            .await?;
+        let before = stored_status(&db, &id).await?;
+        let outbox_before = db.count("orders.outbox").await?;
+
+        let answer = call(&deps, ApiRequest::cancel_order(&id)).await;
+        let body = tests::problem(&answer, 409);
+        assert_eq!(body["type"], "/problems/order-not-cancellable");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains(status)),
+            "{body}"
+        );
+
+        assert_eq!(stored_status(&db, &id).await?, before, "{status}");
+        assert_eq!(db.count("orders.outbox").await?, outbox_before, "{status}");
+    }
+    assert!(cancelled_events(&db).await?.is_empty());
+    Ok(())
+}
+
+/// Cancelling twice: the second is a 409 and there is still one event.
+#[tokio::test]
+async fn a_second_cancel_is_409() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let id = create(&deps).await["id"].as_str().expect("id").to_owned();
+    assert_eq!(call(&deps, ApiRequest::cancel_order(&id)).await.status, 200);
+    let again = call(&deps, ApiRequest::cancel_order(&id)).await;
+    assert!(tests::problem(&again, 409)["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("CANCELLED")));
+    assert_eq!(cancelled_events(&db).await?.len(), 1);
+    Ok(())
+}
+
+/// An unknown order is 404, a malformed id 400 (as for GET), another method 405;
+/// nothing is written.
+#[tokio::test]
+async fn cancel_answers_404_400_and_405() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    tests::problem(
+        &call(
+            &deps,
+            ApiRequest::cancel_order("0193a3e2-7c1a-7000-8000-000000000001"),
+        )
+        .await,
+        404,
+    );
+    for bad in ["not-a-uuid", "1%27%20OR%20%271%27%3D%271"] {
+        let body = tests::problem(&call(&deps, ApiRequest::cancel_order(bad)).await, 400);
+        assert_eq!(body["type"], "/problems/invalid-id");
+        assert_eq!(body["errors"][0]["field"], "id");
+    }
+    for method in ["GET", "PUT", "DELETE"] {
+        let answer = call(
+            &deps,
+            ApiRequest::cancel_order("0193a3e2-7c1a-7000-8000-000000000001").method(method),
+        )
+        .await;
+        tests::problem(&answer, 405);
+        assert_eq!(answer.header("allow"), Some("POST"));
+    }
+    for path in [
+        "/orders/0193a3e2-7c1a-7000-8000-000000000001/cancel/now",
+        "/orders/0193a3e2-7c1a-7000-8000-000000000001/uncancel",
+        "/orders//cancel",
+    ] {
+        tests::problem(
+            &call(&deps, ApiRequest::cancel_order("x").path(path)).await,
+            404,
+        );
+    }
+    assert_nothing_written(&db).await
+}
+
+/// `status_reason` is shown when it is set (the saga sets it on a rejection), and
+/// absent otherwise.
+#[tokio::test]
+async fn the_status_reason_is_shown_only_when_set() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let order = create(&deps).await;
+    assert!(order.get("status_reason").is_none(), "{order}");
+    let id = order["id"].as_str().expect("id").to_owned();
+    assert!(call(&deps, ApiRequest::get_order(&id))
+        .await
+        .json()
+        .get("status_reason")
+        .is_none());
+
+    let reason = "insufficient stock for WIDGET-1: requested 2, available 1";
+    sqlx::query(
+        "UPDATE orders.orders SET status = 'REJECTED', status_reason = $2 WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .bind(reason)
+    .execute(&db.pool)
+    .await?;
+    let fetched = call(&deps, ApiRequest::get_order(&id)).await.json();
+    assert_eq!(fetched["status"], "REJECTED");
+    assert_eq!(fetched["status_reason"], reason);
+    let mut expected = order;
+    expected["status"] = json!("REJECTED");
+    expected["status_reason"] = json!(reason);
+    assert_eq!(fetched, expected, "nothing else changes");
     Ok(())
 }

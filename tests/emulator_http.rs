@@ -1,5 +1,6 @@
 //! The emulator over real HTTP: requests become API Gateway v2 events, go to the
-//! create-order handler in-process, and come back as HTTP responses.
+//! create-order and inventory-api handlers in-process, and come back as HTTP
+//! responses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,9 @@ async fn start(db: &TestDb) -> Result<Running> {
             pool: db.pool.clone(),
             idempotency_ttl: Duration::from_secs(60),
         }),
+        inventory_api: Arc::new(inventory_api::Deps {
+            pool: db.pool.clone(),
+        }),
         routes: emulator::routes::RouteTable::standard(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -33,6 +37,16 @@ async fn start(db: &TestDb) -> Result<Running> {
         stop: Some(stop),
         server,
     })
+}
+
+impl Running {
+    async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.await??;
+        Ok(())
+    }
 }
 
 #[tokio::test]
@@ -86,4 +100,195 @@ async fn post_then_get_over_http() -> Result<()> {
     }
     running.server.await??;
     Ok(())
+}
+
+/// `PUT` then `GET /inventory/{sku}` reach the inventory-api function (the SKU
+/// percent-decoded on the way), on the same database as the orders.
+#[tokio::test]
+async fn inventory_put_then_get_over_http() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let running = start(&db).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/inventory/ns%3AWIDGET-1", running.base);
+
+    let set = http
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"available": 12}"#)
+        .send()
+        .await?;
+    assert_eq!(set.status(), 200);
+    assert_eq!(set.headers()["content-type"], "application/json");
+    let stock: Value = set.json().await?;
+    assert_eq!(
+        stock,
+        json!({"sku": "ns:WIDGET-1", "available": 12, "reserved": 0})
+    );
+    let stored: i32 =
+        sqlx::query_scalar("SELECT available FROM inventory.stock WHERE sku = 'ns:WIDGET-1'")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(stored, 12);
+
+    let fetched = http.get(&url).send().await?;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.json::<Value>().await?, stock);
+
+    // The function's own answers come back as they are: 404, 422, 405.
+    let missing = http
+        .get(format!("{}/inventory/UNKNOWN", running.base))
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    let refused = http
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"available": -1}"#)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 422);
+    assert_eq!(
+        refused.json::<Value>().await?["errors"][0]["field"],
+        "available"
+    );
+    let wrong_method = http.delete(&url).send().await?;
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "GET, PUT");
+
+    // No route for a path without a SKU: API Gateway's own 404.
+    let no_route = http
+        .get(format!("{}/inventory", running.base))
+        .send()
+        .await?;
+    assert_eq!(
+        no_route.json::<Value>().await?,
+        json!({"message": "Not Found"})
+    );
+    running.stop().await
+}
+
+/// `POST /orders/{id}/cancel` reaches create-order; its route takes POST only.
+#[tokio::test]
+async fn cancel_over_http() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let running = start(&db).await?;
+    let http = reqwest::Client::new();
+    let body = json!({"customer_id": "cust-1", "items": [{"sku": "A-1", "quantity": 1, "unit_price_cents": 250}]});
+    let order: Value = http
+        .post(format!("{}/orders", running.base))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?
+        .json()
+        .await?;
+    let cancel_url = format!(
+        "{}/orders/{}/cancel",
+        running.base,
+        order["id"].as_str().unwrap_or_default()
+    );
+
+    let cancelled = http.post(&cancel_url).send().await?;
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(cancelled.json::<Value>().await?["status"], "CANCELLED");
+    let again = http.post(&cancel_url).send().await?;
+    assert_eq!(again.status(), 409);
+    // Only POST is routed: API Gateway's own 404 for GET.
+    let get = http.get(&cancel_url).send().await?;
+    assert_eq!(get.status(), 404);
+    assert_eq!(get.json::<Value>().await?, json!({"message": "Not Found"}));
+    running.stop().await
+}
+
+#[tokio::test]
+async fn behind_the_api_the_saga_confirms_rejects_and_compensates() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let ns = tests::unique_namespace();
+    let env = shared::config::Env::from_pairs([("STREAM_NAMESPACE", ns.as_str())]);
+    let workers =
+        emulator::workers::Workers::start(db.pool.clone(), &tests::redis_url(), &env).await?;
+    let running = start(&db).await?;
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{}/inventory/LAMP-1", running.base))
+        .json(&json!({"available": 1}))
+        .send()
+        .await?;
+    assert_eq!(put.status(), 200);
+    let order = json!({"customer_id":"c-1","items":[{"sku":"LAMP-1","quantity":1,"unit_price_cents":2500}]});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created: Value = http
+            .post(format!("{}/orders", running.base))
+            .json(&order)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ids.push(created["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let status = |id: String| {
+        let http = http.clone();
+        let base = running.base.clone();
+        async move {
+            let v: Value = http
+                .get(format!("{base}/orders/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(v)
+        }
+    };
+    tests::source::wait_until(
+        Duration::from_secs(30),
+        "both orders are decided",
+        || async {
+            Ok(status(ids[0].clone()).await?["status"] != "PENDING"
+                && status(ids[1].clone()).await?["status"] != "PENDING")
+        },
+    )
+    .await?;
+    // The two orders are different aggregates, possibly on different
+    // partitions, so either may take the last lamp: exactly one does.
+    let (first, second) = (status(ids[0].clone()).await?, status(ids[1].clone()).await?);
+    let (confirmed, rejected) = if first["status"] == "CONFIRMED" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(confirmed["status"], "CONFIRMED");
+    assert_eq!(rejected["status"], "REJECTED");
+    assert_eq!(
+        rejected["status_reason"],
+        "insufficient stock for LAMP-1: requested 1, available 0"
+    );
+    // Cancelling the confirmed order gives its unit back.
+    let confirmed_id = confirmed["id"].as_str().unwrap_or_default();
+    let cancelled = http
+        .post(format!("{}/orders/{confirmed_id}/cancel", running.base))
+        .send()
+        .await?;
+    assert_eq!(cancelled.status(), 200);
+    tests::source::wait_until(
+        Duration::from_secs(30),
+        "the lamp is back in stock",
+        || async {
+            let v: Value = http
+                .get(format!("{}/inventory/LAMP-1", running.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(v["available"] == 1 && v["reserved"] == 0)
+        },
+    )
+    .await?;
+    running.stop().await?;
+    workers.stop().await;
+    tests::delete_streams(&tests::redis_url(), &ns).await
 }

@@ -4,6 +4,8 @@
 //! Tests talk to the real PostgreSQL at `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); nothing is mocked.
 
+pub mod source;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -111,6 +113,27 @@ impl ApiRequest {
         Self::fixture("apigw-v2-get-order.json").path(&format!("/orders/{id}"))
     }
 
+    /// `POST /orders/{id}/cancel`, with a `traceparent` of its own and no body.
+    pub fn cancel_order(id: &str) -> Self {
+        Self::fixture("apigw-v2-cancel-order.json").path(&format!("/orders/{id}/cancel"))
+    }
+
+    /// `PUT /inventory/{sku}` with the fixture's headers and this body.
+    pub fn put_inventory(sku: &str, body: &str) -> Self {
+        Self::fixture("apigw-v2-put-inventory.json")
+            .path(&format!("/inventory/{sku}"))
+            .body(body)
+    }
+
+    /// `GET /inventory/{sku}`: no body, no content type.
+    pub fn get_inventory(sku: &str) -> Self {
+        Self::fixture("apigw-v2-put-inventory.json")
+            .method("GET")
+            .path(&format!("/inventory/{sku}"))
+            .without_header("content-type")
+            .without_body()
+    }
+
     pub fn method(mut self, method: &str) -> Self {
         self.event["requestContext"]["http"]["method"] = json!(method);
         self
@@ -119,14 +142,25 @@ impl ApiRequest {
     pub fn path(mut self, path: &str) -> Self {
         self.event["rawPath"] = json!(path);
         self.event["requestContext"]["http"]["path"] = json!(path);
-        if let Some(id) = path.strip_prefix("/orders/") {
+        if let Some(rest) = path.strip_prefix("/orders/") {
+            let id = rest.strip_suffix("/cancel").unwrap_or(rest);
             self.event["pathParameters"] = json!({ "id": id });
+        } else if let Some(sku) = path.strip_prefix("/inventory/") {
+            self.event["pathParameters"] = json!({ "sku": sku });
         }
         self
     }
 
     pub fn body(mut self, body: &str) -> Self {
         self.event["body"] = json!(body);
+        self.event["isBase64Encoded"] = json!(false);
+        self
+    }
+
+    pub fn without_body(mut self) -> Self {
+        if let Some(event) = self.event.as_object_mut() {
+            event.remove("body");
+        }
         self.event["isBase64Encoded"] = json!(false);
         self
     }
@@ -195,6 +229,27 @@ impl From<lambda_http::Response<lambda_http::Body>> for Answer {
             body: body.to_vec(),
         }
     }
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+pub fn problem(answer: &Answer, status: u16) -> Value {
+    assert_eq!(
+        answer.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body = answer.json();
+    assert_eq!(body["status"], json!(status));
+    assert!(
+        body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(),
+        "{body}"
+    );
+    body
 }
 
 /// The Redis tests use: `TEST_REDIS_URL` or the local default.
@@ -287,8 +342,9 @@ pub async fn read_streams(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
+    // Event streams only (`ns:{Type:p}`), not the event sources' own keys.
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
+        .arg(format!("{namespace}:{{*}}"))
         .query_async(&mut conn)
         .await?;
     let mut out = std::collections::BTreeMap::new();

@@ -1,0 +1,120 @@
+//! The emulator's operator commands against a running system: a record that
+//! keeps failing ends in the dead-letter stream, `dlq list` / `show` show it,
+//! `dlq redrive` brings it back once the cause is fixed; `streams` and
+//! `outbox` report.
+
+use std::time::Duration;
+
+use serde_json::json;
+use shared::config::Env;
+use shared::source::Selection;
+use tests::source::wait_until;
+use tests::{redis_url, Answer, ApiRequest, TestDb};
+
+#[tokio::test]
+async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<()> {
+    let db = TestDb::fresh().await?;
+    let ns = tests::unique_namespace();
+    sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('LAMP-1', 5)")
+        .execute(&db.pool)
+        .await?;
+    // The inventory database fails every write for now, retryably.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'disk trouble' USING ERRCODE = '53100'; END $$;
+         CREATE TRIGGER fail BEFORE INSERT ON inventory.processed_events
+           FOR EACH ROW EXECUTE FUNCTION fail();",
+    )
+    .execute(&db.pool)
+    .await?;
+    let env = Env::from_pairs([
+        ("STREAM_NAMESPACE", ns.as_str()),
+        ("MAXIMUM_RETRY_ATTEMPTS", "1"),
+    ]);
+    let workers = emulator::workers::Workers::start(db.pool.clone(), &redis_url(), &env).await?;
+    let api = create_order::Deps {
+        pool: db.pool.clone(),
+        idempotency_ttl: Duration::from_secs(60),
+    };
+    let body =
+        json!({"customer_id":"c","items":[{"sku":"LAMP-1","quantity":1,"unit_price_cents":10}]});
+    let created = Answer::from(
+        create_order::handle(&api, ApiRequest::post_orders(&body.to_string()).build()).await,
+    );
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+
+    let redis = shared::relay::connect_redis(&redis_url(), Duration::from_secs(5)).await?;
+    let dead = shared::source::DeadLetters::new(redis.clone(), &ns, inventory_consumer::GROUP);
+    wait_until(
+        Duration::from_secs(30),
+        "the event is dead-lettered",
+        || async { Ok(dead.count().await? == 1) },
+    )
+    .await?;
+    let mut out = Vec::new();
+    emulator::cli::dlq_list(&redis, &ns, &emulator::cli::GROUPS, 10, &mut out).await?;
+    let listed = String::from_utf8(out)?;
+    assert!(listed.contains("(1 dead letters)"), "{listed}");
+    assert!(listed.contains("OrderCreated"), "{listed}");
+    assert!(listed.contains("disk trouble"), "{listed}");
+    assert!(listed.contains("attempts 2"), "{listed}");
+    let letter = dead.list(None, 1).await?.remove(0);
+    let mut out = Vec::new();
+    emulator::cli::dlq_show(&redis, &ns, inventory_consumer::GROUP, &letter.id, &mut out).await?;
+    let shown = String::from_utf8(out)?;
+    assert!(shown.contains(&format!("aggregate_id = {id}")), "{shown}");
+
+    // The cause is fixed; the operator redrives.
+    sqlx::query("DROP TRIGGER fail ON inventory.processed_events")
+        .execute(&db.pool)
+        .await?;
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    let n = emulator::cli::dlq_redrive(
+        &redis,
+        &ns,
+        inventory_consumer::GROUP,
+        &Selection::All,
+        &mut out,
+        &mut progress,
+    )
+    .await?;
+    assert_eq!(n, 1);
+    assert!(String::from_utf8(progress)?.contains("redriven 1/1"));
+    wait_until(
+        Duration::from_secs(30),
+        "the order is confirmed",
+        || async {
+            let got =
+                Answer::from(create_order::handle(&api, ApiRequest::get_order(&id).build()).await);
+            Ok(got.json()["status"] == "CONFIRMED")
+        },
+    )
+    .await?;
+    assert_eq!(dead.count().await?, 0);
+
+    let mut out = Vec::new();
+    emulator::cli::streams(&redis, &ns, &mut out).await?;
+    let streams = String::from_utf8(out)?;
+    assert!(streams.contains(&format!("{ns}:{{Order:0}}")), "{streams}");
+    assert!(streams.contains("group inventory"), "{streams}");
+    let relay = shared::relay::Relay::new(db.pool.clone(), redis.clone(), Default::default());
+    let mut out = Vec::new();
+    emulator::cli::outbox(&relay, &mut out).await?;
+    let outbox = String::from_utf8(out)?;
+    assert!(
+        outbox.contains("orders.outbox") && outbox.contains("pending 0"),
+        "{outbox}"
+    );
+    // Purging what is not there purges nothing; an unknown group is one clear error.
+    let mut out = Vec::new();
+    let purged =
+        emulator::cli::dlq_purge(&redis, &ns, "inventory", &Selection::All, &mut out).await?;
+    assert_eq!(purged, 0);
+    let err = emulator::cli::dlq_purge(&redis, &ns, "nope", &Selection::All, &mut out)
+        .await
+        .expect_err("unknown group");
+    assert!(err.to_string().contains("unknown consumer group"), "{err}");
+    workers.stop().await;
+    tests::delete_streams(&redis_url(), &ns).await
+}

@@ -1,0 +1,422 @@
+//! The order saga end to end, in-process, against real PostgreSQL and Redis:
+//! create-order → outbox → relay → inventory-consumer → inventory outbox →
+//! relay → order-saga, and the compensation on cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shared::envelope::AggregateType;
+use shared::relay::RelayOptions;
+use shared::streams::stream_keys;
+use tests::source::{append, fast_settings, source, wait_until, Running};
+use tests::{
+    delete_streams, redis_url, relay, unique_namespace, Answer, ApiRequest, RunningRelay, TestDb,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The whole system on one test database and one stream namespace.
+struct System {
+    db: TestDb,
+    ns: String,
+    api: create_order::Deps,
+    relay: Option<RunningRelay>,
+    consumers: Vec<Running>,
+    partitions: u16,
+}
+
+impl System {
+    async fn start(partitions: u16, consumers_per_group: usize) -> anyhow::Result<Self> {
+        let db = TestDb::fresh().await?;
+        let ns = unique_namespace();
+        let options = RelayOptions {
+            stream_namespace: ns.clone(),
+            stream_partitions: partitions,
+            ..RelayOptions::default()
+        };
+        let relay = RunningRelay::start(
+            relay(&db.pool, &redis_url(), options).await?,
+            Duration::from_millis(200),
+        )
+        .await;
+        let mut system = Self {
+            api: create_order::Deps {
+                pool: db.pool.clone(),
+                idempotency_ttl: Duration::from_secs(3600),
+            },
+            db,
+            ns,
+            relay: Some(relay),
+            consumers: Vec::new(),
+            partitions,
+        };
+        for i in 0..consumers_per_group {
+            system.start_inventory(&format!("inv-{i}")).await?;
+            system.start_saga(&format!("saga-{i}")).await?;
+        }
+        Ok(system)
+    }
+
+    fn streams(&self, aggregate: &str) -> Vec<String> {
+        stream_keys(
+            &self.ns,
+            &AggregateType::parse(aggregate).expect("valid"),
+            self.partitions,
+        )
+    }
+
+    async fn start_inventory(&mut self, consumer: &str) -> anyhow::Result<()> {
+        let mut settings =
+            fast_settings(&self.ns, inventory_consumer::GROUP, self.streams("Order"));
+        settings.consumer = consumer.into();
+        let handler = Arc::new(inventory_consumer::Inventory {
+            pool: self.db.pool.clone(),
+        });
+        self.consumers
+            .push(Running::start(source(settings).await?, handler));
+        Ok(())
+    }
+
+    async fn start_saga(&mut self, consumer: &str) -> anyhow::Result<()> {
+        let mut settings = fast_settings(&self.ns, order_saga::GROUP, self.streams("Reservation"));
+        settings.consumer = consumer.into();
+        let handler = Arc::new(order_saga::Saga {
+            pool: self.db.pool.clone(),
+        });
+        self.consumers
+            .push(Running::start(source(settings).await?, handler));
+        Ok(())
+    }
+
+    async fn set_stock(&self, sku: &str, available: i32) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO UPDATE SET available = $2")
+            .bind(sku)
+            .bind(available)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn stock(&self, sku: &str) -> anyhow::Result<(i32, i32)> {
+        Ok(
+            sqlx::query_as("SELECT available, reserved FROM inventory.stock WHERE sku = $1")
+                .bind(sku)
+                .fetch_one(&self.db.pool)
+                .await?,
+        )
+    }
+
+    async fn post_order(&self, items: Value) -> anyhow::Result<String> {
+        let body = json!({"customer_id": "c-1", "items": items}).to_string();
+        let answer = Answer::from(
+            create_order::handle(&self.api, ApiRequest::post_orders(&body).build()).await,
+        );
+        anyhow::ensure!(
+            answer.status == 201,
+            "POST /orders answered {}",
+            answer.status
+        );
+        Ok(answer.json()["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn get_order(&self, id: &str) -> Value {
+        Answer::from(create_order::handle(&self.api, ApiRequest::get_order(id).build()).await)
+            .json()
+    }
+
+    async fn cancel(&self, id: &str) -> Answer {
+        let request = ApiRequest::get_order(id)
+            .method("POST")
+            .path(&format!("/orders/{id}/cancel"));
+        Answer::from(create_order::handle(&self.api, request.build()).await)
+    }
+
+    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.db.pool).await?)
+    }
+
+    async fn wait_for_status(&self, id: &str, status: &str) -> anyhow::Result<Value> {
+        wait_until(WAIT, &format!("order {id} is {status}"), || async {
+            Ok(self.get_order(id).await["status"] == status)
+        })
+        .await?;
+        Ok(self.get_order(id).await)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for c in self.consumers.drain(..) {
+            c.stop().await?;
+        }
+        if let Some(r) = self.relay.take() {
+            r.stop().await?;
+        }
+        delete_streams(&redis_url(), &self.ns).await
+    }
+}
+
+#[tokio::test]
+async fn an_order_in_stock_is_confirmed_and_one_out_of_stock_is_rejected_with_the_reason(
+) -> anyhow::Result<()> {
+    let system = System::start(1, 1).await?;
+    system.set_stock("WIDGET-1", 5).await?;
+    system.set_stock("GADGET-7", 1).await?;
+    let ok = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":2,"unit_price_cents":100},{"sku":"GADGET-7","quantity":1,"unit_price_cents":100}]))
+        .await?;
+    let confirmed = system.wait_for_status(&ok, "CONFIRMED").await?;
+    assert!(confirmed.get("status_reason").is_none(), "{confirmed}");
+    assert_eq!(system.stock("WIDGET-1").await?, (3, 2));
+    assert_eq!(system.stock("GADGET-7").await?, (0, 1));
+
+    // Short on one line: nothing is reserved, and the order says why.
+    let short = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":1,"unit_price_cents":100},{"sku":"GADGET-7","quantity":1,"unit_price_cents":100}]))
+        .await?;
+    let rejected = system.wait_for_status(&short, "REJECTED").await?;
+    assert_eq!(
+        rejected["status_reason"],
+        "insufficient stock for GADGET-7: requested 1, available 0"
+    );
+    assert_eq!(system.stock("WIDGET-1").await?, (3, 2), "all or nothing");
+
+    let unknown = system
+        .post_order(json!([{"sku":"NOPE-1","quantity":1,"unit_price_cents":100}]))
+        .await?;
+    let rejected = system.wait_for_status(&unknown, "REJECTED").await?;
+    assert_eq!(rejected["status_reason"], "unknown SKU NOPE-1");
+    system.stop().await
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_orders_for_fifty_units_confirm_exactly_fifty() -> anyhow::Result<()>
+{
+    // Two partitions, two consumers per group: batches run concurrently.
+    let system = Arc::new(System::start(2, 2).await?);
+    system.set_stock("HOT-1", 50).await?;
+    let mut posts = Vec::new();
+    for _ in 0..200 {
+        let s = Arc::clone(&system);
+        posts.push(tokio::spawn(async move {
+            s.post_order(json!([{"sku":"HOT-1","quantity":1,"unit_price_cents":100}]))
+                .await
+        }));
+    }
+    for p in posts {
+        p.await??;
+    }
+    wait_until(WAIT, "no order is PENDING", || async {
+        Ok(system
+            .count("SELECT count(*) FROM orders.orders WHERE status = 'PENDING'")
+            .await?
+            == 0)
+    })
+    .await?;
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+            .await?,
+        50
+    );
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM orders.orders WHERE status = 'REJECTED'")
+            .await?,
+        150
+    );
+    assert_eq!(system.stock("HOT-1").await?, (0, 50));
+    assert_eq!(system.count("SELECT coalesce(sum(quantity), 0)::bigint FROM inventory.reservations WHERE status = 'RESERVED'").await?, 50);
+    let system = Arc::into_inner(system).expect("the only owner");
+    system.stop().await
+}
+
+#[tokio::test]
+async fn cancelling_an_order_releases_its_stock() -> anyhow::Result<()> {
+    let system = System::start(1, 1).await?;
+    system.set_stock("WIDGET-1", 10).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":4,"unit_price_cents":100}]))
+        .await?;
+    system.wait_for_status(&id, "CONFIRMED").await?;
+    assert_eq!(system.stock("WIDGET-1").await?, (6, 4));
+    let answer = system.cancel(&id).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["status"], "CANCELLED");
+    wait_until(WAIT, "the stock is released", || async {
+        Ok(system.stock("WIDGET-1").await? == (10, 0))
+    })
+    .await?;
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM inventory.reservations WHERE status = 'RELEASED'")
+            .await?,
+        1
+    );
+    // Cancelling again is refused, and changes nothing.
+    assert_eq!(system.cancel(&id).await.status, 409);
+    assert_eq!(system.get_order(&id).await["status"], "CANCELLED");
+    system.stop().await
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_takes_effect_once() -> anyhow::Result<()> {
+    let system = System::start(1, 1).await?;
+    system.set_stock("WIDGET-1", 10).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":3,"unit_price_cents":100}]))
+        .await?;
+    let short = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":30,"unit_price_cents":100}]))
+        .await?;
+    system.wait_for_status(&id, "CONFIRMED").await?;
+    system.wait_for_status(&short, "REJECTED").await?;
+    // Publish the very same events again, as a relay crash would.
+    let streams = tests::read_streams(&redis_url(), &system.ns).await?;
+    let of_type = |t: &str| -> Vec<shared::envelope::EventEnvelope> {
+        streams
+            .values()
+            .flatten()
+            .filter(|e| e.event_type.as_str() == t)
+            .cloned()
+            .collect()
+    };
+    let created = of_type("OrderCreated");
+    assert_eq!(created.len(), 2);
+    let stream = &system.streams("Order")[0];
+    append(stream, &created).await?;
+    let mut answers = of_type("InventoryReserved");
+    answers.extend(of_type("InventoryRejected"));
+    append(&system.streams("Reservation")[0], &answers).await?;
+    wait_until(WAIT, "the copies are consumed", || async {
+        Ok(
+            tests::source::pending_count(stream, inventory_consumer::GROUP).await? == 0
+                && tests::source::pending_count(
+                    &system.streams("Reservation")[0],
+                    order_saga::GROUP,
+                )
+                .await?
+                    == 0,
+        )
+    })
+    .await?;
+    // Give a wrongly written second answer time to be relayed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(system.stock("WIDGET-1").await?, (7, 3), "reserved once");
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM inventory.reservations")
+            .await?,
+        1
+    );
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM inventory.processed_events")
+            .await?,
+        2
+    );
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM orders.processed_events")
+            .await?,
+        2
+    );
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM inventory.outbox")
+            .await?,
+        0,
+        "all relayed"
+    );
+    // One answer per order: the originals plus the copies this test appended.
+    let streams = tests::read_streams(&redis_url(), &system.ns).await?;
+    let count = |t: &str| {
+        streams
+            .values()
+            .flatten()
+            .filter(|e| e.event_type.as_str() == t)
+            .count()
+    };
+    assert_eq!(count("InventoryReserved"), 2);
+    assert_eq!(count("InventoryRejected"), 2);
+    assert_eq!(system.get_order(&id).await["status"], "CONFIRMED");
+    assert_eq!(system.get_order(&short).await["status"], "REJECTED");
+    system.stop().await
+}
+
+#[tokio::test]
+async fn an_order_created_event_after_its_cancellation_reserves_nothing() -> anyhow::Result<()> {
+    // As when an OrderCreated is redriven from the dead-letter stream late.
+    let db = TestDb::fresh().await?;
+    sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('W-1', 5)")
+        .execute(&db.pool)
+        .await?;
+    let order = shared::domain::OrderId::new();
+    let cancel = inventory_consumer::Job {
+        event_id: uuid::Uuid::now_v7(),
+        traceparent: None,
+        command: inventory_consumer::Command::Release { order_id: order },
+    };
+    let create = inventory_consumer::Job {
+        event_id: uuid::Uuid::now_v7(),
+        traceparent: None,
+        command: inventory_consumer::Command::Reserve {
+            order_id: order,
+            lines: vec![(
+                shared::domain::Sku::parse("W-1")?,
+                shared::domain::Quantity::try_from(2_i64)?,
+            )],
+        },
+    };
+    inventory_consumer::apply(&db.pool, &[cancel]).await?;
+    let applied = inventory_consumer::apply(&db.pool, &[create]).await?;
+    assert_eq!(applied.rejected, 1);
+    let (available, reserved): (i32, i32) =
+        sqlx::query_as("SELECT available, reserved FROM inventory.stock WHERE sku = 'W-1'")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!((available, reserved), (5, 0));
+    let reason: String = sqlx::query_scalar(
+        "SELECT payload->>'reason' FROM inventory.outbox WHERE event_type = 'InventoryRejected'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert!(reason.contains("cancelled"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_event_types_and_invalid_payloads_go_to_the_dead_letter_stream(
+) -> anyhow::Result<()> {
+    let system = System::start(1, 1).await?;
+    let stream = system.streams("Order")[0].clone();
+    let mut unknown = tests::source::event("x", 0);
+    unknown.event_type = shared::envelope::EventType::parse("OrderTeleported")?;
+    let mut invalid = tests::source::event("y", 0);
+    invalid.event_type = shared::envelope::EventType::parse("OrderCreated")?;
+    let mut future = tests::source::event("z", 0);
+    future.event_type = shared::envelope::EventType::parse("OrderCreated")?;
+    future.schema_version = 9;
+    append(&stream, &[unknown, invalid, future]).await?;
+    let probe = source(fast_settings(&system.ns, inventory_consumer::GROUP, vec![])).await?;
+    let dead = probe.dead_letters();
+    wait_until(WAIT, "three dead letters", || async {
+        Ok(dead.count().await? == 3)
+    })
+    .await?;
+    let errors: Vec<String> = dead
+        .list(None, 10)
+        .await?
+        .into_iter()
+        .map(|l| l.error)
+        .collect();
+    assert!(errors[0].contains("unknown event type"), "{errors:?}");
+    assert!(
+        errors[1].contains("invalid OrderCreated payload"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].contains("unsupported schema version 9"),
+        "{errors:?}"
+    );
+    system.stop().await
+}

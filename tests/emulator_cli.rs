@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use serde_json::json;
-use shared::config::Env;
 use shared::source::Selection;
 use tests::source::wait_until;
 use tests::{redis_url, Answer, ApiRequest, TestDb};
@@ -14,7 +13,6 @@ use tests::{redis_url, Answer, ApiRequest, TestDb};
 #[tokio::test]
 async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<()> {
     let db = TestDb::fresh().await?;
-    let ns = tests::unique_namespace();
     sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('LAMP-1', 5)")
         .execute(&db.pool)
         .await?;
@@ -27,11 +25,13 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     )
     .execute(&db.pool)
     .await?;
-    let env = Env::from_pairs([
-        ("STREAM_NAMESPACE", ns.as_str()),
-        ("MAXIMUM_RETRY_ATTEMPTS", "1"),
-    ]);
-    let workers = emulator::workers::Workers::start(db.pool.clone(), &redis_url(), &env).await?;
+    let running = tests::emulated::start(
+        &db,
+        emulator::system::Mode::InProcess,
+        &[("MAXIMUM_RETRY_ATTEMPTS", "1")],
+    )
+    .await?;
+    let ns = running.namespace.clone();
     let api = create_order::Deps {
         pool: db.pool.clone(),
         idempotency_ttl: Duration::from_secs(60),
@@ -115,6 +115,5 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
         .await
         .expect_err("unknown group");
     assert!(err.to_string().contains("unknown consumer group"), "{err}");
-    workers.stop().await;
-    tests::delete_streams(&redis_url(), &ns).await
+    running.stop().await
 }

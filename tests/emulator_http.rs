@@ -2,57 +2,20 @@
 //! create-order and inventory-api handlers in-process, and come back as HTTP
 //! responses.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{json, Value};
 use tests::TestDb;
 
-struct Running {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start(db: &TestDb) -> Result<Running> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let emulator = emulator::Emulator {
-        create_order: Arc::new(create_order::Deps {
-            pool: db.pool.clone(),
-            idempotency_ttl: Duration::from_secs(60),
-        }),
-        inventory_api: Arc::new(inventory_api::Deps {
-            pool: db.pool.clone(),
-        }),
-        routes: emulator::routes::RouteTable::standard(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(emulator::serve(emulator, listener, async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running {
-        base,
-        stop: Some(stop),
-        server,
-    })
-}
-
-impl Running {
-    async fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.server.await??;
-        Ok(())
-    }
+async fn start(db: &TestDb) -> Result<tests::emulated::RunningEmulator> {
+    tests::emulated::start(db, emulator::system::Mode::InProcess, &[]).await
 }
 
 #[tokio::test]
 async fn post_then_get_over_http() -> Result<()> {
     let db = TestDb::fresh().await?;
-    let mut running = start(&db).await?;
+    let running = start(&db).await?;
     let http = reqwest::Client::new();
     let body = json!({"customer_id": "cust-1", "items": [{"sku": "A-1", "quantity": 3, "unit_price_cents": 250}]});
     let created = http
@@ -95,11 +58,7 @@ async fn post_then_get_over_http() -> Result<()> {
         .await?;
     assert_eq!(binary.status(), 415);
 
-    if let Some(stop) = running.stop.take() {
-        let _ = stop.send(());
-    }
-    running.server.await??;
-    Ok(())
+    running.stop().await
 }
 
 /// `PUT` then `GET /inventory/{sku}` reach the inventory-api function (the SKU
@@ -207,10 +166,6 @@ async fn cancel_over_http() -> Result<()> {
 #[tokio::test]
 async fn behind_the_api_the_saga_confirms_rejects_and_compensates() -> Result<()> {
     let db = TestDb::fresh().await?;
-    let ns = tests::unique_namespace();
-    let env = shared::config::Env::from_pairs([("STREAM_NAMESPACE", ns.as_str())]);
-    let workers =
-        emulator::workers::Workers::start(db.pool.clone(), &tests::redis_url(), &env).await?;
     let running = start(&db).await?;
     let http = reqwest::Client::new();
     let put = http
@@ -288,7 +243,5 @@ async fn behind_the_api_the_saga_confirms_rejects_and_compensates() -> Result<()
         },
     )
     .await?;
-    running.stop().await?;
-    workers.stop().await;
-    tests::delete_streams(&tests::redis_url(), &ns).await
+    running.stop().await
 }

@@ -174,3 +174,89 @@ pub async fn outbox(relay: &Relay, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The API Gateway v2 event for a request to one of the template's routes
+/// (`emulator generate-event http`).
+pub fn http_event(
+    template: &crate::template::Template,
+    method: &str,
+    path_and_query: &str,
+    headers: &[String],
+    body: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let mut request = axum::http::Request::builder()
+        .method(method.to_ascii_uppercase().as_str())
+        .uri(path_and_query);
+    for header in headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header {header}: expected `name: value`"))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type"))
+    {
+        request = request.header("content-type", "application/json");
+    }
+    let (parts, ()) = request
+        .body(())
+        .with_context(|| format!("{method} {path_and_query} is not a valid request"))?
+        .into_parts();
+    let routes = crate::routes::RouteTable::from_template(template);
+    let matched = routes
+        .find(parts.method.as_str(), parts.uri.path())
+        .with_context(|| {
+            format!(
+                "no route of the template matches {} {}",
+                parts.method,
+                parts.uri.path()
+            )
+        })?;
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(crate::gateway::event(&parts, body, &matched, peer))
+}
+
+/// `count` new `OrderCreated` events as the records of one batch, with their
+/// stream entry fields (`emulator generate-event stream-batch`).
+pub fn stream_batch(stream: &str, count: usize) -> anyhow::Result<serde_json::Value> {
+    use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
+    let mut records = Vec::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    for i in 0..count {
+        let order_id = uuid::Uuid::now_v7();
+        let payload = shared::events::OrderCreatedV1 {
+            order_id,
+            customer_id: "cust-1".into(),
+            items: vec![shared::events::OrderCreatedItemV1 {
+                sku: "SKU-1".into(),
+                quantity: 1,
+                unit_price_cents: 1999,
+            }],
+            total_cents: 1999,
+        };
+        let event = EventEnvelope::new(
+            EventType::parse(shared::events::ORDER_CREATED)?,
+            shared::events::OrderCreatedV1::SCHEMA_VERSION,
+            AggregateType::parse(shared::events::ORDER_AGGREGATE)?,
+            AggregateId::parse(&order_id.to_string())?,
+            None,
+            Payload::of(&payload)?,
+        );
+        let fields: serde_json::Map<String, serde_json::Value> = event
+            .to_stream_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v)))
+            .collect();
+        records.push(serde_json::json!({
+            "stream": stream,
+            "id": format!("{now_ms}-{i}"),
+            "attempt": 1,
+            "fields": fields,
+        }));
+    }
+    Ok(serde_json::json!({ "records": records }))
+}

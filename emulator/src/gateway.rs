@@ -148,12 +148,76 @@ fn request_time(now: OffsetDateTime) -> String {
     )
 }
 
-/// The function's response as HTTP.
-pub fn response(response: lambda_http::Response<lambda_http::Body>) -> axum::response::Response {
-    let (parts, body) = response.into_parts();
-    let mut out = axum::response::Response::new(axum::body::Body::from(body.to_vec()));
-    *out.status_mut() = parts.status;
-    *out.headers_mut() = parts.headers;
+/// The function's result as HTTP, as API Gateway maps a payload 2.0 response:
+/// an object with `statusCode` gives status, headers, `cookies` and the body
+/// (base64-decoded when `isBase64Encoded`); anything else is a `200` JSON body.
+pub fn response_from_payload(payload: &[u8]) -> axum::response::Response {
+    let Ok(value) = serde_json::from_slice::<Value>(payload) else {
+        return function_failed("the function's response is not JSON");
+    };
+    let Some(status) = value.get("statusCode") else {
+        let mut out = axum::response::Response::new(axum::body::Body::from(payload.to_vec()));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return out;
+    };
+    let Some(status) = status
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    else {
+        return function_failed("the function's statusCode is not an HTTP status");
+    };
+    let body = match value.get("body").and_then(Value::as_str) {
+        None => Vec::new(),
+        Some(text) if value["isBase64Encoded"] == true => {
+            match base64::engine::general_purpose::STANDARD.decode(text) {
+                Ok(bytes) => bytes,
+                Err(_) => return function_failed("the function's base64 body does not decode"),
+            }
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    let mut out = axum::response::Response::new(axum::body::Body::from(body));
+    *out.status_mut() = status;
+    let headers = out.headers_mut();
+    let mut put = |name: &str, value: &str| {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(name),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    };
+    if let Some(Value::Object(map)) = value.get("multiValueHeaders") {
+        for (name, values) in map {
+            for v in values
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                put(name, v);
+            }
+        }
+    }
+    if let Some(Value::Object(map)) = value.get("headers") {
+        for (name, v) in map {
+            if let Some(v) = v.as_str() {
+                put(name, v);
+            }
+        }
+    }
+    for cookie in value["cookies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        put("set-cookie", cookie);
+    }
     out
 }
 
@@ -178,8 +242,25 @@ pub fn payload_too_large() -> axum::response::Response {
     gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
 }
 
-/// The function failed (an invocation error): `500`, and the emulator keeps serving.
-pub fn function_failed(detail: &str) -> axum::response::Response {
-    tracing::error!(detail, "function invocation failed");
+/// The function's response cannot be mapped: `500`, as API Gateway answers.
+fn function_failed(detail: &str) -> axum::response::Response {
+    tracing::error!(detail, "malformed function response");
     gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+}
+
+/// The invocation failed: API Gateway's `500` (or `503` for a timeout, `429`
+/// when throttled) with a JSON message; the emulator keeps serving.
+pub fn invocation_failed(
+    function: &str,
+    error: &crate::invoke::InvokeError,
+) -> axum::response::Response {
+    use crate::invoke::InvokeError;
+    tracing::error!(function, %error, "function invocation failed");
+    match error {
+        InvokeError::Timeout { .. } => {
+            gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        }
+        InvokeError::Throttled => gateway_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
+        _ => gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+    }
 }

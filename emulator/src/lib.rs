@@ -1,25 +1,31 @@
-//! The local emulator: the functions of this repo on a laptop, with no AWS
-//! account and no Docker.
+//! The local emulator: the functions of `template.yaml` on a laptop, with no
+//! AWS account and no Docker.
 //!
-//! It serves the HTTP API: each request becomes an API Gateway HTTP API (payload
-//! 2.0) event, is turned into a `lambda_http::Request` exactly as the Lambda
-//! runtime does it, and is handed in-process to the function's `handle`; the
-//! response is mapped back. Behind it run the outbox relay (woken by
-//! `LISTEN/NOTIFY`) and the saga's consumers ([`workers`]). Schedules and the
-//! template reader come with the emulator's own issue.
+//! The template is the single source of truth ([`template`]): its `HttpApi`
+//! events become routes on one listener, where each request becomes an API
+//! Gateway HTTP API (payload 2.0) event ([`gateway`]); its `Schedule` events
+//! become timers ([`schedule`]); a consumer's stream source reads Redis Streams
+//! continuously; the outbox relay wakes on `LISTEN/NOTIFY` ([`system`]).
+//! Functions are linked in-process, or run as their real binaries behind the
+//! emulator's own Lambda Runtime API ([`runtime`]); [`functions`] hides which.
+//! The same listener answers the Lambda Invoke API.
 //!
-//! - [`gateway`]: HTTP request ⇄ API Gateway v2 event and response.
-//! - [`routes`]: the route table (`ANY /orders`, `ANY /orders/{id}`,
-//!   `POST /orders/{id}/cancel`, `ANY /inventory/{sku}`).
-//! - [`cli`]: the operator commands (`dlq`, `streams`, `outbox`).
-//! - [`database`]: zero-configuration PostgreSQL: create the database, migrate.
-//! - [`workers`]: the relay and the consumers, in the background.
+//! - [`cli`]: the operator commands (`dlq`, `streams`, `outbox`, `generate-event`).
+//! - [`database`] and [`servers`]: zero-configuration PostgreSQL and Redis.
+//! - [`invoke`]: an invocation and its errors, as AWS reports them.
 
 pub mod cli;
 pub mod database;
+pub mod functions;
 pub mod gateway;
+pub mod invoke;
 pub mod routes;
-pub mod workers;
+pub mod runtime;
+pub mod schedule;
+pub mod servers;
+pub mod stores;
+pub mod system;
+pub mod template;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,12 +35,20 @@ use anyhow::Context as _;
 use axum::extract::{ConnectInfo, State};
 use axum::Router;
 
-/// What the emulator serves.
+/// What the emulator serves over HTTP.
 #[derive(Debug, Clone)]
 pub struct Emulator {
-    pub create_order: Arc<create_order::Deps>,
-    pub inventory_api: Arc<inventory_api::Deps>,
+    pub functions: Arc<functions::Functions>,
     pub routes: routes::RouteTable,
+}
+
+impl Emulator {
+    pub fn of(system: &system::System) -> Self {
+        Self {
+            functions: Arc::clone(&system.functions),
+            routes: system.routes.clone(),
+        }
+    }
 }
 
 /// Serves HTTP on `listener` until `shutdown` completes; in-flight requests finish first.
@@ -44,6 +58,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            axum::routing::post(invoke_api),
+        )
         .fallback(dispatch)
         .with_state(Arc::new(emulator));
     axum::serve(
@@ -72,17 +90,137 @@ async fn dispatch(
         Err(_) => return gateway::payload_too_large(),
     };
     let event = gateway::event(&parts, &body, &matched, peer);
-    let request = match lambda_http::request::from_str(&event.to_string()) {
-        Ok(request) => request,
-        Err(e) => return gateway::function_failed(&format!("building the event: {e}")),
+    let mut invocation = invoke::Invocation::new(event.to_string());
+    if let Some(id) = event["requestContext"]["requestId"].as_str() {
+        id.clone_into(&mut invocation.request_id);
+    }
+    match emulator
+        .functions
+        .invoke(&matched.function, invocation)
+        .await
+    {
+        Ok(payload) => gateway::response_from_payload(&payload),
+        Err(e) => gateway::invocation_failed(&matched.function, &e),
+    }
+}
+
+/// The Lambda Invoke API (`aws lambda invoke --endpoint-url …`): `200` with the
+/// payload, or with `X-Amz-Function-Error: Unhandled` and the error payload.
+async fn invoke_api(
+    State(emulator): State<Arc<Emulator>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode};
+    use axum::response::IntoResponse as _;
+    let invocation_type = headers
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse")
+        .to_owned();
+    let Some(function) = emulator.functions.get(&name).cloned() else {
+        let error = invoke::InvokeError::NotFound(functions::arn(&name));
+        return aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &error);
     };
-    let response = match matched.function {
-        routes::Function::CreateOrder => {
-            create_order::handle(&emulator.create_order, request).await
-        }
-        routes::Function::InventoryApi => {
-            inventory_api::handle(&emulator.inventory_api, request).await
-        }
+    let payload = if body.is_empty() {
+        axum::body::Bytes::from_static(b"{}")
+    } else {
+        body
     };
-    gateway::response(response)
+    if serde_json::from_slice::<serde_json::Value>(&payload).is_err() {
+        return aws_error_message(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "Could not parse request body into json",
+        );
+    }
+    let invocation = invoke::Invocation::new(payload);
+    let request_id = invocation.request_id.clone();
+    match invocation_type.as_str() {
+        "DryRun" => return StatusCode::NO_CONTENT.into_response(),
+        "Event" => {
+            tokio::spawn(async move {
+                if let Err(e) = function.invoke(invocation).await {
+                    tracing::warn!(function = %function.spec.logical_id, error = %e, "asynchronous invocation failed");
+                }
+            });
+            let mut r = StatusCode::ACCEPTED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                r.headers_mut().insert("x-amzn-requestid", v);
+            }
+            return r;
+        }
+        "RequestResponse" => {}
+        other => {
+            return aws_error_message(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!("unsupported X-Amz-Invocation-Type {other}"),
+            )
+        }
+    }
+    let (body, function_error) = match function.invoke(invocation).await {
+        Ok(payload) => (payload.to_vec(), false),
+        Err(invoke::InvokeError::Throttled) => {
+            return aws_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                &invoke::InvokeError::Throttled,
+            )
+        }
+        Err(e) => (e.payload(&request_id).to_string().into_bytes(), true),
+    };
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert(
+        "x-amz-executed-version",
+        HeaderValue::from_static("$LATEST"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    if function_error {
+        h.insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
+    }
+    r
+}
+
+fn aws_error(
+    status: axum::http::StatusCode,
+    error_type: &'static str,
+    error: &invoke::InvokeError,
+) -> axum::response::Response {
+    aws_response(status, error_type, error.payload("").to_string())
+}
+
+fn aws_error_message(
+    status: axum::http::StatusCode,
+    error_type: &'static str,
+    message: &str,
+) -> axum::response::Response {
+    aws_response(
+        status,
+        error_type,
+        serde_json::json!({"Type": "User", "message": message}).to_string(),
+    )
+}
+
+fn aws_response(
+    status: axum::http::StatusCode,
+    error_type: &'static str,
+    body: String,
+) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use axum::response::IntoResponse as _;
+    let mut r = (status, body).into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+    r
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::print_stdout)] // A command-line tool: its reports go to stdout.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -22,11 +22,54 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the HTTP API on 127.0.0.1 until Ctrl-C or SIGTERM.
+    /// Run the system of template.yaml: the HTTP API and the Lambda Invoke API on
+    /// 127.0.0.1, timers for schedules, stream sources, and the outbox relay, until
+    /// Ctrl-C or SIGTERM.
+    #[command(after_help = "Examples:
+  emulator up
+  emulator up --port 8080 --env-vars env.json
+  cargo build --bins && emulator up --runtime-api
+  DATABASE_URL=postgres://me@db.local/orders REDIS_URL=redis://cache.local emulator up
+
+Without DATABASE_URL / REDIS_URL it uses PostgreSQL and Redis on 127.0.0.1, and
+starts private ones under --state-dir when those are not running.")]
     Up {
         /// The port to listen on.
         #[arg(long, default_value_t = 3000)]
         port: u16,
+        #[command(flatten)]
+        system: SystemArgs,
+    },
+    /// Invoke one function once with an event and print its response.
+    #[command(after_help = "Examples:
+  emulator generate-event http --method POST --path /orders --body '{\"customer_id\":\"c-1\",\"items\":[{\"sku\":\"A-1\",\"quantity\":1,\"unit_price_cents\":250}]}' > event.json
+  emulator invoke CreateOrderFunction --event event.json
+  emulator generate-event schedule | emulator invoke OutboxRelayFunction --event -
+  emulator invoke create-order --event event.json --runtime-api
+
+The response goes to stdout. A function error prints its error payload and exits 1.")]
+    Invoke {
+        /// The function: its logical id in the template, or its binary name.
+        function: String,
+        /// The event: a JSON file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        event: String,
+        #[command(flatten)]
+        system: SystemArgs,
+    },
+    /// Print a sample event for a function: an API Gateway HTTP API request, a
+    /// scheduled event, or a batch of stream records.
+    #[command(
+        name = "generate-event",
+        after_help = "Examples:
+  emulator generate-event http --method GET --path /orders/0193f6a2-0000-7000-8000-000000000000
+  emulator generate-event http --method POST --path /orders --header 'idempotency-key: k1' --body @order.json
+  emulator generate-event schedule --rule OutboxRelayFunction-EveryMinute
+  emulator generate-event stream-batch --count 3"
+    )]
+    GenerateEvent {
+        #[command(subcommand)]
+        kind: EventKind,
     },
     /// Apply the migrations of every service to DATABASE_URL (or the local default) and exit.
     /// Idempotent: what already ran is skipped.
@@ -49,6 +92,68 @@ enum Command {
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/orders_local emulator outbox"
     )]
     Outbox,
+}
+
+/// Where the system comes from and how its functions run.
+#[derive(Debug, clap::Args)]
+struct SystemArgs {
+    /// The SAM template: functions, environments, timeouts, events.
+    #[arg(long, default_value = "template.yaml")]
+    template: std::path::PathBuf,
+    /// A JSON file of environment overrides: `{"FunctionLogicalId": {"VAR": "value"},
+    /// "Parameters": {"VAR": "for every function"}}`; it may add variables.
+    #[arg(long)]
+    env_vars: Option<std::path::PathBuf>,
+    /// Template parameter values, `Name=Value` (over the parameters' defaults).
+    #[arg(long = "parameter-overrides", value_name = "NAME=VALUE")]
+    parameter_overrides: Vec<String>,
+    /// Run the real function binaries as child processes behind the emulator's
+    /// Lambda Runtime API, instead of calling the handlers in-process.
+    #[arg(long)]
+    runtime_api: bool,
+    /// Where the function binaries are (default: beside the emulator's own binary).
+    #[arg(long, requires = "runtime_api")]
+    functions_dir: Option<std::path::PathBuf>,
+    /// With --runtime-api: the most instances of one function when its template
+    /// sets no ReservedConcurrentExecutions.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Where private PostgreSQL and Redis servers keep their data.
+    #[arg(long)]
+    state_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventKind {
+    /// An API Gateway HTTP API (payload 2.0) request for a route of the template.
+    Http {
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The path, with its query string if any: `/orders/abc?x=1`.
+        #[arg(long)]
+        path: String,
+        /// `name: value`; repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The body; `@file` reads it from a file.
+        #[arg(long)]
+        body: Option<String>,
+        #[arg(long, default_value = "template.yaml")]
+        template: std::path::PathBuf,
+    },
+    /// An EventBridge scheduled event.
+    Schedule {
+        #[arg(long, default_value = "local-schedule")]
+        rule: String,
+    },
+    /// Records as a consumer's batch handler receives them: `OrderCreated`
+    /// events, with their stream entry fields.
+    StreamBatch {
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value = "events:{Order:0}")]
+        stream: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,115 +219,285 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let env = Env::from_process();
     shared::telemetry::init(&env);
-    let command = Cli::parse().command;
-    let redis_url = env
-        .get("REDIS_URL")?
-        .unwrap_or(emulator::workers::DEFAULT_REDIS_URL)
-        .to_owned();
-    let namespace = shared::relay::RelayOptions::from_env(&env)?.stream_namespace;
-    let redis = || async {
-        shared::relay::connect_redis(&redis_url, std::time::Duration::from_secs(10))
-            .await
-            .with_context(|| {
-                format!("connecting to Redis at {redis_url} (start redis-server, or set REDIS_URL)")
-            })
-    };
     let mut out = std::io::stdout().lock();
-    match &command {
-        Command::Dlq { action } => {
-            let redis = redis().await?;
-            match action {
-                DlqAction::List { group, count } => {
-                    let groups: Vec<&str> = match group {
-                        Some(g) => vec![g.as_str()],
-                        None => emulator::cli::GROUPS.to_vec(),
-                    };
-                    emulator::cli::dlq_list(&redis, &namespace, &groups, *count, &mut out).await?;
-                }
-                DlqAction::Show { group, id } => {
-                    emulator::cli::dlq_show(&redis, &namespace, group, id, &mut out).await?;
-                }
-                DlqAction::Redrive { group, all, ids } => {
-                    let selection = selection(*all, ids.clone());
-                    let mut progress = std::io::stderr();
-                    emulator::cli::dlq_redrive(
-                        &redis,
-                        &namespace,
-                        group,
-                        &selection,
-                        &mut out,
-                        &mut progress,
-                    )
+    match Cli::parse().command {
+        Command::Up { port, system } => up(&env, port, &system).await,
+        Command::Invoke {
+            function,
+            event,
+            system,
+        } => invoke(&env, &function, &event, &system, &mut out).await,
+        Command::GenerateEvent { kind } => generate_event(kind, &mut out),
+        Command::Migrate => {
+            let stores =
+                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Database)
                     .await?;
-                }
-                DlqAction::Purge { group, all, ids } => {
-                    let selection = selection(*all, ids.clone());
-                    emulator::cli::dlq_purge(&redis, &namespace, group, &selection, &mut out)
-                        .await?;
-                }
-            }
-            return Ok(());
+            tracing::info!(database = %stores.database_url, "migrations applied");
+            stores.stop().await
         }
-        Command::Streams => {
-            emulator::cli::streams(&redis().await?, &namespace, &mut out).await?;
-            return Ok(());
-        }
-        Command::Up { .. } | Command::Migrate | Command::Outbox => {}
-    }
-    let database = emulator::database::config(&env)?;
-    let create_url = env
-        .get("DATABASE_URL")?
-        .is_none()
-        .then_some(emulator::database::DEFAULT_DATABASE_URL);
-    let pool = emulator::database::prepare(&database, create_url).await?;
-    let port = match command {
-        Command::Up { port } => port,
         Command::Outbox => {
+            let stores =
+                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Both)
+                    .await?;
             let relay = shared::relay::Relay::new(
-                pool,
-                redis().await?,
+                stores.pool()?.clone(),
+                connect_redis(&stores.redis_url).await?,
                 shared::relay::RelayOptions::from_env(&env)?,
             );
             emulator::cli::outbox(&relay, &mut out).await?;
-            return Ok(());
+            stores.stop().await
         }
-        _ => {
-            tracing::info!(database = ?database, "migrations applied");
-            return Ok(());
+        Command::Streams => {
+            let namespace = shared::relay::RelayOptions::from_env(&env)?.stream_namespace;
+            let stores =
+                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Redis)
+                    .await?;
+            let redis = connect_redis(&stores.redis_url).await?;
+            emulator::cli::streams(&redis, &namespace, &mut out).await?;
+            stores.stop().await
         }
+        Command::Dlq { action } => {
+            let namespace = shared::relay::RelayOptions::from_env(&env)?.stream_namespace;
+            let stores =
+                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Redis)
+                    .await?;
+            let redis = connect_redis(&stores.redis_url).await?;
+            dlq(&redis, &namespace, action, &mut out).await?;
+            stores.stop().await
+        }
+    }
+}
+
+async fn dlq(
+    redis: &redis::aio::ConnectionManager,
+    namespace: &str,
+    action: DlqAction,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    match action {
+        DlqAction::List { group, count } => {
+            let groups: Vec<&str> = match &group {
+                Some(g) => vec![g.as_str()],
+                None => emulator::cli::GROUPS.to_vec(),
+            };
+            emulator::cli::dlq_list(redis, namespace, &groups, count, out).await
+        }
+        DlqAction::Show { group, id } => {
+            emulator::cli::dlq_show(redis, namespace, &group, &id, out).await
+        }
+        DlqAction::Redrive { group, all, ids } => {
+            let mut progress = std::io::stderr();
+            emulator::cli::dlq_redrive(
+                redis,
+                namespace,
+                &group,
+                &selection(all, ids),
+                out,
+                &mut progress,
+            )
+            .await?;
+            Ok(())
+        }
+        DlqAction::Purge { group, all, ids } => {
+            emulator::cli::dlq_purge(redis, namespace, &group, &selection(all, ids), out).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    shared::relay::connect_redis(url, Duration::from_secs(10))
+        .await
+        .with_context(|| {
+            format!("connecting to Redis at {url} (start redis-server, or set REDIS_URL)")
+        })
+}
+
+/// The template with `--parameter-overrides` and `--env-vars` applied.
+fn load_template(args: &SystemArgs) -> anyhow::Result<emulator::template::Template> {
+    let text = std::fs::read_to_string(&args.template).with_context(|| {
+        format!(
+            "reading {} (run from the repository, or pass --template)",
+            args.template.display()
+        )
+    })?;
+    let mut parameters = std::collections::BTreeMap::new();
+    for pair in &args.parameter_overrides {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--parameter-overrides {pair}: expected NAME=VALUE"))?;
+        parameters.insert(name.to_owned(), value.to_owned());
+    }
+    let mut template = emulator::template::parse_with_parameters(&text, &parameters)
+        .with_context(|| args.template.display().to_string())?;
+    if let Some(path) = &args.env_vars {
+        let json = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --env-vars {}", path.display()))?;
+        emulator::template::apply_env_overrides(&mut template, &json)
+            .with_context(|| format!("--env-vars {}", path.display()))?;
+    }
+    Ok(template)
+}
+
+fn mode(args: &SystemArgs) -> anyhow::Result<emulator::system::Mode> {
+    if !args.runtime_api {
+        return Ok(emulator::system::Mode::InProcess);
+    }
+    let binaries = match &args.functions_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .context("locating the emulator's binary")?
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .context("the emulator's binary has no directory")?,
     };
+    Ok(emulator::system::Mode::RuntimeApi {
+        binaries,
+        concurrency: args.concurrency.max(1),
+    })
+}
+
+async fn up(env: &Env, port: u16, args: &SystemArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let template = load_template(args)?;
+    let mode = mode(args)?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
         .with_context(|| {
             format!("listening on 127.0.0.1:{port} (is another emulator running? use --port)")
         })?;
-    let routes = emulator::routes::RouteTable::standard();
-    let emulator = emulator::Emulator {
-        // Both functions on one database, as both services are in the local one.
-        create_order: Arc::new(create_order::Deps {
-            pool: pool.clone(),
-            idempotency_ttl: create_order::Config::idempotency_ttl(&env)?,
-        }),
-        inventory_api: Arc::new(inventory_api::Deps { pool: pool.clone() }),
-        routes: routes.clone(),
+    let stores = emulator::stores::Stores::prepare(
+        env,
+        args.state_dir.as_deref(),
+        emulator::stores::Needs::Both,
+    )
+    .await?;
+    let system = emulator::system::System::start(emulator::system::Options {
+        template,
+        mode,
+        database_url: stores.database_url.clone(),
+        redis_url: stores.redis_url.clone(),
+    })
+    .await;
+    let system = match system {
+        Ok(system) => system,
+        Err(e) => {
+            stores.stop().await?;
+            return Err(e);
+        }
     };
-    let workers = emulator::workers::Workers::start(pool, &redis_url, &env).await?;
-    tracing::info!(address = %listener.local_addr()?, database = ?database, "emulator ready");
-    for route in routes.routes() {
-        tracing::info!(
-            "route {} {} -> {:?}",
-            route.method,
-            route.path,
-            route.function
-        );
-    }
-    for name in workers.names() {
-        tracing::info!("running {name}");
-    }
-    let served = emulator::serve(emulator, listener, shutdown_signal()).await;
-    workers.stop().await;
+    let address = listener.local_addr()?.to_string();
+    println!("{}", stores.describe());
+    print!("{}", system.banner(&address));
+    println!(
+        "Ready in {} ms. Ctrl-C to stop.",
+        started.elapsed().as_millis()
+    );
+    let served =
+        emulator::serve(emulator::Emulator::of(&system), listener, shutdown_signal()).await;
+    println!("Stopping: in-flight invocations finish first.");
+    system.stop().await;
+    stores.stop().await?;
     served?;
-    tracing::info!("stopped");
+    println!("Stopped.");
+    Ok(())
+}
+
+async fn invoke(
+    env: &Env,
+    function: &str,
+    event: &str,
+    args: &SystemArgs,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let template = load_template(args)?;
+    let Some(spec) = template
+        .functions
+        .iter()
+        .find(|f| f.logical_id == function || f.binary == function)
+        .cloned()
+    else {
+        let known: Vec<&str> = template
+            .functions
+            .iter()
+            .map(|f| f.logical_id.as_str())
+            .collect();
+        anyhow::bail!(
+            "no function {function} in the template (it has {})",
+            known.join(", ")
+        );
+    };
+    let payload = if event == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the event from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(event).with_context(|| format!("reading the event {event}"))?
+    };
+    serde_json::from_str::<serde_json::Value>(&payload)
+        .with_context(|| format!("the event {event} is not JSON"))?;
+    let stores = emulator::stores::Stores::prepare(
+        env,
+        args.state_dir.as_deref(),
+        emulator::stores::Needs::Both,
+    )
+    .await?;
+    let template = emulator::template::Template {
+        functions: vec![spec],
+        ..template
+    };
+    let functions = emulator::system::build_functions(&emulator::system::Options {
+        template,
+        mode: mode(args)?,
+        database_url: stores.database_url.clone(),
+        redis_url: stores.redis_url.clone(),
+    })
+    .await?;
+    let result = functions
+        .invoke(function, emulator::invoke::Invocation::new(payload))
+        .await;
+    functions.shutdown(Duration::from_secs(5)).await;
+    stores.stop().await?;
+    match result {
+        Ok(response) => {
+            out.write_all(&response)?;
+            writeln!(out)?;
+            Ok(())
+        }
+        Err(e) => {
+            writeln!(out, "{}", e.payload(""))?;
+            anyhow::bail!("{function} failed: {e}")
+        }
+    }
+}
+
+fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let event = match kind {
+        EventKind::Http {
+            method,
+            path,
+            headers,
+            body,
+            template,
+        } => {
+            let body = match body {
+                Some(b) => match b.strip_prefix('@') {
+                    Some(file) => std::fs::read_to_string(file)
+                        .with_context(|| format!("reading the body from {file}"))?,
+                    None => b,
+                },
+                None => String::new(),
+            };
+            let template = emulator::template::load(&template)?;
+            emulator::cli::http_event(&template, &method, &path, &headers, body.as_bytes())?
+        }
+        EventKind::Schedule { rule } => {
+            emulator::schedule::scheduled_event(&rule, chrono::Utc::now())
+        }
+        EventKind::StreamBatch { count, stream } => emulator::cli::stream_batch(&stream, count)?,
+    };
+    writeln!(out, "{}", serde_json::to_string_pretty(&event)?)?;
     Ok(())
 }
 

@@ -2,19 +2,13 @@
 
 use std::collections::BTreeMap;
 
-/// The functions the emulator can invoke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Function {
-    CreateOrder,
-    InventoryApi,
-}
-
 /// One HTTP API route: `METHOD /path/{param}` (`ANY` matches every method).
 #[derive(Debug, Clone)]
 pub struct Route {
     pub method: String,
     pub path: String,
-    pub function: Function,
+    /// The function's logical id in the template.
+    pub function: String,
 }
 
 /// A route that matched a request, with its path parameters.
@@ -22,7 +16,7 @@ pub struct Route {
 pub struct Matched {
     pub route_key: String,
     pub path_parameters: BTreeMap<String, String>,
-    pub function: Function,
+    pub function: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,20 +25,20 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The routes of `template.yaml`'s HTTP API functions.
-    pub fn standard() -> Self {
-        let route = |method: &str, path: &str, function| Route {
-            method: method.into(),
-            path: path.into(),
-            function,
-        };
+    /// The `HttpApi` events of the template's functions, in template order.
+    pub fn from_template(template: &crate::template::Template) -> Self {
         Self {
-            routes: vec![
-                route("ANY", "/orders", Function::CreateOrder),
-                route("ANY", "/orders/{id}", Function::CreateOrder),
-                route("POST", "/orders/{id}/cancel", Function::CreateOrder),
-                route("ANY", "/inventory/{sku}", Function::InventoryApi),
-            ],
+            routes: template
+                .functions
+                .iter()
+                .flat_map(|f| {
+                    f.http_routes.iter().map(|r| Route {
+                        method: r.method.to_ascii_uppercase(),
+                        path: r.path.clone(),
+                        function: f.logical_id.clone(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -74,7 +68,7 @@ impl RouteTable {
                 Matched {
                     route_key: format!("{} {}", route.method, route.path),
                     path_parameters,
-                    function: route.function,
+                    function: route.function.clone(),
                 },
             ));
         }
@@ -115,9 +109,14 @@ fn percent_decode(segment: &str) -> String {
 mod tests {
     use super::*;
 
+    fn standard() -> RouteTable {
+        let template = crate::template::parse(include_str!("../../template.yaml")).expect("parses");
+        RouteTable::from_template(&template)
+    }
+
     #[test]
     fn matches_templates_and_extracts_parameters() {
-        let table = RouteTable::standard();
+        let table = standard();
         let m = table.find("GET", "/orders/abc%20d").expect("matches");
         assert_eq!(m.route_key, "ANY /orders/{id}");
         assert_eq!(
@@ -132,14 +131,14 @@ mod tests {
 
     #[test]
     fn cancel_is_post_only_and_inventory_goes_to_its_function() {
-        let table = RouteTable::standard();
+        let table = standard();
         let m = table.find("POST", "/orders/abc/cancel").expect("matches");
         assert_eq!(m.route_key, "POST /orders/{id}/cancel");
-        assert_eq!(m.function, Function::CreateOrder);
+        assert_eq!(m.function, "CreateOrderFunction");
         assert!(table.find("GET", "/orders/abc/cancel").is_none());
         let m = table.find("PUT", "/inventory/A%3A1").expect("matches");
         assert_eq!(m.route_key, "ANY /inventory/{sku}");
-        assert_eq!(m.function, Function::InventoryApi);
+        assert_eq!(m.function, "InventoryApiFunction");
         assert_eq!(
             m.path_parameters.get("sku").map(String::as_str),
             Some("A:1")

@@ -4,6 +4,7 @@
 //! Tests talk to the real PostgreSQL at `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); nothing is mocked.
 
+pub mod emulated;
 pub mod source;
 
 use std::time::Duration;
@@ -50,6 +51,13 @@ impl TestDb {
             .await?;
         shared::db::migrate(&pool).await?;
         Ok(Self { pool, config, name })
+    }
+
+    /// The database's URL, for what connects by itself (the emulator's functions).
+    pub fn url(&self) -> String {
+        let admin = admin_url();
+        let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
+        format!("{server}/{}", self.name)
     }
 
     /// A counted `SELECT count(*) FROM <table>`.

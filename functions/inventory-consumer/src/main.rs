@@ -10,8 +10,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let env = Env::from_process();
     shared::telemetry::init(&env);
     let config = inventory_consumer::config(&env)?;
-    let deps =
-        inventory_consumer::Deps::connect(&config, inventory_consumer::handler(&config)).await?;
+    let deps = std::sync::Arc::new(
+        inventory_consumer::Deps::connect(&config, inventory_consumer::handler(&config)).await?,
+    );
+    // SIGTERM ends a running invocation once its batches are acknowledged.
+    deps.stop_on_sigterm();
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| {
         inventory_consumer::handle(&deps, event)
     }))

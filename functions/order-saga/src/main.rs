@@ -10,7 +10,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let env = Env::from_process();
     shared::telemetry::init(&env);
     let config = order_saga::config(&env)?;
-    let deps = order_saga::Deps::connect(&config, order_saga::handler(&config)).await?;
+    let deps = std::sync::Arc::new(
+        order_saga::Deps::connect(&config, order_saga::handler(&config)).await?,
+    );
+    // SIGTERM ends a running invocation once its batches are acknowledged.
+    deps.stop_on_sigterm();
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| {
         order_saga::handle(&deps, event)
     }))

@@ -26,13 +26,29 @@ impl ConsumerConfig {
     /// `aggregate_types` (`STREAM_PARTITIONS`, `STREAM_NAMESPACE`, as the relay
     /// writes them), with the event source variables of
     /// [`SourceSettings::from_env`].
+    ///
+    /// `STREAM_SOURCE` (comma-separated aggregate types), when set, names the
+    /// streams instead: the template declares it, and the emulator reads it too.
     pub fn from_env(env: &Env, group: &str, aggregate_types: &[&str]) -> Result<Self, ConfigError> {
         // The relay's reading of the same variables, so both agree.
         let relay = crate::relay::RelayOptions::from_env(env)?;
+        let declared: Option<Vec<&str>> = env.get("STREAM_SOURCE")?.map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        });
+        let aggregate_types = declared.as_deref().unwrap_or(aggregate_types);
+        if aggregate_types.is_empty() {
+            return Err(ConfigError::Malformed {
+                var: "STREAM_SOURCE",
+                reason: "names no aggregate type".into(),
+            });
+        }
         let mut streams = Vec::new();
         for t in aggregate_types {
             let t = AggregateType::parse(t).map_err(|e| ConfigError::Malformed {
-                var: "aggregate type",
+                var: "STREAM_SOURCE",
                 reason: e.to_string(),
             })?;
             streams.extend(stream_keys(
@@ -81,6 +97,22 @@ mod tests {
         assert_eq!(c.source.namespace, "prod");
         assert_eq!(c.source.group, "inventory");
         assert_eq!(c.source.batch_size, 7);
+        let declared = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("REDIS_URL", "redis://h"),
+            ("STREAM_SOURCE", "Reservation, Order"),
+        ]);
+        let c = ConsumerConfig::from_env(&declared, "g", &["Order"]).expect("valid");
+        assert_eq!(
+            c.source.streams,
+            ["events:{Reservation:0}", "events:{Order:0}"]
+        );
+        let empty = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("REDIS_URL", "redis://h"),
+            ("STREAM_SOURCE", " , "),
+        ]);
+        assert!(ConsumerConfig::from_env(&empty, "g", &["Order"]).is_err());
         let soon = stop_at(0, Duration::from_secs(3));
         assert!(soon <= Instant::now());
     }
@@ -93,6 +125,8 @@ pub struct Consumer<H> {
     pub source: super::EventSource,
     pub handler: std::sync::Arc<H>,
     pub safety_margin: Duration,
+    /// Set by [`Consumer::stop`]: invocations end early, batches in hand finish.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl<H: super::BatchHandler> Consumer<H> {
@@ -107,7 +141,35 @@ impl<H: super::BatchHandler> Consumer<H> {
             .await?,
             handler: std::sync::Arc::new(handler),
             safety_margin: config.safety_margin,
+            stopping: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ends the current and every later invocation as soon as the batches in
+    /// hand are settled (the process got SIGTERM).
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Stops the consumer on SIGTERM, as Lambda (or the emulator) sends before
+    /// it ends the process: what was handled is acknowledged first.
+    pub fn stop_on_sigterm(self: &std::sync::Arc<Self>) {
+        let consumer = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                term.recv().await;
+                tracing::info!("SIGTERM: finishing the batches in hand");
+                consumer.stop();
+            }
+        });
+    }
+
+    async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
     }
 
     /// Reads the streams until `safety_margin` before `deadline_epoch_ms` (a
@@ -119,17 +181,24 @@ impl<H: super::BatchHandler> Consumer<H> {
             .run(
                 std::sync::Arc::clone(&self.handler),
                 Some(stop),
-                std::future::pending(),
+                self.stopped(),
             )
             .await;
         tracing::info!(group = %self.source.settings().group, ?stats, "streams read");
         stats
     }
 
-    /// Reads the streams until `shutdown` (the emulator, a long-lived process).
+    /// Reads the streams until `shutdown` or [`Consumer::stop`] (the emulator,
+    /// a long-lived process).
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> super::SourceStats {
+        let either = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = self.stopped() => {}
+            }
+        };
         self.source
-            .run(std::sync::Arc::clone(&self.handler), None, shutdown)
+            .run(std::sync::Arc::clone(&self.handler), None, either)
             .await
     }
 }

@@ -1,0 +1,1263 @@
+//! The AWS SAM template as the emulator's single source of truth: which
+//! functions exist, their timeouts, memory, environment, HTTP routes,
+//! schedules and stream sources.
+//!
+//! Only what the emulator can act on is read; everything else is either
+//! ignored (other resources) or reported (`ignored_events`,
+//! `unresolved_environment`) so the banner can say what will not happen
+//! locally. CloudFormation intrinsics are resolved only where the answer is
+//! known without AWS (`Ref`/`Sub` to parameters with a value, pseudo
+//! parameters); this module never guesses a value it cannot know.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use yaml_serde::{Mapping, Value};
+
+use crate::schedule::ScheduleExpression;
+
+/// Lambda's defaults when neither the function nor `Globals` says.
+const DEFAULT_TIMEOUT_SECS: u64 = 3;
+const DEFAULT_MEMORY_MB: u32 = 128;
+
+/// The environment variables that configure a stream source like an event
+/// source mapping.
+const STREAM_SETTINGS: [&str; 7] = [
+    "BATCH_SIZE",
+    "MAXIMUM_BATCHING_WINDOW_IN_SECONDS",
+    "MAXIMUM_RETRY_ATTEMPTS",
+    "MAXIMUM_RECORD_AGE_IN_SECONDS",
+    "BISECT_BATCH_ON_FUNCTION_ERROR",
+    "STARTING_POSITION",
+    "VISIBILITY_TIMEOUT_SECONDS",
+];
+
+/// The functions of a SAM template, as the emulator runs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    /// The `AWS::Serverless::Function` resources, in template order.
+    pub functions: Vec<FunctionSpec>,
+    /// Every template parameter with the value used to resolve intrinsics:
+    /// the override given to [`parse_with_parameters`] if any, else its
+    /// `Default`, else `None`.
+    pub parameters: BTreeMap<String, Option<String>>,
+}
+
+impl Template {
+    /// The function with this logical id or binary name.
+    pub fn function(&self, name: &str) -> Option<&FunctionSpec> {
+        self.functions
+            .iter()
+            .find(|f| f.logical_id == name)
+            .or_else(|| self.functions.iter().find(|f| f.binary == name))
+    }
+}
+
+/// One `AWS::Serverless::Function`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    /// The resource's logical id, e.g. `CreateOrderFunction`.
+    pub logical_id: String,
+    /// `Metadata.BuildProperties.Binary`, else the logical id in kebab-case
+    /// without a trailing `Function` (`CreateOrderFunction` → `create-order`).
+    pub binary: String,
+    pub description: Option<String>,
+    /// `Timeout`, else `Globals.Function.Timeout`, else 3 s.
+    pub timeout: Duration,
+    /// `MemorySize`, else `Globals.Function.MemorySize`, else 128.
+    pub memory_mb: u32,
+    /// `ReservedConcurrentExecutions`, else the `Globals` one.
+    pub reserved_concurrency: Option<u32>,
+    /// `Globals.Function.Environment.Variables` merged with the function's
+    /// (the function wins), resolved; unresolvable ones are left out.
+    pub environment: BTreeMap<String, String>,
+    /// Variables whose value cannot be known locally (a parameter without a
+    /// value, `!GetAtt`, `{{resolve:...}}`, other intrinsics), sorted.
+    pub unresolved_environment: Vec<String>,
+    pub http_routes: Vec<HttpRoute>,
+    pub schedules: Vec<ScheduleSpec>,
+    /// Events the emulator does not deliver, as `Name (Type)`.
+    pub ignored_events: Vec<String>,
+}
+
+/// An `HttpApi` event: a route of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRoute {
+    /// The event's name in the template, e.g. `Orders`.
+    pub event: String,
+    /// Upper-case; `ANY` matches every method.
+    pub method: String,
+    /// E.g. `/orders/{id}`.
+    pub path: String,
+}
+
+/// A `Schedule` event: an EventBridge rule that invokes the function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSpec {
+    /// The event's name in the template, e.g. `EveryMinute`.
+    pub event: String,
+    /// The rule's name: the event's `Name`, else SAM's logical id for the
+    /// rule (`<function logical id><event name>`). It goes into the
+    /// payload's `resources`.
+    pub rule_name: String,
+    pub expression: ScheduleExpression,
+    /// `Enabled: false` or `State: DISABLED` turn the schedule off.
+    pub enabled: bool,
+    /// `Input`, a JSON string: sent instead of the Scheduled Event.
+    pub input: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
+/// A function that reads Redis Streams (its environment has `STREAM_SOURCE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSourceSpec {
+    /// From `STREAM_SOURCE`, comma-separated, e.g. `Order,Reservation`.
+    pub aggregate_types: Vec<String>,
+    /// `CONSUMER_GROUP`, else the binary name.
+    pub group: String,
+    /// `STREAM_NAMESPACE`, else `events`.
+    pub namespace: String,
+    /// `STREAM_PARTITIONS`, else 1.
+    pub partitions: u16,
+    /// The event source mapping variables present (`BATCH_SIZE`, ...), as
+    /// written; they are parsed where they are used.
+    pub settings: BTreeMap<String, String>,
+}
+
+impl FunctionSpec {
+    /// The function's stream source, if its environment declares one.
+    pub fn stream_source(&self) -> Option<StreamSourceSpec> {
+        let aggregate_types = aggregate_types(self.environment.get("STREAM_SOURCE")?);
+        if aggregate_types.is_empty() {
+            return None;
+        }
+        let env = |name: &str| self.environment.get(name).cloned();
+        Some(StreamSourceSpec {
+            aggregate_types,
+            group: env("CONSUMER_GROUP").unwrap_or_else(|| self.binary.clone()),
+            namespace: env("STREAM_NAMESPACE").unwrap_or_else(|| "events".to_owned()),
+            // Checked by `parse` and `apply_env_overrides`; 1 only if the
+            // field was edited afterwards.
+            partitions: env("STREAM_PARTITIONS")
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(1),
+            settings: STREAM_SETTINGS
+                .iter()
+                .filter_map(|&name| Some((name.to_owned(), env(name)?)))
+                .collect(),
+        })
+    }
+}
+
+fn aggregate_types(source: &str) -> Vec<String> {
+    source
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads and parses the template at `path`.
+pub fn load(path: &Path) -> anyhow::Result<Template> {
+    load_with_parameters(path, &BTreeMap::new())
+}
+
+/// [`load`] with parameter values that win over the template's `Default`s,
+/// like `sam local --parameter-overrides`.
+pub fn load_with_parameters(
+    path: &Path,
+    overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<Template> {
+    let yaml = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the SAM template {}", path.display()))?;
+    // One line, file first: "template.yaml: CreateOrderFunction: ...".
+    parse_with_parameters(&yaml, overrides).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+}
+
+/// Parses a SAM template.
+pub fn parse(yaml: &str) -> anyhow::Result<Template> {
+    parse_with_parameters(yaml, &BTreeMap::new())
+}
+
+/// [`parse`] with parameter values that win over the template's `Default`s.
+/// Overriding a parameter the template does not declare is an error.
+pub fn parse_with_parameters(
+    yaml: &str,
+    overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<Template> {
+    let root: Value = yaml_serde::from_str(yaml).map_err(|e| anyhow!("invalid YAML: {e}"))?;
+    let Value::Mapping(root) = root else {
+        bail!("the template is not a YAML mapping");
+    };
+
+    let parameters = parameters(mapping(root.get("Parameters"), "Parameters")?, overrides)?;
+    let resolver = Resolver {
+        parameters: &parameters,
+    };
+    let globals = mapping(
+        mapping(root.get("Globals"), "Globals")?.and_then(|g| g.get("Function")),
+        "Globals.Function",
+    )?;
+    let globals = Defaults::read(globals, &resolver)?;
+
+    let resources = mapping(root.get("Resources"), "Resources")?
+        .ok_or_else(|| anyhow!("the template has no Resources"))?;
+    let mut functions = Vec::new();
+    for (id, resource) in resources {
+        let id = id
+            .as_str()
+            .ok_or_else(|| anyhow!("Resources: a resource name is not a string"))?;
+        let resource =
+            mapping(Some(resource), id)?.ok_or_else(|| anyhow!("{id}: the resource is empty"))?;
+        if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let function = function(id, resource, &globals, &resolver)?;
+        check_stream_variables(&function)?;
+        functions.push(function);
+    }
+    Ok(Template {
+        functions,
+        parameters,
+    })
+}
+
+/// Applies an environment overrides file (like `sam local invoke --env-vars`):
+/// a JSON object whose keys are function logical ids or binary names mapping
+/// to `{"VAR": value}`, plus an optional `"Parameters"` object applied to
+/// every function first. Unlike SAM, variables the template does not declare
+/// are added.
+pub fn apply_env_overrides(template: &mut Template, json: &str) -> anyhow::Result<()> {
+    let overrides: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| anyhow!("env overrides: invalid JSON: {e}"))?;
+    let serde_json::Value::Object(overrides) = overrides else {
+        bail!("env overrides: expected a JSON object of function name to {{\"VAR\": value}}");
+    };
+
+    // "Parameters" first so that a function's own entry wins.
+    let mut ordered: Vec<(&String, &serde_json::Value)> = overrides.iter().collect();
+    ordered.sort_by_key(|(name, _)| name.as_str() != "Parameters");
+
+    for (name, variables) in ordered {
+        let targets: Vec<usize> = if name == "Parameters" {
+            (0..template.functions.len()).collect()
+        } else {
+            let index = template
+                .functions
+                .iter()
+                .position(|f| &f.logical_id == name)
+                .or_else(|| template.functions.iter().position(|f| &f.binary == name))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = template
+                        .functions
+                        .iter()
+                        .map(|f| f.logical_id.as_str())
+                        .collect();
+                    anyhow!(
+                        "env overrides: no function `{name}` in the template (known: {})",
+                        known.join(", ")
+                    )
+                })?;
+            vec![index]
+        };
+        let serde_json::Value::Object(variables) = variables else {
+            bail!("env overrides: {name}: expected an object of variable name to value");
+        };
+        for (variable, value) in variables {
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => bail!(
+                    "env overrides: {name}.{variable}: the value must be a string, number or boolean"
+                ),
+            };
+            for &index in &targets {
+                let function = &mut template.functions[index];
+                function.environment.insert(variable.clone(), value.clone());
+                function.unresolved_environment.retain(|v| v != variable);
+            }
+        }
+    }
+    for function in &template.functions {
+        check_stream_variables(function).map_err(|e| anyhow!("env overrides: {e:#}"))?;
+    }
+    Ok(())
+}
+
+/// Fails on stream variables the stream engine would reject anyway, so the
+/// mistake surfaces at start-up rather than in a worker.
+fn check_stream_variables(function: &FunctionSpec) -> anyhow::Result<()> {
+    let id = &function.logical_id;
+    if let Some(partitions) = function.environment.get("STREAM_PARTITIONS") {
+        match partitions.trim().parse::<u16>() {
+            Ok(n) if n >= 1 => {}
+            _ => bail!(
+                "{id}: STREAM_PARTITIONS: expected a whole number 1-65535, got `{partitions}`"
+            ),
+        }
+    }
+    if let Some(source) = function.environment.get("STREAM_SOURCE") {
+        if aggregate_types(source).is_empty() {
+            bail!("{id}: STREAM_SOURCE: expected aggregate types such as `Order,Reservation`, got `{source}`");
+        }
+    }
+    Ok(())
+}
+
+/// `Parameters`: name → override, else `Default`.
+fn parameters(
+    declared: Option<&Mapping>,
+    overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, Option<String>>> {
+    let mut parameters = BTreeMap::new();
+    for (name, parameter) in declared.into_iter().flatten() {
+        let name = name
+            .as_str()
+            .ok_or_else(|| anyhow!("Parameters: a parameter name is not a string"))?;
+        let default = match parameter.get("Default") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(plain_scalar(value).ok_or_else(|| {
+                anyhow!("Parameters.{name}.Default: expected a string, number or boolean")
+            })?),
+        };
+        parameters.insert(name.to_owned(), default);
+    }
+    for (name, value) in overrides {
+        match parameters.get_mut(name) {
+            Some(slot) => *slot = Some(value.clone()),
+            None => {
+                let known: Vec<&str> = parameters.keys().map(String::as_str).collect();
+                bail!(
+                    "parameter override {name}: the template has no such parameter (known: {})",
+                    known.join(", ")
+                );
+            }
+        }
+    }
+    Ok(parameters)
+}
+
+/// What `Globals.Function` gives every function.
+#[derive(Debug, Default)]
+struct Defaults<'a> {
+    timeout: Option<u64>,
+    memory_mb: Option<u32>,
+    reserved_concurrency: Option<u32>,
+    variables: Vec<(String, &'a Value)>,
+}
+
+impl<'a> Defaults<'a> {
+    fn read(globals: Option<&'a Mapping>, resolver: &Resolver<'_>) -> anyhow::Result<Self> {
+        let Some(globals) = globals else {
+            return Ok(Self::default());
+        };
+        let at = "Globals.Function";
+        Ok(Self {
+            timeout: whole_number(globals, "Timeout", at, resolver, 1, 900)?,
+            memory_mb: whole_number(globals, "MemorySize", at, resolver, 128, 10_240)?.map(to_u32),
+            reserved_concurrency: whole_number(
+                globals,
+                "ReservedConcurrentExecutions",
+                at,
+                resolver,
+                0,
+                u64::from(u32::MAX),
+            )?
+            .map(to_u32),
+            variables: variables(globals, at)?,
+        })
+    }
+}
+
+/// Narrows a number already checked to fit.
+fn to_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn function(
+    id: &str,
+    resource: &Mapping,
+    globals: &Defaults<'_>,
+    resolver: &Resolver<'_>,
+) -> anyhow::Result<FunctionSpec> {
+    let properties = mapping(resource.get("Properties"), &format!("{id}: Properties"))?;
+    let empty = Mapping::new();
+    let properties = properties.unwrap_or(&empty);
+
+    let binary = match resource
+        .get("Metadata")
+        .and_then(|m| m.get("BuildProperties"))
+        .and_then(|b| b.get("Binary"))
+    {
+        None => kebab_binary_name(id),
+        Some(Value::String(binary)) if !binary.is_empty() => binary.clone(),
+        Some(_) => bail!("{id}: Metadata.BuildProperties.Binary: expected a binary name"),
+    };
+
+    let timeout = whole_number(properties, "Timeout", id, resolver, 1, 900)?
+        .or(globals.timeout)
+        .unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let memory_mb = whole_number(properties, "MemorySize", id, resolver, 128, 10_240)?
+        .map(to_u32)
+        .or(globals.memory_mb)
+        .unwrap_or(DEFAULT_MEMORY_MB);
+    let reserved_concurrency = whole_number(
+        properties,
+        "ReservedConcurrentExecutions",
+        id,
+        resolver,
+        0,
+        u64::from(u32::MAX),
+    )?
+    .map(to_u32)
+    .or(globals.reserved_concurrency);
+    let description = properties
+        .get("Description")
+        .map(|d| resolver.scalar(d))
+        .transpose()
+        .map_err(|e| anyhow!("{id}: Description: {e}"))?
+        .flatten();
+
+    // Globals first, then the function's own: later entries win.
+    let mut merged: BTreeMap<String, &Value> = BTreeMap::new();
+    merged.extend(globals.variables.iter().map(|(k, v)| (k.clone(), *v)));
+    merged.extend(variables(properties, id)?);
+    let mut environment = BTreeMap::new();
+    let mut unresolved_environment = Vec::new();
+    for (name, value) in merged {
+        match resolver
+            .scalar(value)
+            .map_err(|e| anyhow!("{id}: Environment.Variables.{name}: {e}"))?
+        {
+            Some(value) => {
+                environment.insert(name, value);
+            }
+            None => unresolved_environment.push(name),
+        }
+    }
+
+    let mut spec = FunctionSpec {
+        logical_id: id.to_owned(),
+        binary,
+        description,
+        timeout: Duration::from_secs(timeout),
+        memory_mb,
+        reserved_concurrency,
+        environment,
+        unresolved_environment,
+        http_routes: Vec::new(),
+        schedules: Vec::new(),
+        ignored_events: Vec::new(),
+    };
+    events(&mut spec, properties, resolver)?;
+    Ok(spec)
+}
+
+/// Sorts `Events` into routes, schedules and the ignored.
+fn events(
+    spec: &mut FunctionSpec,
+    properties: &Mapping,
+    resolver: &Resolver<'_>,
+) -> anyhow::Result<()> {
+    let id = spec.logical_id.clone();
+    let Some(events) = mapping(properties.get("Events"), &format!("{id}: Events"))? else {
+        return Ok(());
+    };
+    for (name, event) in events {
+        let name = name
+            .as_str()
+            .ok_or_else(|| anyhow!("{id}: Events: an event name is not a string"))?;
+        let at = format!("{id}: Events.{name}");
+        let event =
+            mapping(Some(event), &at)?.ok_or_else(|| anyhow!("{at}: the event is empty"))?;
+        let kind = event
+            .get("Type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("{at}: event without Type"))?;
+        let props = mapping(event.get("Properties"), &format!("{at}.Properties"))?;
+        match kind {
+            "HttpApi" => spec
+                .http_routes
+                .push(http_route(name, props, &at, resolver)?),
+            "Schedule" => spec
+                .schedules
+                .push(schedule(&id, name, props, &at, resolver)?),
+            _ => spec.ignored_events.push(format!("{name} ({kind})")),
+        }
+    }
+    Ok(())
+}
+
+const HTTP_METHODS: [&str; 8] = [
+    "ANY", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS",
+];
+
+fn http_route(
+    event: &str,
+    props: Option<&Mapping>,
+    at: &str,
+    resolver: &Resolver<'_>,
+) -> anyhow::Result<HttpRoute> {
+    // SAM's implicit catch-all API (an HttpApi event without Path and Method)
+    // has no local equivalent.
+    let field = |name: &str| -> anyhow::Result<String> {
+        let value = props
+            .and_then(|p| p.get(name))
+            .ok_or_else(|| anyhow!("{at}: HttpApi event without {name}"))?;
+        resolver
+            .scalar(value)
+            .map_err(|e| anyhow!("{at}: {name}: {e}"))?
+            .ok_or_else(|| anyhow!("{at}: {name}: cannot be resolved locally"))
+    };
+    let path = field("Path")?;
+    let method = field("Method")?.to_ascii_uppercase();
+    if !path.starts_with('/') {
+        bail!("{at}: Path `{path}` must start with `/`");
+    }
+    if !HTTP_METHODS.contains(&method.as_str()) {
+        bail!(
+            "{at}: Method `{method}` is not one of {}",
+            HTTP_METHODS.join(", ")
+        );
+    }
+    Ok(HttpRoute {
+        event: event.to_owned(),
+        method,
+        path,
+    })
+}
+
+fn schedule(
+    function_id: &str,
+    event: &str,
+    props: Option<&Mapping>,
+    at: &str,
+    resolver: &Resolver<'_>,
+) -> anyhow::Result<ScheduleSpec> {
+    let props = props.ok_or_else(|| anyhow!("{at}: Schedule event without Properties"))?;
+    let text = |name: &str| -> anyhow::Result<Option<String>> {
+        let Some(value) = props.get(name) else {
+            return Ok(None);
+        };
+        resolver
+            .scalar(value)
+            .map_err(|e| anyhow!("{at}: {name}: {e}"))?
+            .map(Some)
+            .ok_or_else(|| anyhow!("{at}: {name}: cannot be resolved locally"))
+    };
+
+    let expression =
+        text("Schedule")?.ok_or_else(|| anyhow!("{at}: Schedule event without Schedule"))?;
+    let expression = ScheduleExpression::parse(&expression).map_err(|e| anyhow!("{at}: {e}"))?;
+
+    let enabled = match (text("Enabled")?, text("State")?) {
+        (Some(_), Some(_)) => bail!("{at}: give Enabled or State, not both"),
+        (Some(enabled), None) => match enabled.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => bail!("{at}: Enabled: expected true or false, got `{enabled}`"),
+        },
+        (None, Some(state)) => match state.as_str() {
+            "ENABLED" | "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS" => true,
+            "DISABLED" => false,
+            _ => bail!("{at}: State: expected ENABLED or DISABLED, got `{state}`"),
+        },
+        (None, None) => true,
+    };
+
+    let input = match props.get("Input") {
+        None => None,
+        Some(Value::Mapping(_) | Value::Sequence(_)) => {
+            bail!("{at}: Input: expected a JSON string, not YAML structure")
+        }
+        Some(_) => {
+            let input = text("Input")?.unwrap_or_default();
+            Some(
+                serde_json::from_str(&input)
+                    .map_err(|e| anyhow!("{at}: Input: not valid JSON: {e}"))?,
+            )
+        }
+    };
+
+    Ok(ScheduleSpec {
+        event: event.to_owned(),
+        rule_name: text("Name")?.unwrap_or_else(|| format!("{function_id}{event}")),
+        expression,
+        enabled,
+        input,
+        description: text("Description")?,
+    })
+}
+
+/// `Environment.Variables` of a function or of `Globals.Function`.
+fn variables<'a>(properties: &'a Mapping, at: &str) -> anyhow::Result<Vec<(String, &'a Value)>> {
+    let Some(environment) = mapping(properties.get("Environment"), &format!("{at}: Environment"))?
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(variables) = mapping(
+        environment.get("Variables"),
+        &format!("{at}: Environment.Variables"),
+    )?
+    else {
+        return Ok(Vec::new());
+    };
+    variables
+        .iter()
+        .map(|(name, value)| {
+            let name = plain_scalar(name).ok_or_else(|| {
+                anyhow!("{at}: Environment.Variables: a variable name is not a string")
+            })?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// A whole number property within `min..=max`, possibly given by `!Ref`.
+fn whole_number(
+    properties: &Mapping,
+    name: &str,
+    at: &str,
+    resolver: &Resolver<'_>,
+    min: u64,
+    max: u64,
+) -> anyhow::Result<Option<u64>> {
+    let Some(value) = properties.get(name) else {
+        return Ok(None);
+    };
+    let text = resolver
+        .scalar(value)
+        .map_err(|e| anyhow!("{at}: {name}: {e}"))?
+        .ok_or_else(|| anyhow!("{at}: {name}: cannot be resolved locally"))?;
+    match text.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => bail!("{at}: {name}: expected a whole number {min}-{max}, got `{text}`"),
+    }
+}
+
+/// `value` as a mapping: `None` when absent or null, an error when it is
+/// something else.
+fn mapping<'a>(value: Option<&'a Value>, what: &str) -> anyhow::Result<Option<&'a Mapping>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Mapping(mapping)) => Ok(Some(mapping)),
+        Some(_) => bail!("{what}: expected a mapping"),
+    }
+}
+
+/// A plain (untagged) string, number or boolean in CloudFormation's string form.
+fn plain_scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `CreateOrderFunction` → `create-order`; `HTTPProxyFunction` → `http-proxy`.
+fn kebab_binary_name(logical_id: &str) -> String {
+    let stem = logical_id
+        .strip_suffix("Function")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(logical_id);
+    let chars: Vec<char> = stem.chars().collect();
+    let mut out = String::with_capacity(stem.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            let previous = chars[i - 1];
+            let next_is_lower = chars.get(i + 1).is_some_and(char::is_ascii_lowercase);
+            if previous.is_ascii_lowercase()
+                || previous.is_ascii_digit()
+                || (previous.is_ascii_uppercase() && next_is_lower)
+            {
+                out.push('-');
+            }
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Resolves the CloudFormation intrinsics whose value is known locally.
+#[derive(Debug)]
+struct Resolver<'a> {
+    parameters: &'a BTreeMap<String, Option<String>>,
+}
+
+impl Resolver<'_> {
+    /// `Ok(Some(text))` when the value is known, `Ok(None)` when only AWS
+    /// knows it, `Err` when it is not a valid scalar at all.
+    fn scalar(&self, value: &Value) -> Result<Option<String>, String> {
+        match value {
+            Value::Null => Err("no value".to_owned()),
+            Value::String(s) if s.contains("{{resolve:") => Ok(None),
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(plain_scalar(value)),
+            Value::Tagged(tagged) => {
+                let tag = tagged.tag.to_string();
+                self.intrinsic(tag.trim_start_matches('!'), &tagged.value)
+            }
+            Value::Mapping(m) => match m.iter().next() {
+                Some((Value::String(key), arg))
+                    if m.len() == 1 && (key == "Ref" || key.starts_with("Fn::")) =>
+                {
+                    self.intrinsic(key.trim_start_matches("Fn::"), arg)
+                }
+                _ => Err("expected a string, number or boolean, not a mapping".to_owned()),
+            },
+            Value::Sequence(_) => {
+                Err("expected a string, number or boolean, not a list".to_owned())
+            }
+        }
+    }
+
+    /// `function` without `!`/`Fn::`: `Ref`, `Sub`, `GetAtt`, ...
+    fn intrinsic(&self, function: &str, arg: &Value) -> Result<Option<String>, String> {
+        match (function, arg) {
+            ("Ref", Value::String(name)) => Ok(self.reference(name)),
+            ("Ref", _) => Err("Ref needs a name".to_owned()),
+            ("Sub", Value::String(text)) => Ok(self.substitute(text, &BTreeMap::new())),
+            ("Sub", Value::Sequence(parts)) => match &parts[..] {
+                [Value::String(text), Value::Mapping(variables)] => {
+                    let mut local = BTreeMap::new();
+                    for (name, value) in variables {
+                        let name = name
+                            .as_str()
+                            .ok_or_else(|| "Sub: a variable name is not a string".to_owned())?;
+                        local.insert(name.to_owned(), self.scalar(value)?);
+                    }
+                    Ok(self.substitute(text, &local))
+                }
+                _ => Err("Sub needs a string or [string, {variables}]".to_owned()),
+            },
+            // GetAtt, Join, If, ImportValue, ...: only CloudFormation knows.
+            _ => Ok(None),
+        }
+    }
+
+    /// A parameter's or pseudo parameter's value, if known locally.
+    fn reference(&self, name: &str) -> Option<String> {
+        let pseudo = match name {
+            "AWS::Region" => Some("us-east-1"),
+            "AWS::AccountId" => Some("000000000000"),
+            "AWS::URLSuffix" => Some("amazonaws.com"),
+            "AWS::Partition" => Some("aws"),
+            "AWS::StackName" => Some("local"),
+            _ => None,
+        };
+        match pseudo {
+            Some(value) => Some(value.to_owned()),
+            None => self.parameters.get(name).cloned().flatten(),
+        }
+    }
+
+    /// `Fn::Sub`: every `${Name}` replaced, `${!Literal}` kept as `${Literal}`;
+    /// `None` if any name is unknown locally or the result holds a dynamic
+    /// reference.
+    fn substitute(&self, text: &str, local: &BTreeMap<String, Option<String>>) -> Option<String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                // Unterminated: CloudFormation leaves it as written.
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let name = after[..end].trim();
+            if let Some(literal) = name.strip_prefix('!') {
+                out.push_str("${");
+                out.push_str(literal);
+                out.push('}');
+            } else {
+                let value = match local.get(name) {
+                    Some(value) => value.clone(),
+                    None => self.reference(name),
+                }?;
+                out.push_str(&value);
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        (!out.contains("{{resolve:")).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function<'a>(template: &'a Template, id: &str) -> &'a FunctionSpec {
+        template
+            .functions
+            .iter()
+            .find(|f| f.logical_id == id)
+            .unwrap_or_else(|| panic!("no function {id}"))
+    }
+
+    fn error(yaml: &str) -> String {
+        format!("{:#}", parse(yaml).expect_err("the template is invalid"))
+    }
+
+    /// The repository's own template reads as the emulator expects: five
+    /// functions, the create-order routes, Globals applied, the relay's
+    /// schedule, the database URL left to the emulator.
+    #[test]
+    fn repository_template() {
+        let template = parse(include_str!("../../template.yaml")).expect("template.yaml parses");
+        let ids: Vec<&str> = template
+            .functions
+            .iter()
+            .map(|f| f.logical_id.as_str())
+            .collect();
+        assert_eq!(ids.len(), 5, "{ids:?}");
+        assert_eq!(ids[0], "CreateOrderFunction");
+
+        let create_order = function(&template, "CreateOrderFunction");
+        assert_eq!(create_order.binary, "create-order");
+        let routes: Vec<(&str, &str)> = create_order
+            .http_routes
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str()))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("ANY", "/orders"),
+                ("ANY", "/orders/{id}"),
+                ("POST", "/orders/{id}/cancel")
+            ]
+        );
+        assert_eq!(create_order.timeout, Duration::from_secs(10));
+        assert_eq!(create_order.memory_mb, 256);
+        assert_eq!(create_order.environment["IDEMPOTENCY_TTL_SECS"], "86400");
+        assert_eq!(create_order.environment["RUST_LOG"], "info");
+        for name in ["DATABASE_URL", "DATABASE_PASSWORD"] {
+            assert!(
+                create_order
+                    .unresolved_environment
+                    .iter()
+                    .any(|v| v == name),
+                "{name} should be unresolved: {:?}",
+                create_order.unresolved_environment
+            );
+            assert!(!create_order.environment.contains_key(name));
+        }
+        assert!(create_order.schedules.is_empty());
+
+        let relay = function(&template, "OutboxRelayFunction");
+        assert_eq!(relay.timeout, Duration::from_secs(60));
+        assert_eq!(relay.reserved_concurrency, Some(2));
+        assert_eq!(relay.schedules.len(), 1);
+        assert_eq!(
+            relay.schedules[0].expression,
+            ScheduleExpression::Rate(Duration::from_secs(60))
+        );
+        assert_eq!(relay.schedules[0].expression.to_string(), "rate(1 minute)");
+        assert!(relay.schedules[0].enabled);
+        assert_eq!(
+            relay.schedules[0].rule_name,
+            "OutboxRelayFunctionEveryMinute"
+        );
+        assert!(relay
+            .unresolved_environment
+            .iter()
+            .any(|v| v == "REDIS_URL"));
+        assert!(relay.stream_source().is_none());
+
+        // Only once the template declares the stream sources.
+        for (id, source, group) in [
+            ("InventoryConsumerFunction", "Order", "inventory"),
+            ("OrderSagaFunction", "Reservation", "order-saga"),
+        ] {
+            let consumer = function(&template, id);
+            if consumer.environment.contains_key("STREAM_SOURCE") {
+                let stream = consumer.stream_source().expect("a stream source");
+                assert_eq!(stream.aggregate_types, [source]);
+                assert_eq!(stream.group, group);
+                assert_eq!(stream.namespace, "events");
+                assert_eq!(stream.partitions, 1);
+                assert_eq!(stream.settings["BATCH_SIZE"], "100");
+                assert_eq!(stream.settings["STARTING_POSITION"], "TRIM_HORIZON");
+                assert!(!stream.settings.contains_key("SAFETY_MARGIN_MS"));
+            }
+        }
+    }
+
+    const INTRINSICS: &str = r#"
+Parameters:
+  Host: { Type: String }
+  Port: { Type: Number, Default: 5432 }
+  Name: { Type: String, Default: orders }
+  Secret: { Type: String }
+  Seconds: { Type: Number, Default: 20 }
+Globals:
+  Function:
+    Timeout: 30
+    Environment:
+      Variables:
+        FROM_GLOBALS: global
+        OVERRIDDEN: global
+        HOST_LATER: !Ref Host
+Resources:
+  Table:
+    Type: AWS::DynamoDB::Table
+  WorkerFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Timeout: !Ref Seconds
+      Environment:
+        Variables:
+          OVERRIDDEN: mine
+          PLAIN: text
+          NUMBER: 42
+          FLOAT: 1.5
+          BOOL: true
+          PORT: !Ref Port
+          PORT_LONG: { Ref: Port }
+          REGION: !Ref AWS::Region
+          SUB: !Sub "postgres://${Name}:${Port}/${AWS::AccountId}.${AWS::URLSuffix}"
+          SUB_LONG: { "Fn::Sub": "${AWS::Partition}-${AWS::StackName}" }
+          SUB_LIST: !Sub ["${Greeting}, ${Name}", { Greeting: hello }]
+          SUB_LITERAL: !Sub "${!Name} is ${Name}"
+          NO_DEFAULT: !Ref Host
+          SUB_NO_DEFAULT: !Sub "${Host}:${Port}"
+          RESOURCE: !Ref Table
+          ATTRIBUTE: !GetAtt Table.Arn
+          SUB_ATTRIBUTE: !Sub "${Table.Arn}"
+          JOIN: !Join [",", [a, b]]
+          DYNAMIC: "{{resolve:ssm:/orders/key}}"
+          SUB_DYNAMIC: !Sub "{{resolve:secretsmanager:${Name}:SecretString:password}}"
+"#;
+
+    /// Plain scalars become strings; Ref and Sub to known values resolve;
+    /// everything only AWS knows is reported instead of guessed.
+    #[test]
+    fn intrinsics() {
+        let template = parse(INTRINSICS).expect("parses");
+        assert_eq!(template.functions.len(), 1);
+        let worker = &template.functions[0];
+        assert_eq!(worker.binary, "worker");
+        assert_eq!(worker.timeout, Duration::from_secs(20));
+        let env = &worker.environment;
+        let expected = [
+            ("FROM_GLOBALS", "global"),
+            ("OVERRIDDEN", "mine"),
+            ("PLAIN", "text"),
+            ("NUMBER", "42"),
+            ("FLOAT", "1.5"),
+            ("BOOL", "true"),
+            ("PORT", "5432"),
+            ("PORT_LONG", "5432"),
+            ("REGION", "us-east-1"),
+            ("SUB", "postgres://orders:5432/000000000000.amazonaws.com"),
+            ("SUB_LONG", "aws-local"),
+            ("SUB_LIST", "hello, orders"),
+            ("SUB_LITERAL", "${Name} is orders"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+        }
+        assert_eq!(env.len(), expected.len(), "{env:?}");
+        assert_eq!(
+            worker.unresolved_environment,
+            [
+                "ATTRIBUTE",
+                "DYNAMIC",
+                "HOST_LATER",
+                "JOIN",
+                "NO_DEFAULT",
+                "RESOURCE",
+                "SUB_ATTRIBUTE",
+                "SUB_DYNAMIC",
+                "SUB_NO_DEFAULT"
+            ]
+        );
+        assert_eq!(template.parameters["Port"].as_deref(), Some("5432"));
+        assert_eq!(template.parameters["Host"], None);
+    }
+
+    /// Parameter overrides win over Defaults and fill the ones without.
+    #[test]
+    fn parameter_overrides() {
+        let overrides = BTreeMap::from([
+            ("Host".to_owned(), "db.local".to_owned()),
+            ("Port".to_owned(), "6543".to_owned()),
+        ]);
+        let template = parse_with_parameters(INTRINSICS, &overrides).expect("parses");
+        let worker = &template.functions[0];
+        assert_eq!(worker.environment["NO_DEFAULT"], "db.local");
+        assert_eq!(worker.environment["SUB_NO_DEFAULT"], "db.local:6543");
+        assert_eq!(worker.environment["HOST_LATER"], "db.local");
+        assert!(!worker
+            .unresolved_environment
+            .contains(&"NO_DEFAULT".to_owned()));
+        // A dynamic reference stays unresolved even once substituted.
+        assert!(worker
+            .unresolved_environment
+            .contains(&"SUB_DYNAMIC".to_owned()));
+
+        let unknown = BTreeMap::from([("Nope".to_owned(), "x".to_owned())]);
+        let message = format!(
+            "{:#}",
+            parse_with_parameters(INTRINSICS, &unknown).expect_err("unknown parameter")
+        );
+        assert!(message.contains("Nope"), "{message}");
+        assert!(
+            message.contains("Host, Name, Port, Seconds, Secret"),
+            "{message}"
+        );
+    }
+
+    const EVENTS: &str = r#"
+Resources:
+  JobsFunction:
+    Type: AWS::Serverless::Function
+    Metadata:
+      BuildProperties:
+        Binary: jobs-bin
+    Properties:
+      Description: Runs jobs
+      MemorySize: 512
+      Events:
+        Nightly:
+          Type: Schedule
+          Properties:
+            Schedule: cron(0 2 * * ? *)
+            Name: nightly-jobs
+            Input: '{"job": "nightly"}'
+            Description: Every night
+        Paused:
+          Type: Schedule
+          Properties:
+            Schedule: rate(5 minutes)
+            Enabled: false
+        Stopped:
+          Type: Schedule
+          Properties:
+            Schedule: rate(1 hour)
+            State: DISABLED
+        Queue:
+          Type: SQS
+          Properties:
+            Queue: arn:aws:sqs:us-east-1:000000000000:jobs
+        Rest:
+          Type: Api
+          Properties:
+            Path: /jobs
+            Method: get
+        Http:
+          Type: HttpApi
+          Properties:
+            Path: /jobs/{id}
+            Method: get
+"#;
+
+    /// Schedules keep their settings; routes are upper-cased; other event
+    /// types, REST API included, are listed as ignored.
+    #[test]
+    fn events() {
+        let template = parse(EVENTS).expect("parses");
+        let jobs = &template.functions[0];
+        assert_eq!(jobs.binary, "jobs-bin");
+        assert_eq!(jobs.description.as_deref(), Some("Runs jobs"));
+        assert_eq!(jobs.memory_mb, 512);
+        assert_eq!(jobs.timeout, Duration::from_secs(3));
+        assert_eq!(jobs.reserved_concurrency, None);
+
+        let [nightly, paused, stopped] = &jobs.schedules[..] else {
+            panic!("three schedules: {:?}", jobs.schedules);
+        };
+        assert_eq!(nightly.event, "Nightly");
+        assert_eq!(nightly.rule_name, "nightly-jobs");
+        assert_eq!(nightly.expression.to_string(), "cron(0 2 * * ? *)");
+        assert!(nightly.enabled);
+        assert_eq!(nightly.input, Some(serde_json::json!({"job": "nightly"})));
+        assert_eq!(nightly.description.as_deref(), Some("Every night"));
+        assert!(!paused.enabled);
+        assert_eq!(paused.rule_name, "JobsFunctionPaused");
+        assert!(!stopped.enabled);
+
+        assert_eq!(
+            jobs.http_routes,
+            [HttpRoute {
+                event: "Http".to_owned(),
+                method: "GET".to_owned(),
+                path: "/jobs/{id}".to_owned()
+            }]
+        );
+        assert_eq!(jobs.ignored_events, ["Queue (SQS)", "Rest (Api)"]);
+    }
+
+    /// Binary names default to the logical id in kebab-case.
+    #[test]
+    fn binary_names() {
+        assert_eq!(kebab_binary_name("CreateOrderFunction"), "create-order");
+        assert_eq!(kebab_binary_name("OutboxRelayFunction"), "outbox-relay");
+        assert_eq!(kebab_binary_name("HTTPProxyFunction"), "http-proxy");
+        assert_eq!(kebab_binary_name("Worker2Function"), "worker2");
+        assert_eq!(kebab_binary_name("Function"), "function");
+        assert_eq!(kebab_binary_name("Relay"), "relay");
+    }
+
+    const STREAMS: &str = r#"
+Globals:
+  Function:
+    Environment:
+      Variables:
+        STREAM_PARTITIONS: 4
+Resources:
+  ConsumerFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Environment:
+        Variables:
+          STREAM_SOURCE: "Order, Reservation"
+          STREAM_NAMESPACE: test
+          BATCH_SIZE: 10
+          UNRELATED: x
+  RelayFunction:
+    Type: AWS::Serverless::Function
+"#;
+
+    /// A stream source reads its variables, with defaults for the missing.
+    #[test]
+    fn stream_source() {
+        let template = parse(STREAMS).expect("parses");
+        let stream = template.functions[0]
+            .stream_source()
+            .expect("a stream source");
+        assert_eq!(
+            stream,
+            StreamSourceSpec {
+                aggregate_types: vec!["Order".to_owned(), "Reservation".to_owned()],
+                group: "consumer".to_owned(),
+                namespace: "test".to_owned(),
+                partitions: 4,
+                settings: BTreeMap::from([("BATCH_SIZE".to_owned(), "10".to_owned())]),
+            }
+        );
+        assert_eq!(template.functions[1].stream_source(), None);
+
+        let bad = STREAMS.replace("STREAM_PARTITIONS: 4", "STREAM_PARTITIONS: 0");
+        assert!(error(&bad).contains("STREAM_PARTITIONS"), "{}", error(&bad));
+    }
+
+    /// The overrides file sets, adds and fills variables per function or for
+    /// all, and names what is wrong when it is wrong.
+    #[test]
+    fn env_overrides() {
+        let mut template = parse(INTRINSICS).expect("parses");
+        apply_env_overrides(
+            &mut template,
+            r#"{
+                "worker": {"NO_DEFAULT": "db.local", "NEW": 7, "FLAG": false},
+                "Parameters": {"NO_DEFAULT": "loses", "EVERYWHERE": "yes", "PLAIN": "changed"}
+            }"#,
+        )
+        .expect("applies");
+        let worker = &template.functions[0];
+        assert_eq!(worker.environment["NO_DEFAULT"], "db.local");
+        assert_eq!(worker.environment["NEW"], "7");
+        assert_eq!(worker.environment["FLAG"], "false");
+        assert_eq!(worker.environment["EVERYWHERE"], "yes");
+        assert_eq!(worker.environment["PLAIN"], "changed");
+        assert!(!worker
+            .unresolved_environment
+            .contains(&"NO_DEFAULT".to_owned()));
+
+        let message = format!(
+            "{:#}",
+            apply_env_overrides(&mut template, r#"{"Nope": {}}"#).expect_err("unknown")
+        );
+        assert_eq!(
+            message,
+            "env overrides: no function `Nope` in the template (known: WorkerFunction)"
+        );
+        let message = format!(
+            "{:#}",
+            apply_env_overrides(&mut template, r#"{"WorkerFunction": {"X": [1]}}"#)
+                .expect_err("a list")
+        );
+        assert_eq!(
+            message,
+            "env overrides: WorkerFunction.X: the value must be a string, number or boolean"
+        );
+        assert!(apply_env_overrides(&mut template, "[]").is_err());
+        assert!(apply_env_overrides(&mut template, "{").is_err());
+    }
+
+    /// Invalid templates fail with one line naming the resource and field.
+    #[test]
+    fn errors() {
+        let function = |properties: &str| {
+            error(&format!(
+                "Resources:\n  ApiFunction:\n    Type: AWS::Serverless::Function\n    Properties:\n{properties}"
+            ))
+        };
+        assert_eq!(
+            function("      Events:\n        Orders:\n          Type: HttpApi\n          Properties:\n            Method: GET\n"),
+            "ApiFunction: Events.Orders: HttpApi event without Path"
+        );
+        assert_eq!(
+            function("      Events:\n        Orders:\n          Type: HttpApi\n"),
+            "ApiFunction: Events.Orders: HttpApi event without Path"
+        );
+        assert_eq!(
+            function("      Events:\n        Orders:\n          Type: HttpApi\n          Properties:\n            Path: /x\n"),
+            "ApiFunction: Events.Orders: HttpApi event without Method"
+        );
+        assert_eq!(
+            function("      Events:\n        Tick:\n          Type: Schedule\n          Properties:\n            Schedule: rate(1 minutes)\n"),
+            "ApiFunction: Events.Tick: invalid schedule expression `rate(1 minutes)`: use `minute`, not `minutes`, when the value is 1"
+        );
+        assert!(function("      Events:\n        Tick:\n          Type: Schedule\n          Properties:\n            Schedule: rate(1 minute)\n            Input: '{nope'\n")
+            .starts_with("ApiFunction: Events.Tick: Input: not valid JSON"));
+        assert_eq!(
+            function("      Timeout: 0\n"),
+            "ApiFunction: Timeout: expected a whole number 1-900, got `0`"
+        );
+        assert_eq!(
+            function("      Timeout: soon\n"),
+            "ApiFunction: Timeout: expected a whole number 1-900, got `soon`"
+        );
+        assert_eq!(
+            function("      Environment:\n        Variables:\n          X: [1, 2]\n"),
+            "ApiFunction: Environment.Variables.X: expected a string, number or boolean, not a list"
+        );
+        assert_eq!(
+            function("      Events:\n        Orders:\n          Properties: {}\n"),
+            "ApiFunction: Events.Orders: event without Type"
+        );
+        assert!(error("Resources: [").starts_with("invalid YAML"));
+        assert_eq!(error("Parameters: {}\n"), "the template has no Resources");
+    }
+
+    /// `load` puts the file name in front of the error.
+    #[test]
+    fn load_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("emulator-template-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("template.yaml");
+        std::fs::write(
+            &path,
+            "Resources:\n  CreateOrderFunction:\n    Type: AWS::Serverless::Function\n    Properties:\n      Events:\n        Orders:\n          Type: HttpApi\n          Properties:\n            Method: ANY\n",
+        )
+        .expect("write template");
+        let message = format!("{:#}", load(&path).expect_err("invalid"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert_eq!(
+            message,
+            format!(
+                "{}: CreateOrderFunction: Events.Orders: HttpApi event without Path",
+                path.display()
+            )
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! The `emulator` binary as a user runs it: `up` reads the template, prints its
+//! banner, serves the saga end to end, and stops cleanly on SIGTERM with exit
+//! code 0; `generate-event` and `invoke` work together; errors are one line.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::{Connection as _, PgConnection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_emulator");
+const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
+const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+async fn fresh_database() -> anyhow::Result<String> {
+    let name = format!("emu_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(ADMIN).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
+fn spare_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// An env-vars file that gives the run a stream namespace of its own.
+fn env_vars(namespace: &str) -> anyhow::Result<tempfile_path::TempPath> {
+    let path = std::env::temp_dir().join(format!("{namespace}.json"));
+    std::fs::write(
+        &path,
+        json!({"Parameters": {"STREAM_NAMESPACE": namespace}}).to_string(),
+    )?;
+    Ok(tempfile_path::TempPath(path))
+}
+
+mod tempfile_path {
+    /// Removed when dropped.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let database_url = fresh_database().await?;
+    let namespace = format!("emu{}", uuid::Uuid::now_v7().simple());
+    let vars = env_vars(&namespace)?;
+    let port = spare_port()?;
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args([
+            "up",
+            "--port",
+            &port.to_string(),
+            "--template",
+            TEMPLATE,
+            "--env-vars",
+        ])
+        .arg(&vars.0)
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut banner = String::new();
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(20))?;
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Ready in") {
+            break;
+        }
+    }
+    let ready_after = started.elapsed();
+    for expected in [
+        "POST   /orders/{id}/cancel",
+        "-> CreateOrderFunction",
+        "ANY    /inventory/{sku}",
+        "schedule EveryMinute: rate(1 minute)",
+        "stream source: group inventory on Order",
+        "stream source: group order-saga on Reservation",
+        "woken by LISTEN/NOTIFY",
+        "/2015-03-31/functions/{name}/invocations",
+    ] {
+        assert!(
+            banner.contains(expected),
+            "missing {expected:?} in\n{banner}"
+        );
+    }
+    eprintln!("ready after {ready_after:?}:\n{banner}");
+
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{base}/inventory/LAMP-9"))
+        .json(&json!({"available": 1}))
+        .send()
+        .await?;
+    assert_eq!(put.status(), 200);
+    let order: Value = http
+        .post(format!("{base}/orders"))
+        .json(&json!({"customer_id":"c-1","items":[{"sku":"LAMP-9","quantity":1,"unit_price_cents":100}]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = order["id"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now: Value = http
+            .get(format!("{base}/orders/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if now["status"] == "CONFIRMED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The Invoke API answers like AWS: a function error is a 200 with a header.
+    let invoked = http
+        .post(format!(
+            "{base}/2015-03-31/functions/OutboxRelayFunction/invocations"
+        ))
+        .body(r#"{"not": "a scheduled event"}"#)
+        .send()
+        .await?;
+    assert_eq!(invoked.status(), 200);
+    assert_eq!(invoked.headers()["x-amz-function-error"], "Unhandled");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit 20 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
+    delete_streams(&namespace).await
+}
+
+async fn delete_streams(namespace: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn generate_event_feeds_invoke_and_errors_are_one_line() -> anyhow::Result<()> {
+    let database_url = fresh_database().await?;
+    let generated = Command::new(BIN)
+        .args([
+            "generate-event",
+            "http",
+            "--method",
+            "GET",
+            "--path",
+            "/orders/0193f6a2-0000-7000-8000-000000000000?verbose=1",
+            "--template",
+            TEMPLATE,
+        ])
+        .output()?;
+    assert!(generated.status.success(), "{generated:?}");
+    let event: Value = serde_json::from_slice(&generated.stdout)?;
+    assert_eq!(event["routeKey"], "ANY /orders/{id}");
+    assert_eq!(
+        event["pathParameters"]["id"],
+        "0193f6a2-0000-7000-8000-000000000000"
+    );
+
+    let mut invoke = Command::new(BIN)
+        .args([
+            "invoke",
+            "CreateOrderFunction",
+            "--event",
+            "-",
+            "--template",
+            TEMPLATE,
+        ])
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    invoke
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(&generated.stdout)?;
+    let out = invoke.wait_with_output()?;
+    assert!(out.status.success(), "{out:?}");
+    let response: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(response["statusCode"], 404, "{response}");
+
+    let unknown = Command::new(BIN)
+        .args(["invoke", "NoSuchFunction", "--template", TEMPLATE])
+        .stdin(Stdio::null())
+        .output()?;
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8(unknown.stderr)?;
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("NoSuchFunction"), "{stderr}");
+
+    let help = Command::new(BIN).args(["invoke", "--help"]).output()?;
+    assert!(String::from_utf8(help.stdout)?.contains("Examples:"));
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The emulator running in the test process: the repository's template, a
+//! fresh database, the shared Redis under a namespace of its own, HTTP on a
+//! spare port. In-process, or with the real binaries behind the Runtime API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use emulator::system::{Mode, Options, System};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::TestDb;
+
+/// The repository's `template.yaml`.
+pub fn template() -> anyhow::Result<emulator::template::Template> {
+    emulator::template::parse(include_str!("../../template.yaml"))
+}
+
+/// Where cargo put the workspace's binaries (`target/debug`): the parent of
+/// this test binary's `deps` directory. `cargo test --workspace` builds the
+/// function binaries before any test runs (each function crate has an
+/// integration test, which makes cargo build its binary).
+pub fn binaries_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let deps = exe.parent().context("test binary without a directory")?;
+    let dir = deps.parent().context("test binary outside target/")?;
+    Ok(dir.to_path_buf())
+}
+
+/// The real binaries' mode, or an error naming the missing binary and the fix.
+pub fn runtime_api() -> anyhow::Result<Mode> {
+    let binaries = binaries_dir()?;
+    for name in emulator::functions::LINKED {
+        anyhow::ensure!(
+            binaries.join(name).is_file(),
+            "{} is not built; run `cargo test --workspace` (or `cargo build --bins`) first",
+            binaries.join(name).display()
+        );
+    }
+    Ok(Mode::RuntimeApi {
+        binaries,
+        concurrency: 4,
+    })
+}
+
+/// An emulator serving HTTP, until [`RunningEmulator::stop`].
+#[derive(Debug)]
+pub struct RunningEmulator {
+    pub base: String,
+    pub namespace: String,
+    pub system: Option<System>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the template's system on `db` with `env` added to every function
+/// (`Parameters` of an env-vars file) and the stream namespace unique to the test.
+pub async fn start(
+    db: &TestDb,
+    mode: Mode,
+    env: &[(&str, &str)],
+) -> anyhow::Result<RunningEmulator> {
+    let namespace = crate::unique_namespace();
+    let mut parameters: BTreeMap<&str, &str> = env.iter().copied().collect();
+    parameters.insert("STREAM_NAMESPACE", &namespace);
+    let overrides = serde_json::json!({ "Parameters": parameters });
+    let mut template = template()?;
+    emulator::template::apply_env_overrides(&mut template, &overrides.to_string())?;
+    let system = System::start(Options {
+        template,
+        mode,
+        database_url: db.url(),
+        redis_url: crate::redis_url(),
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(emulator::serve(
+        emulator::Emulator::of(&system),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(RunningEmulator {
+        base,
+        namespace,
+        system: Some(system),
+        stop: Some(stop),
+        server,
+    })
+}
+
+impl RunningEmulator {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops serving, then the system (in-flight invocations finish), and
+    /// deletes the test's streams.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.server).await??;
+        if let Some(system) = self.system.take() {
+            system.stop().await;
+        }
+        crate::delete_streams(&crate::redis_url(), &self.namespace).await
+    }
+}

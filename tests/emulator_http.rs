@@ -165,8 +165,18 @@ async fn cancel_over_http() -> Result<()> {
 
 #[tokio::test]
 async fn behind_the_api_the_saga_confirms_rejects_and_compensates() -> Result<()> {
+    saga_scenario(emulator::system::Mode::InProcess).await
+}
+
+/// The same, with the real function binaries behind the emulator's Runtime API.
+#[tokio::test]
+async fn with_the_real_binaries_the_saga_confirms_rejects_and_compensates() -> Result<()> {
+    saga_scenario(tests::emulated::runtime_api()?).await
+}
+
+async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
     let db = TestDb::fresh().await?;
-    let running = start(&db).await?;
+    let running = tests::emulated::start(&db, mode, &[]).await?;
     let http = reqwest::Client::new();
     let put = http
         .put(format!("{}/inventory/LAMP-1", running.base))

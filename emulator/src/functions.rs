@@ -292,6 +292,9 @@ impl Function {
     pub async fn shutdown(&self, grace: Duration) {
         match &self.runner {
             Runner::Linked(linked) => linked.stop(),
+            Runner::Process(pool) if self.spec.stream_source().is_some() => {
+                pool.terminate(grace).await;
+            }
             Runner::Process(pool) => pool.shutdown(grace).await,
         }
     }

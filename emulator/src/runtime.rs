@@ -225,11 +225,29 @@ impl Pool {
     /// `grace` for those under way, then stops every process: SIGTERM, and
     /// SIGKILL for those still running 500 ms later.
     pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown_with(grace, false).await;
+    }
+
+    /// [`Pool::shutdown`], but SIGTERM goes to every instance first: for
+    /// functions whose invocations run long and end early on SIGTERM (the
+    /// stream consumers finish their batches, then respond).
+    pub async fn terminate(&self, grace: Duration) {
+        self.shutdown_with(grace, true).await;
+    }
+
+    async fn shutdown_with(&self, grace: Duration, terminate_first: bool) {
         let name = &self.inner.spec.name;
         {
             let mut slots = lock(&self.inner.slots);
             slots.closed = true;
             slots.idle.clear();
+        }
+        if terminate_first {
+            let instances: Vec<Arc<Instance>> =
+                lock(&self.inner.slots).all.values().cloned().collect();
+            for instance in &instances {
+                instance.signal(Stop::Terminate);
+            }
         }
         let mut in_flight = self.inner.in_flight.subscribe();
         if tokio::time::timeout(grace, in_flight.wait_for(|n| *n == 0))

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use emulator::system::{Mode, Options, System};
 use serde_json::{json, Value};
+use tests::emulated::RunningEmulator;
 
 const TEMPLATE: &str = r#"
 AWSTemplateFormatVersion: "2010-09-09"
@@ -36,14 +37,7 @@ Resources:
             Method: POST
 "#;
 
-struct Served {
-    base: String,
-    system: System,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn serve() -> anyhow::Result<Served> {
+async fn serve() -> anyhow::Result<RunningEmulator> {
     let binaries = Path::new(env!("CARGO_BIN_EXE_lambda-fixture"))
         .parent()
         .context("the fixture has a directory")?
@@ -63,31 +57,7 @@ async fn serve() -> anyhow::Result<Served> {
         redis_url: tests::redis_url(),
     })
     .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(emulator::serve(
-        emulator::Emulator::of(&system),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Ok(Served {
-        base,
-        system,
-        stop,
-        server,
-    })
-}
-
-impl Served {
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.server.await??;
-        self.system.stop().await;
-        Ok(())
-    }
+    tests::emulated::serve(system, tests::unique_namespace()).await
 }
 
 #[tokio::test]

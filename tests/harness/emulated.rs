@@ -74,6 +74,12 @@ pub async fn start(
         redis_url: crate::redis_url(),
     })
     .await?;
+    serve(system, namespace).await
+}
+
+/// Serves `system` over HTTP on a spare port; `namespace` is the streams
+/// [`RunningEmulator::stop`] deletes.
+pub async fn serve(system: System, namespace: String) -> anyhow::Result<RunningEmulator> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -238,6 +238,34 @@ async fn generate_event_feeds_invoke_and_errors_are_one_line() -> anyhow::Result
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("NoSuchFunction"), "{stderr}");
 
+    let schedule = Command::new(BIN)
+        .args(["generate-event", "schedule", "--rule", "nightly"])
+        .output()?;
+    let schedule: Value = serde_json::from_slice(&schedule.stdout)?;
+    assert_eq!(schedule["detail-type"], "Scheduled Event");
+    assert_eq!(
+        schedule["resources"][0],
+        "arn:aws:events:us-east-1:000000000000:rule/nightly"
+    );
+    let batch = Command::new(BIN)
+        .args(["generate-event", "stream-batch", "--count", "2"])
+        .output()?;
+    let batch: Value = serde_json::from_slice(&batch.stdout)?;
+    let records = batch["records"].as_array().cloned().unwrap_or_default();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["fields"]["event_type"], "OrderCreated");
+    let no_route = Command::new(BIN)
+        .args([
+            "generate-event",
+            "http",
+            "--path",
+            "/nowhere",
+            "--template",
+            TEMPLATE,
+        ])
+        .output()?;
+    assert_eq!(no_route.status.code(), Some(1));
+
     let help = Command::new(BIN).args(["invoke", "--help"]).output()?;
     assert!(String::from_utf8(help.stdout)?.contains("Examples:"));
     Ok(())

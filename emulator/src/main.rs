@@ -219,7 +219,8 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let env = Env::from_process();
     shared::telemetry::init(&env);
-    let mut out = std::io::stdout().lock();
+    // Not locked: the logs write to stdout too, from other tasks.
+    let mut out = std::io::stdout();
     match Cli::parse().command {
         Command::Up { port, system } => up(&env, port, &system).await,
         Command::Invoke {

@@ -67,7 +67,8 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         ])
         .arg(&vars.0)
         .env("DATABASE_URL", &database_url)
-        .env("RUST_LOG", "warn")
+        // Logs at info share stdout with the banner (a held stdout lock once hung it).
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;

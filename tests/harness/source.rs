@@ -88,14 +88,19 @@ pub async fn deliver(stream: &str, group: &str, consumer: &str) -> anyhow::Resul
 }
 
 /// How many entries `group` has pending on `stream`.
+/// A group its consumer has not created yet has nothing pending.
 pub async fn pending_count(stream: &str, group: &str) -> anyhow::Result<u64> {
     let mut conn = connection().await?;
-    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+    let reply: redis::RedisResult<redis::streams::StreamPendingReply> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
         .query_async(&mut conn)
-        .await?;
-    Ok(reply.count() as u64)
+        .await;
+    match reply {
+        Ok(reply) => Ok(reply.count() as u64),
+        Err(e) if e.code() == Some("NOGROUP") => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One record as the handler saw it.

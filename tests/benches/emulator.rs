@@ -203,51 +203,6 @@ async fn post_order(http: &reqwest::Client, url: &str, customer: &str) -> Result
     Ok(uuid::Uuid::parse_str(id)?)
 }
 
-/// The transaction create-order runs for a POST without Idempotency-Key, as
-/// plain SQL (as in the create_order_throughput bench), for `customer`.
-async fn raw_transaction(pool: &PgPool, customer: &str) -> Result<()> {
-    let id = uuid::Uuid::now_v7();
-    let now = OffsetDateTime::now_utc();
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        r#"WITH new_order AS (
-               INSERT INTO orders.orders (id, customer_id, status, total_cents, created_at, updated_at)
-               VALUES ($1, $2, 'PENDING', $3, $4, $4)
-           )
-           INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, unit_price_cents)
-           SELECT $1, l.line_no, l.sku, l.quantity, l.unit_price_cents
-           FROM UNNEST($5::smallint[], $6::text[], $7::integer[], $8::bigint[])
-                AS l(line_no, sku, quantity, unit_price_cents)"#,
-    )
-    .bind(id)
-    .bind(customer)
-    .bind(4498_i64)
-    .bind(now)
-    .bind(vec![1_i16, 2])
-    .bind(vec!["WIDGET-1", "GADGET-7"])
-    .bind(vec![2_i32, 1])
-    .bind(vec![1999_i64, 500])
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        r#"INSERT INTO orders.outbox
-           (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
-    )
-    .bind(uuid::Uuid::now_v7())
-    .bind("OrderCreated")
-    .bind(1_i32)
-    .bind("Order")
-    .bind(id.to_string())
-    .bind(now)
-    .bind("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    .bind(serde_json::json!({"order_id": id, "customer_id": customer, "items": [{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999},{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}], "total_cents": 4498}))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
@@ -546,7 +501,7 @@ async fn through_sql(pool: &PgPool, clients: usize, seconds: Duration, run: &str
     closed_loop(clients, seconds, move |task, n| {
         let pool = pool.clone();
         let customer = format!("{run}-{task}-{n}");
-        async move { raw_transaction(&pool, &customer).await }
+        async move { tests::raw_create_order(&pool, &customer).await }
     })
     .await
 }

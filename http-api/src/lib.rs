@@ -20,6 +20,7 @@ pub mod response;
 pub use body::{check_body_size, check_content_type, json_body, parse_json, MAX_BODY_BYTES};
 pub use problem::{FieldError, Problem};
 pub use request::{
-    decode_path_segment, incoming_traceparent, request_id, request_path, traceparent,
+    decode_path_segment, incoming_traceparent, invocation, request_id, request_path, traceparent,
+    xray_trace_id,
 };
 pub use response::{end_transaction, json_response, store_failure};

@@ -3,6 +3,7 @@
 
 use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt};
+use shared::telemetry::Invocation;
 use shared::trace::TraceParent;
 
 /// The path as the client sent it (still percent-encoded), without the stage.
@@ -22,16 +23,44 @@ pub fn request_id(request: &Request) -> Option<String> {
     }
 }
 
-/// The caller's `traceparent` header, if it holds a valid one.
+/// The caller's trace, if it sent one: a valid W3C `traceparent` header, else
+/// an `X-Amzn-Trace-Id` header (API Gateway and load balancers add it).
 pub fn incoming_traceparent(request: &Request) -> Option<TraceParent> {
-    let value = request.headers().get("traceparent")?.to_str().ok()?;
-    TraceParent::parse(value).ok()
+    let header = |name| request.headers().get(name)?.to_str().ok();
+    header("traceparent")
+        .and_then(|value| TraceParent::parse(value).ok())
+        .or_else(|| header("x-amzn-trace-id").and_then(TraceParent::from_xray))
 }
 
-/// The trace this request's work belongs to: the caller's, continued with a new span
-/// of ours, or a new trace when the caller sent none (or a malformed one).
+/// Lambda's X-Ray trace header of this invocation (`Lambda-Runtime-Trace-Id`,
+/// which the runtime also puts in `_X_AMZN_TRACE_ID`), when tracing is active.
+pub fn xray_trace_id(request: &Request) -> Option<String> {
+    request
+        .lambda_context_ref()
+        .and_then(|context| context.xray_trace_id.clone())
+        .or_else(|| std::env::var("_X_AMZN_TRACE_ID").ok())
+        .filter(|id| !id.is_empty())
+}
+
+/// The trace this request's work belongs to: the caller's, continued with a new
+/// span of ours; else the invocation's X-Ray trace; else a new trace.
 pub fn traceparent(request: &Request) -> TraceParent {
-    incoming_traceparent(request).map_or_else(TraceParent::new_root, |tp| tp.child())
+    match incoming_traceparent(request) {
+        Some(caller) => caller.child(),
+        None => Invocation::fallback_trace(xray_trace_id(request).as_deref()).child(),
+    }
+}
+
+/// The invocation that answers `request`, for `service` (the function's name):
+/// its span carries the Lambda request id, the cold start flag and the X-Ray id.
+pub fn invocation(service: &str, request: &Request) -> Invocation {
+    let request_id = request
+        .lambda_context_ref()
+        .map(|context| context.request_id.clone())
+        .filter(|id| !id.is_empty())
+        .or_else(|| request_id(request))
+        .unwrap_or_default();
+    Invocation::start(service, &request_id, xray_trace_id(request).as_deref())
 }
 
 /// A path segment percent-decoded, as API Gateway decodes path parameters. Bytes that
@@ -72,6 +101,18 @@ mod tests {
         );
         assert_ne!(continued, sent);
         assert!(incoming_traceparent(&with("garbage")).is_none());
+        let xray = lambda_http::http::Request::builder()
+            .header(
+                "x-amzn-trace-id",
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+            )
+            .body(lambda_http::Body::Empty)
+            .expect("a valid request");
+        assert_eq!(
+            traceparent(&xray).trace_id(),
+            "5759e988bd862e3fe1be46a994272793",
+            "X-Amzn-Trace-Id is honoured when there is no traceparent"
+        );
         assert!(TraceParent::parse(&traceparent(&with("garbage")).to_string()).is_ok());
     }
 }

@@ -13,7 +13,8 @@
 //! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
 //! - [`db`]: connection pool and the embedded migrations.
 //! - [`config`]: typed configuration from the environment; secrets stay secret.
-//! - [`telemetry`]: tracing initialisation (JSON lines in Lambda, readable locally).
+//! - [`telemetry`]: logs (JSON lines in Lambda, readable locally) and invocations.
+//! - [`metrics`]: counters and timings, as CloudWatch EMF in Lambda and Prometheus text locally.
 //! - [`error`]: errors that say whether retrying can help.
 //!
 //! This crate knows no AWS event shape: those belong to `functions/*` and the
@@ -28,6 +29,7 @@ pub mod events;
 pub mod idempotency;
 pub mod inbox;
 pub mod inventory;
+pub mod metrics;
 pub mod orders;
 pub mod outbox;
 pub mod relay;

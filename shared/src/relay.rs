@@ -32,8 +32,10 @@ use tracing::{debug, info, warn};
 use crate::config::{ConfigError, Env};
 use crate::envelope::{EventEnvelope, OutboxColumns};
 use crate::error::{Retry, StoreError};
+use crate::metrics::{Metric, Recorder};
 use crate::outbox::Outbox;
 use crate::streams::{partition_of, stream_key, stream_key_pattern};
+use crate::trace::TraceParent;
 
 /// Relay slots per outbox (see the migration `outbox_relay`).
 pub const SLOTS: i16 = 16;
@@ -223,6 +225,17 @@ pub struct FailedRow {
     pub last_error: Option<String>,
 }
 
+/// What the log line of a published event says of it.
+struct Published {
+    event_id: uuid::Uuid,
+    event_type: String,
+    aggregate_id: String,
+    traceparent: Option<TraceParent>,
+}
+
+/// The `service` of the relay's metrics.
+pub const SERVICE: &str = "outbox-relay";
+
 /// A stream key and the entry's fields.
 type StreamEntry = (String, Vec<(&'static str, String)>);
 
@@ -308,6 +321,7 @@ pub struct Relay {
     /// Where the next batch starts looking for free slots, so successive batches
     /// cycle through all of them.
     cursor: AtomicUsize,
+    metrics: Recorder,
 }
 
 impl fmt::Debug for Relay {
@@ -325,6 +339,7 @@ impl Relay {
             redis,
             options,
             cursor: AtomicUsize::new(rand::random_range(0..SLOTS as usize)),
+            metrics: Recorder::new(SERVICE),
         }
     }
 
@@ -383,13 +398,21 @@ impl Relay {
 
         let mut pipe = redis::pipe();
         let mut published = Vec::with_capacity(rows.len());
+        let mut logged = Vec::with_capacity(rows.len());
         let (mut failed_ids, mut failed_errors) = (Vec::new(), Vec::new());
         for row in rows {
             let id = row.id;
+            let line = Published {
+                event_id: row.event_id,
+                event_type: row.event_type.clone(),
+                aggregate_id: row.aggregate_id.clone(),
+                traceparent: row.traceparent.as_deref().and_then(|tp| tp.parse().ok()),
+            };
             match self.entry(row) {
                 Ok((key, fields)) => {
-                    pipe.xadd(key, "*", &fields).ignore();
+                    pipe.xadd(&key, "*", &fields).ignore();
                     published.push(id);
+                    logged.push((line, key));
                 }
                 Err(error) => {
                     warn!(outbox = outbox.table(), row_id = id, %error, "outbox row set aside: it cannot be published");
@@ -421,6 +444,19 @@ impl Relay {
                 .map_err(db("setting failed outbox rows aside"))?;
         }
         tx.commit().await.map_err(db("committing a relay batch"))?;
+        self.metrics
+            .count(Metric::EventsPublished, published.len() as u64);
+        for (line, stream) in &logged {
+            info!(
+                event_id = %line.event_id,
+                event_type = %line.event_type,
+                aggregate_id = %line.aggregate_id,
+                stream = %stream,
+                trace_id = line.traceparent.map(|tp| tp.trace_id()),
+                parent_span_id = line.traceparent.map(|tp| tp.span_id()),
+                "event published"
+            );
+        }
         debug!(
             outbox = outbox.table(),
             published = published.len(),
@@ -489,6 +525,7 @@ impl Relay {
                 .backlog
                 .insert(outbox.table(), self.backlog(outbox).await?);
         }
+        self.record_outbox_age(summary.backlog.values());
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(summary)
     }
@@ -559,6 +596,7 @@ impl Relay {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(50);
         let mut last_trim = Instant::now();
+        let mut last_measure = Instant::now() - Duration::from_secs(3600);
         loop {
             match self.drain_quietly().await {
                 Ok(published) => {
@@ -576,6 +614,13 @@ impl Relay {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
+            }
+            if last_measure.elapsed() > Duration::from_secs(10) {
+                match self.backlogs().await {
+                    Ok(backlogs) => self.record_outbox_age(backlogs.iter()),
+                    Err(error) => warn!(%error, "measuring the outbox backlog failed"),
+                }
+                last_measure = Instant::now();
             }
             if last_trim.elapsed() > Duration::from_secs(60) {
                 if let Err(error) = self.trim_streams().await {
@@ -606,6 +651,25 @@ impl Relay {
                 .published;
         }
         Ok(total)
+    }
+
+    /// The backlog of every outbox.
+    async fn backlogs(&self) -> Result<Vec<Backlog>, RelayError> {
+        let mut backlogs = Vec::with_capacity(self.options.outboxes.len());
+        for &outbox in &self.options.outboxes {
+            backlogs.push(self.backlog(outbox).await?);
+        }
+        Ok(backlogs)
+    }
+
+    /// `OutboxAge`: the oldest pending row of all outboxes, in seconds (0 when none).
+    fn record_outbox_age<'a>(&self, backlogs: impl Iterator<Item = &'a Backlog>) {
+        let oldest_ms = backlogs
+            .filter_map(|b| b.oldest_pending_age_ms)
+            .max()
+            .unwrap_or(0);
+        self.metrics
+            .record(Metric::OutboxAge, oldest_ms as f64 / 1000.0);
     }
 
     /// Pending and failed rows of `outbox`, and the age of the oldest pending one.

@@ -1,9 +1,34 @@
-//! Tracing initialisation, once per process: JSON lines when running in Lambda
-//! (CloudWatch parses them), human-readable text locally.
+//! Logs and invocations, the way Powertools for AWS Lambda does them.
+//!
+//! - Logs: one JSON object per line in Lambda (CloudWatch parses them), with
+//!   `timestamp`, `level`, `message`, `service`, `function_name`, then the fields
+//!   of every span in scope (an invocation's `function_request_id`, `cold_start`,
+//!   `trace_id`; an order's `order_id`, an event's `event_id`) and the event's own
+//!   fields. Human-readable text locally.
+//! - [`Invocation`]: the span of one invocation, its cold start flag, and its
+//!   `ColdStart` / `HandlerDuration` metrics, flushed as Embedded Metric Format
+//!   when it ends (see [`crate::metrics`]).
+//!
+//! What is logged is chosen at each call site: configuration is logged through
+//! its redacting `Debug`, payloads and request bodies never.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Instrument, Span, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{fmt as tsfmt, EnvFilter};
 
 use crate::config::Env;
+use crate::metrics::{self, Metric, Recorder};
+use crate::trace::TraceParent;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,20 +65,240 @@ fn filter(env: &Env) -> EnvFilter {
     EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Installs the global subscriber. A second call (tests) leaves the first in place.
-pub fn init(env: &Env) {
-    let builder = fmt()
-        .with_env_filter(filter(env))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let _already_set = match LogFormat::detect(env) {
+/// The process's service: the function's binary name, e.g. `create-order`.
+static SERVICE: OnceLock<String> = OnceLock::new();
+
+/// The service named at [`init`], or `unknown` before.
+pub fn service() -> &'static str {
+    SERVICE.get().map_or("unknown", String::as_str)
+}
+
+/// Installs the global subscriber for `service` (the binary's name), and sets up
+/// [`metrics`] from the same environment. A second call (tests) leaves the first
+/// in place.
+pub fn init(env: &Env, service: &str) {
+    let _first = SERVICE.set(service.to_owned());
+    let format = LogFormat::detect(env);
+    metrics::configure(env, format == LogFormat::Json);
+    let builder = tsfmt().with_env_filter(filter(env));
+    let _already_set = match format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines::from_env(env))
             .try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_target(false)
+            .try_init(),
     };
+}
+
+/// The JSON line format: flat keys, Powertools' names, fixed keys first.
+#[derive(Debug, Clone)]
+pub struct JsonLines {
+    function_name: Option<String>,
+    function_version: Option<String>,
+    function_memory_size: Option<String>,
+}
+
+impl JsonLines {
+    pub fn from_env(env: &Env) -> Self {
+        let get = |var| env.get(var).ok().flatten().map(str::to_owned);
+        Self {
+            function_name: get("AWS_LAMBDA_FUNCTION_NAME"),
+            function_version: get("AWS_LAMBDA_FUNCTION_VERSION"),
+            function_memory_size: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
+        }
+    }
+
+    /// The line for an event at `level` with the merged `fields`: the fixed keys
+    /// first, in this order, then the span and event fields.
+    fn line(&self, level: &str, target: &str, mut fields: Map<String, Value>) -> String {
+        let timestamp = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let message = fields.remove("message").unwrap_or_else(|| "".into());
+        let service = fields.remove("service").unwrap_or_else(|| service().into());
+        let mut fixed: Vec<(&str, Value)> = vec![
+            ("timestamp", timestamp.into()),
+            ("level", level.into()),
+            ("message", message),
+            ("service", service),
+        ];
+        for (key, value) in [
+            ("function_name", &self.function_name),
+            ("function_version", &self.function_version),
+            ("function_memory_size", &self.function_memory_size),
+        ] {
+            if let Some(value) = value {
+                fixed.push((key, value.as_str().into()));
+            }
+        }
+        fixed.push(("target", target.into()));
+        let mut line = String::with_capacity(256);
+        line.push('{');
+        let pairs = fixed
+            .iter()
+            .map(|(k, v)| (*k, v))
+            .chain(fields.iter().map(|(k, v)| (k.as_str(), v)));
+        for (i, (key, value)) in pairs.enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push_str(&Value::from(key).to_string());
+            line.push(':');
+            line.push_str(&value.to_string());
+        }
+        line.push_str("}\n");
+        line
+    }
+}
+
+/// Span and event field names of other layers, in ours.
+fn rename(key: &str) -> &str {
+    match key {
+        // lambda_runtime's own span.
+        "requestId" => "function_request_id",
+        "xrayTraceId" => "xray_trace_id",
+        other => other,
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(formatted) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(span_fields)) =
+                    serde_json::from_str::<Value>(formatted.fields.as_str())
+                {
+                    for (key, value) in span_fields {
+                        fields.insert(rename(&key).to_owned(), value);
+                    }
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut fields));
+        let metadata = event.metadata();
+        writer.write_str(&self.line(metadata.level().as_str(), metadata.target(), fields))
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        self.0.insert(rename(field.name()).to_owned(), value);
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+}
+
+/// The services that have had their first invocation in this process. Lambda
+/// runs one per process; the emulator runs several in one.
+static STARTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// True the first time it is asked for `service` in this process.
+fn first_invocation(service: &str) -> bool {
+    let mut started = STARTED.lock().unwrap_or_else(PoisonError::into_inner);
+    started
+        .get_or_insert_with(HashSet::new)
+        .insert(service.to_owned())
+}
+
+/// One invocation of a function: its span (with `service`, `function_request_id`,
+/// `cold_start`, `xray_trace_id`), timed, with its metrics flushed at the end.
+#[derive(Debug)]
+pub struct Invocation {
+    span: Span,
+    recorder: Recorder,
+    cold_start: bool,
+}
+
+impl Invocation {
+    /// Starts the invocation `request_id` of `service`; `xray_trace_id` is Lambda's
+    /// `Lambda-Runtime-Trace-Id` (also in `_X_AMZN_TRACE_ID`) when tracing is on.
+    pub fn start(service: &str, request_id: &str, xray_trace_id: Option<&str>) -> Self {
+        let cold_start = first_invocation(service);
+        let span = tracing::info_span!(
+            "invocation",
+            service = service,
+            function_request_id = request_id,
+            cold_start,
+            xray_trace_id = xray_trace_id.map(tracing::field::display),
+        );
+        Self {
+            span,
+            recorder: Recorder::new(service),
+            cold_start,
+        }
+    }
+
+    /// True if this is the process's first invocation of the function.
+    pub fn cold_start(&self) -> bool {
+        self.cold_start
+    }
+
+    /// The trace to continue when the event brings none: the invocation's X-Ray
+    /// trace if it has one, else a new trace.
+    pub fn fallback_trace(xray_trace_id: Option<&str>) -> TraceParent {
+        xray_trace_id
+            .and_then(TraceParent::from_xray)
+            .or_else(TraceParent::from_lambda_environment)
+            .unwrap_or_else(TraceParent::new_root)
+    }
+
+    /// Runs `work` inside the invocation's span, then records `ColdStart` and
+    /// `HandlerDuration` and flushes the metrics.
+    pub async fn run<F: Future>(self, work: F) -> F::Output {
+        let started = Instant::now();
+        let output = work.instrument(self.span.clone()).await;
+        if self.cold_start {
+            self.recorder.record(Metric::ColdStart, 1.0);
+        }
+        self.recorder.record(
+            Metric::HandlerDuration,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
+        metrics::flush();
+        output
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +314,93 @@ mod tests {
         assert_eq!(LogFormat::detect(&forced), LogFormat::Text);
         let aws = Env::from_pairs([("AWS_LAMBDA_LOG_FORMAT", "JSON")]);
         assert_eq!(LogFormat::detect(&aws), LogFormat::Json);
+    }
+
+    #[test]
+    fn the_first_invocation_of_each_service_is_the_cold_one() {
+        assert!(first_invocation("telemetry-test-a"));
+        assert!(!first_invocation("telemetry-test-a"));
+        assert!(first_invocation("telemetry-test-b"));
+    }
+
+    /// A subscriber with the JSON format writing into a buffer, for one closure.
+    fn capture(work: impl FnOnce()) -> Vec<Value> {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let env = Env::from_pairs([("AWS_LAMBDA_FUNCTION_NAME", "orders-CreateOrder-X1")]);
+        let subscriber = tsfmt()
+            .with_env_filter(EnvFilter::new("info"))
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines::from_env(&env))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let bytes = buffer
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        String::from_utf8(bytes)
+            .expect("utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_are_flat_with_the_span_fields_and_the_function() {
+        let lines = capture(|| {
+            let invocation = Invocation::start("create-order", "req-1", Some("Root=1-x"));
+            let _entered = invocation.span.enter();
+            let order = tracing::info_span!("request", trace_id = "abc", order_id = "o-1");
+            let _in_order = order.enter();
+            tracing::info!(status = 201u16, "answered");
+            tracing::debug!("filtered out");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "answered");
+        assert_eq!(line["service"], "create-order");
+        assert_eq!(line["function_name"], "orders-CreateOrder-X1");
+        assert_eq!(line["function_request_id"], "req-1");
+        assert_eq!(line["xray_trace_id"], "Root=1-x");
+        assert!(line["cold_start"].is_boolean());
+        assert_eq!(line["trace_id"], "abc");
+        assert_eq!(line["order_id"], "o-1");
+        assert_eq!(line["status"], 201);
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn lambda_runtime_span_fields_take_our_names() {
+        let lines = capture(|| {
+            let runtime = tracing::info_span!(
+                "Lambda runtime invoke",
+                requestId = "r-9",
+                xrayTraceId = "Root=1-y"
+            );
+            let _entered = runtime.enter();
+            tracing::warn!(error = "boom", "failed");
+        });
+        assert_eq!(lines[0]["function_request_id"], "r-9");
+        assert_eq!(lines[0]["xray_trace_id"], "Root=1-y");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["error"], "boom");
+        assert!(lines[0].get("requestId").is_none());
     }
 }

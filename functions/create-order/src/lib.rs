@@ -24,6 +24,7 @@ use shared::domain::{EventId, OrderId, OrderStatus};
 use shared::envelope::now_utc;
 use shared::events::{OrderCancelledV1, OrderCreatedV1};
 use shared::idempotency::{self, Fingerprint, IdempotencyKey, Lookup, StoredResponse};
+use shared::metrics::{Metric, Recorder};
 use shared::orders::{self, Cancellation, Order};
 use shared::outbox::{self, Outbox};
 use shared::trace::TraceParent;
@@ -112,8 +113,17 @@ fn route(path: &str) -> Option<Route> {
     }
 }
 
-/// Answers one HTTP request.
+/// The function's name: the `service` of its logs and metrics.
+pub const SERVICE: &str = "create-order";
+
+/// Answers one HTTP request, as one invocation (see [`shared::telemetry::Invocation`]).
 pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
+    http_api::invocation(SERVICE, &request)
+        .run(answer(deps, request))
+        .await
+}
+
+async fn answer(deps: &Deps, request: Request) -> Response<Body> {
     let path = request_path(&request);
     let traceparent = http_api::traceparent(&request);
     let span = tracing::info_span!(
@@ -188,6 +198,7 @@ async fn create_order(
                 .map_err(|e| store_failure(StoreError::database("committing the order", e)))?;
             tracing::Span::current().record("order_id", tracing::field::display(order.id()));
             info!(%event_id, total_cents = order.total().cents(), "order created");
+            Recorder::new(SERVICE).count(Metric::OrdersCreated, 1);
             Ok(to_response(response))
         }
         Ok(Written::Replay(stored)) => {

@@ -9,7 +9,7 @@ use shared::config::Env;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let env = Env::from_process();
-    shared::telemetry::init(&env);
+    shared::telemetry::init(&env, create_order::SERVICE);
     let config = create_order::Config::from_env(&env)?;
     let deps = create_order::Deps::new(&config);
     lambda_http::run(service_fn(|request: Request| {

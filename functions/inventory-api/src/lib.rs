@@ -78,13 +78,22 @@ fn route(path: &str) -> Option<&str> {
 
 /// Answers one HTTP request.
 pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
+    http_api::invocation(SERVICE, &request)
+        .run(answer(deps, request))
+        .await
+}
+
+/// The function's name: the `service` of its logs and metrics.
+pub const SERVICE: &str = "inventory-api";
+
+async fn answer(deps: &Deps, request: Request) -> Response<Body> {
     let path = request_path(&request);
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %path,
         request_id = request_id(&request).unwrap_or_default(),
-        trace_id = http_api::incoming_traceparent(&request).map(|tp| tp.trace_id()),
+        trace_id = %http_api::traceparent(&request).trace_id(),
         sku = tracing::field::Empty,
     );
     async move {

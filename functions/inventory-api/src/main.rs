@@ -9,7 +9,7 @@ use shared::config::Env;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let env = Env::from_process();
-    shared::telemetry::init(&env);
+    shared::telemetry::init(&env, inventory_api::SERVICE);
     let config = inventory_api::Config::from_env(&env)?;
     let deps = inventory_api::Deps::new(&config);
     lambda_http::run(service_fn(|request: Request| {

@@ -20,6 +20,7 @@ use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     SourceStats, StreamBatch, StreamRecord,
 };
+use shared::telemetry::Invocation;
 use shared::trace::TraceParent;
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -31,8 +32,13 @@ pub const GROUP: &str = "inventory";
 
 /// The function's settings: the consumer group `inventory` on the `Order` streams.
 pub fn config(env: &Env) -> Result<ConsumerConfig, ConfigError> {
-    ConsumerConfig::from_env(env, GROUP, &[shared::events::ORDER_AGGREGATE])
+    let mut config = ConsumerConfig::from_env(env, GROUP, &[shared::events::ORDER_AGGREGATE])?;
+    config.source.service = SERVICE.to_owned();
+    Ok(config)
 }
+
+/// The function's name: the `service` of its logs and metrics.
+pub const SERVICE: &str = "inventory-consumer";
 
 /// What one record asks the inventory to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +56,7 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub event_id: uuid::Uuid,
+    /// The trace of the events this job emits: the record's span.
     pub traceparent: Option<TraceParent>,
     pub command: Command,
 }
@@ -98,7 +105,7 @@ pub fn decode(record: &StreamRecord) -> Result<Job, String> {
     };
     Ok(Job {
         event_id: event.event_id.as_uuid(),
-        traceparent: event.traceparent,
+        traceparent: Some(record.trace),
         command,
     })
 }
@@ -135,10 +142,14 @@ pub async fn handle(
     deps: &Deps,
     event: LambdaEvent<CloudWatchEvent>,
 ) -> Result<SourceStats, lambda_runtime::Error> {
-    let span =
-        tracing::info_span!("consume", group = GROUP, request_id = %event.context.request_id);
-    Ok(deps
-        .run_invocation(event.context.deadline)
-        .instrument(span)
+    let context = &event.context;
+    let invocation = Invocation::start(
+        SERVICE,
+        &context.request_id,
+        context.xray_trace_id.as_deref(),
+    );
+    let consume = tracing::info_span!("consume", group = GROUP);
+    Ok(invocation
+        .run(deps.run_invocation(context.deadline).instrument(consume))
         .await)
 }

@@ -8,7 +8,7 @@ use shared::config::Env;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let env = Env::from_process();
-    shared::telemetry::init(&env);
+    shared::telemetry::init(&env, inventory_consumer::SERVICE);
     let config = inventory_consumer::config(&env)?;
     let deps = std::sync::Arc::new(
         inventory_consumer::Deps::connect(&config, inventory_consumer::handler(&config)).await?,

@@ -175,7 +175,7 @@ async fn apply_on(tx: &mut PgConnection, jobs: &[Job]) -> Result<Applied, StoreE
                     // Reserved (or released) before under another event: nothing to do.
                     continue;
                 }
-                let traceparent = job.traceparent.map(|tp| tp.child());
+                let traceparent = job.traceparent;
                 if cancelled.contains(&id) {
                     applied.rejected += 1;
                     answers.push(

@@ -20,6 +20,7 @@ use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     RecordOutcome, SourceStats, StreamBatch, StreamRecord,
 };
+use shared::telemetry::Invocation;
 use shared::StoreError;
 use sqlx::PgPool;
 use tracing::{debug, warn, Instrument};
@@ -30,8 +31,13 @@ pub const GROUP: &str = "order-saga";
 
 /// The function's settings: consumer group `order-saga` on the `Reservation` streams.
 pub fn config(env: &Env) -> Result<ConsumerConfig, ConfigError> {
-    ConsumerConfig::from_env(env, GROUP, &[RESERVATION_AGGREGATE])
+    let mut config = ConsumerConfig::from_env(env, GROUP, &[RESERVATION_AGGREGATE])?;
+    config.source.service = SERVICE.to_owned();
+    Ok(config)
 }
+
+/// The function's name: the `service` of its logs and metrics.
+pub const SERVICE: &str = "order-saga";
 
 /// The step an answer asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,10 +176,14 @@ pub async fn handle(
     deps: &Deps,
     event: LambdaEvent<CloudWatchEvent>,
 ) -> Result<SourceStats, lambda_runtime::Error> {
-    let span =
-        tracing::info_span!("consume", group = GROUP, request_id = %event.context.request_id);
-    Ok(deps
-        .run_invocation(event.context.deadline)
-        .instrument(span)
+    let context = &event.context;
+    let invocation = Invocation::start(
+        SERVICE,
+        &context.request_id,
+        context.xray_trace_id.as_deref(),
+    );
+    let consume = tracing::info_span!("consume", group = GROUP);
+    Ok(invocation
+        .run(deps.run_invocation(context.deadline).instrument(consume))
         .await)
 }

@@ -8,7 +8,7 @@ use shared::config::Env;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let env = Env::from_process();
-    shared::telemetry::init(&env);
+    shared::telemetry::init(&env, order_saga::SERVICE);
     let config = order_saga::config(&env)?;
     let deps = std::sync::Arc::new(
         order_saga::Deps::connect(&config, order_saga::handler(&config)).await?,

@@ -11,8 +11,9 @@ use lambda_runtime::LambdaEvent;
 use secrecy::ExposeSecret;
 use shared::config::{ConfigError, DatabaseConfig, Env, RedisConfig};
 use shared::relay::{DrainSummary, Relay, RelayError, RelayOptions};
+use shared::telemetry::Invocation;
 use shared::Retry;
-use tracing::{info, Instrument};
+use tracing::info;
 
 /// The function's settings, read once at cold start.
 #[derive(Debug, Clone)]
@@ -83,32 +84,40 @@ pub async fn handle(
     event: LambdaEvent<CloudWatchEvent>,
 ) -> Result<DrainSummary, InvocationError> {
     let stop = stop_at(event.context.deadline, deps.safety_margin);
-    let span = tracing::info_span!("relay", request_id = %event.context.request_id);
-    async move {
-        let summary = deps
-            .relay
-            .drain_until(stop)
-            .await
-            .map_err(|source| InvocationError {
-                kind: match source.retry() {
-                    Retry::Retryable => "retryable",
-                    Retry::Permanent => "permanent",
-                },
-                source,
-            })?;
-        info!(
-            published = summary.published,
-            failed = summary.failed,
-            batches = summary.batches,
-            stopped_by = summary.stopped_by,
-            duration_ms = summary.duration_ms,
-            "outboxes drained"
-        );
-        Ok(summary)
-    }
-    .instrument(span)
-    .await
+    let context = &event.context;
+    let invocation = Invocation::start(
+        SERVICE,
+        &context.request_id,
+        context.xray_trace_id.as_deref(),
+    );
+    invocation
+        .run(async move {
+            let summary = deps
+                .relay
+                .drain_until(stop)
+                .await
+                .map_err(|source| InvocationError {
+                    kind: match source.retry() {
+                        Retry::Retryable => "retryable",
+                        Retry::Permanent => "permanent",
+                    },
+                    source,
+                })?;
+            info!(
+                published = summary.published,
+                failed = summary.failed,
+                batches = summary.batches,
+                stopped_by = summary.stopped_by,
+                duration_ms = summary.duration_ms,
+                "outboxes drained"
+            );
+            Ok(summary)
+        })
+        .await
 }
+
+/// The function's name: the `service` of its logs and metrics.
+pub use shared::relay::SERVICE;
 
 /// Lambda's error record: the type says whether the next run can succeed.
 impl From<InvocationError> for lambda_runtime::Diagnostic {

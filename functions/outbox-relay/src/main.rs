@@ -7,7 +7,7 @@ use shared::config::Env;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let env = Env::from_process();
-    shared::telemetry::init(&env);
+    shared::telemetry::init(&env, outbox_relay::SERVICE);
     let config = outbox_relay::Config::from_env(&env)?;
     let deps = outbox_relay::Deps::connect(&config).await?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| {

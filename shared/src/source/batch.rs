@@ -7,6 +7,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::EventEnvelope;
+use crate::trace::TraceParent;
 
 /// One stream entry handed to a handler.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,10 @@ pub struct StreamRecord {
     /// 1 on the first delivery, 2 on the first retry, and so on.
     pub attempt: u32,
     pub event: EventEnvelope,
+    /// This delivery's span in the producer's trace: a child of the event's
+    /// `traceparent` (a new trace if it had none). Events emitted because of
+    /// this record carry it as their `traceparent`, so the trace goes on.
+    pub trace: TraceParent,
 }
 
 /// Records in stream order. The records of one aggregate appear in the order

@@ -19,6 +19,9 @@ pub enum StartingPosition {
 pub struct SourceSettings {
     /// The consumer group: one per consuming function.
     pub group: String,
+    /// The `service` of its metrics: the consuming function's name (the group's
+    /// name until the function sets it).
+    pub service: String,
     /// This consumer's name within the group; unique per process.
     pub consumer: String,
     /// The streams to read (every partition of the aggregate types consumed).
@@ -62,6 +65,7 @@ impl SourceSettings {
     pub fn new(group: &str, streams: Vec<String>) -> Self {
         Self {
             group: group.to_owned(),
+            service: group.to_owned(),
             consumer: default_consumer_name(),
             streams,
             namespace: crate::streams::DEFAULT_NAMESPACE.to_owned(),

@@ -26,6 +26,8 @@ use super::dead_letter::{dead_letter_fields, dead_letter_key};
 use super::entry::{self, RawEntry};
 use super::settings::{SourceSettings, StartingPosition};
 use super::Stats;
+use crate::metrics::{Metric, Recorder};
+use crate::trace::TraceParent;
 
 /// The most pending entries looked at per cycle. When more are pending, new
 /// entries are not read until they drain (their aggregates might be blocked
@@ -59,6 +61,29 @@ enum Fate {
     DeadLetter(String),
 }
 
+impl Fate {
+    /// The outcome as the per-record log line names it.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Fate::Ack => "processed",
+            Fate::Retry => "failed; will retry",
+            Fate::Wait => "waiting behind a failed record of its aggregate",
+            Fate::DeadLetter(_) => "dead-lettered",
+        }
+    }
+}
+
+/// What the log line of a handled record says of it; the record itself went to the handler.
+struct Handled {
+    aggregate: String,
+    attempt: u32,
+    event_id: String,
+    event_type: String,
+    aggregate_type: String,
+    trace: TraceParent,
+    producer_span: Option<String>,
+}
+
 pub(crate) struct Worker<H> {
     pub stream: String,
     pub settings: Arc<SourceSettings>,
@@ -66,6 +91,7 @@ pub(crate) struct Worker<H> {
     pub redis: ConnectionManager,
     pub handler: Arc<H>,
     pub stats: Arc<Stats>,
+    metrics: Recorder,
     reader: Option<MultiplexedConnection>,
     /// Contents of pending entries already read, by id.
     cache: HashMap<String, RawEntry>,
@@ -89,8 +115,10 @@ impl<H: BatchHandler> Worker<H> {
         stats: Arc<Stats>,
     ) -> Self {
         let dlq_key = dead_letter_key(&settings.namespace, &settings.group);
+        let metrics = Recorder::new(&settings.service);
         Self {
             stream,
+            metrics,
             settings,
             client,
             redis,
@@ -259,11 +287,16 @@ impl<H: BatchHandler> Worker<H> {
                 Ok(event) => {
                     fates.push(Fate::Ack); // settled below
                     record_slots.push(i);
+                    // This delivery's span, in the producer's trace (or a new one).
+                    let trace = event
+                        .traceparent
+                        .map_or_else(TraceParent::new_root, |tp| tp.child());
                     records.push(StreamRecord {
                         stream: self.stream.clone(),
                         id: t.entry.id.clone(),
                         attempt: t.attempt,
                         event,
+                        trace,
                     });
                 }
                 Err(e) => fates.push(Fate::DeadLetter(format!("undecodable entry: {e}"))),
@@ -272,10 +305,18 @@ impl<H: BatchHandler> Worker<H> {
         if !records.is_empty() {
             self.stats.batches.inc();
             self.stats.records.add(records.len() as u64);
-            // What settling needs of each record; the records themselves go to the handler.
-            let meta: Vec<(String, u32)> = records
+            self.metrics.count(Metric::BatchSize, records.len() as u64);
+            let meta: Vec<Handled> = records
                 .iter()
-                .map(|r| (r.event.aggregate_id.to_string(), r.attempt))
+                .map(|r| Handled {
+                    aggregate: r.event.aggregate_id.to_string(),
+                    attempt: r.attempt,
+                    event_id: r.event.event_id.to_string(),
+                    event_type: r.event.event_type.to_string(),
+                    aggregate_type: r.event.aggregate_type.to_string(),
+                    trace: r.trace,
+                    producer_span: r.event.traceparent.map(|tp| tp.span_id()),
+                })
                 .collect();
             let outcomes = invoke(
                 Arc::clone(&self.handler),
@@ -284,9 +325,8 @@ impl<H: BatchHandler> Worker<H> {
             )
             .await;
             let mut failed: HashSet<&str> = HashSet::new();
-            for (((aggregate, attempt), outcome), slot) in
-                meta.iter().zip(&outcomes).zip(&record_slots)
-            {
+            for ((handled, outcome), slot) in meta.iter().zip(&outcomes).zip(&record_slots) {
+                let (aggregate, attempt) = (&handled.aggregate, &handled.attempt);
                 let id = &taken[*slot].entry.id;
                 fates[*slot] = if failed.contains(aggregate.as_str()) {
                     Fate::Wait
@@ -311,9 +351,35 @@ impl<H: BatchHandler> Worker<H> {
                     }
                 };
             }
+            for ((handled, outcome), slot) in meta.iter().zip(&outcomes).zip(&record_slots) {
+                let fate = &fates[*slot];
+                let reason = match (fate, outcome) {
+                    (Fate::DeadLetter(reason), _) => Some(reason.as_str()),
+                    (_, RecordOutcome::Retry(reason) | RecordOutcome::Reject(reason)) => {
+                        Some(reason.as_str())
+                    }
+                    _ => None,
+                };
+                info!(
+                    stream = %self.stream,
+                    id = %taken[*slot].entry.id,
+                    event_id = %handled.event_id,
+                    event_type = %handled.event_type,
+                    aggregate_type = %handled.aggregate_type,
+                    aggregate_id = %handled.aggregate,
+                    attempt = handled.attempt,
+                    trace_id = %handled.trace.trace_id(),
+                    span_id = %handled.trace.span_id(),
+                    parent_span_id = handled.producer_span.as_deref(),
+                    outcome = fate.outcome(),
+                    reason,
+                    "event handled"
+                );
+            }
         }
         self.settle(&taken, &fates, &exhausted, &trimmed, &held_back)
             .await?;
+        crate::metrics::flush_if_due(Duration::from_secs(1));
         // Nothing left pending if every pending entry looked at was settled
         // and every record taken was acknowledged or dead-lettered.
         let settled = taken.len() + exhausted.len() + trimmed.len();
@@ -529,6 +595,9 @@ impl<H: BatchHandler> Worker<H> {
         if !trimmed.is_empty() {
             info!(stream = %self.stream, count = trimmed.len(), "pending records were trimmed from the stream before they were handled; acknowledged");
         }
+        self.metrics.count(Metric::EventsProcessed, ok);
+        self.metrics.count(Metric::EventsFailed, retried + dead);
+        self.metrics.count(Metric::EventsDeadLettered, dead);
         self.stats.succeeded.add(ok);
         self.stats.retried.add(retried);
         self.stats.waiting.add(waiting + held_back.len() as u64);

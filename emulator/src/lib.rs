@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse as _;
 use axum::Router;
 
 /// What the emulator serves over HTTP.
@@ -62,6 +63,7 @@ pub async fn serve(
             "/2015-03-31/functions/{name}/invocations",
             axum::routing::post(invoke_api),
         )
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(dispatch)
         .with_state(Arc::new(emulator));
     axum::serve(
@@ -94,6 +96,13 @@ async fn dispatch(
     if let Some(id) = event["requestContext"]["requestId"].as_str() {
         id.clone_into(&mut invocation.request_id);
     }
+    // An upstream X-Ray trace continues in the invocation, as with active tracing.
+    invocation.trace_id = parts
+        .headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.contains("Root="))
+        .map(str::to_owned);
     match emulator
         .functions
         .invoke(&matched.function, invocation)
@@ -102,6 +111,27 @@ async fn dispatch(
         Ok(payload) => gateway::response_from_payload(&payload),
         Err(e) => gateway::invocation_failed(&matched.function, &e),
     }
+}
+
+/// `GET /metrics`: the functions' metrics in Prometheus' text format: what they
+/// record in process, and what the function processes publish as EMF lines.
+/// A route of the template's own on `/metrics` wins.
+async fn metrics(
+    state: State<Arc<Emulator>>,
+    peer: ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    if state.routes.find("GET", "/metrics").is_some() {
+        return dispatch(state, peer, request).await;
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared::metrics::render_prometheus(),
+    )
+        .into_response()
 }
 
 /// The Lambda Invoke API (`aws lambda invoke --endpoint-url …`): `200` with the

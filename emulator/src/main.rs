@@ -218,7 +218,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let env = Env::from_process();
-    shared::telemetry::init(&env);
+    shared::telemetry::init(&env, "emulator");
     // Not locked: the logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();
     match Cli::parse().command {

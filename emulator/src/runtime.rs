@@ -734,6 +734,24 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
 }
 
 /// Forwards each line to the emulator's log; keeps the last ones in `tail`.
+/// One line a function process wrote.
+#[derive(Debug, Clone)]
+pub struct FunctionLine {
+    pub function: String,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    pub line: String,
+}
+
+static OUTPUT: std::sync::LazyLock<tokio::sync::broadcast::Sender<FunctionLine>> =
+    std::sync::LazyLock::new(|| tokio::sync::broadcast::channel(65_536).0);
+
+/// Every line the function processes of this emulator write from now on, as
+/// CloudWatch Logs would get them (tests read their logs here).
+pub fn function_output() -> tokio::sync::broadcast::Receiver<FunctionLine> {
+    OUTPUT.subscribe()
+}
+
 async fn forward_lines(
     stream: impl AsyncRead + Unpin,
     function: String,
@@ -752,7 +770,17 @@ async fn forward_lines(
                 if line.trim().is_empty() {
                     continue;
                 }
-                tracing::info!(function = %function, stream = stream_name, "{line}");
+                let _nobody_listening = OUTPUT.send(FunctionLine {
+                    function: function.clone(),
+                    stream: stream_name,
+                    line: line.to_owned(),
+                });
+                // Metrics in Embedded Metric Format count, as CloudWatch counts them.
+                if stream_name == "stdout" && shared::metrics::ingest_emf(line) {
+                    tracing::debug!(function = %function, stream = stream_name, "{line}");
+                } else {
+                    tracing::info!(function = %function, stream = stream_name, "{line}");
+                }
                 if let Some(tail) = &tail {
                     let mut tail = lock(tail);
                     if tail.len() == STDERR_TAIL_LINES {

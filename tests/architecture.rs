@@ -64,3 +64,61 @@ async fn every_outbox_table_has_the_same_shape() -> anyhow::Result<()> {
     assert_eq!(orders, shape("inventory").await?);
     Ok(())
 }
+
+/// Migrations run at deploy time (the migrate function, a CloudFormation custom
+/// resource), never on a function's cold start.
+#[test]
+fn no_function_migrates_at_cold_start() {
+    for (file, text) in [
+        (
+            "functions/create-order/src/main.rs",
+            include_str!("../functions/create-order/src/main.rs"),
+        ),
+        (
+            "functions/create-order/src/lib.rs",
+            include_str!("../functions/create-order/src/lib.rs"),
+        ),
+        (
+            "functions/inventory-api/src/main.rs",
+            include_str!("../functions/inventory-api/src/main.rs"),
+        ),
+        (
+            "functions/inventory-api/src/lib.rs",
+            include_str!("../functions/inventory-api/src/lib.rs"),
+        ),
+        (
+            "functions/outbox-relay/src/main.rs",
+            include_str!("../functions/outbox-relay/src/main.rs"),
+        ),
+        (
+            "functions/outbox-relay/src/lib.rs",
+            include_str!("../functions/outbox-relay/src/lib.rs"),
+        ),
+        (
+            "functions/inventory-consumer/src/main.rs",
+            include_str!("../functions/inventory-consumer/src/main.rs"),
+        ),
+        (
+            "functions/inventory-consumer/src/lib.rs",
+            include_str!("../functions/inventory-consumer/src/lib.rs"),
+        ),
+        (
+            "functions/order-saga/src/main.rs",
+            include_str!("../functions/order-saga/src/main.rs"),
+        ),
+        (
+            "functions/order-saga/src/lib.rs",
+            include_str!("../functions/order-saga/src/lib.rs"),
+        ),
+    ] {
+        for migrating in ["db::migrate", "MIGRATOR"] {
+            assert!(!text.contains(migrating), "{file} uses {migrating}");
+        }
+    }
+    let template = include_str!("../template.yaml");
+    assert_eq!(
+        template.matches("DependsOn: DatabaseMigrations").count(),
+        5,
+        "every function but MigrateFunction waits for the migrations"
+    );
+}

@@ -163,6 +163,34 @@ async fn cancel_over_http() -> Result<()> {
     running.stop().await
 }
 
+/// The deploy-time migration step runs through the Invoke API in both modes,
+/// as `aws lambda invoke` runs it in AWS: on the emulator's database, which it
+/// migrated on start, there is nothing left to apply.
+#[tokio::test]
+async fn the_migrate_function_answers_a_direct_invocation() -> Result<()> {
+    let latest = shared::db::MIGRATOR.iter().map(|m| m.version).max();
+    for mode in [
+        emulator::system::Mode::InProcess,
+        tests::emulated::runtime_api()?,
+    ] {
+        let db = TestDb::fresh().await?;
+        let running = tests::emulated::start(&db, mode, &[]).await?;
+        let answer = reqwest::Client::new()
+            .post(running.url("/2015-03-31/functions/MigrateFunction/invocations"))
+            .body("{}")
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 200);
+        assert!(answer.headers().get("x-amz-function-error").is_none());
+        assert_eq!(
+            answer.json::<Value>().await?,
+            json!({"applied": [], "pending_before": 0, "latest_version": latest})
+        );
+        running.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn behind_the_api_the_saga_confirms_rejects_and_compensates() -> Result<()> {
     saga_scenario(emulator::system::Mode::InProcess).await

@@ -22,12 +22,13 @@ use crate::runtime;
 use crate::template::FunctionSpec;
 
 /// The binaries the emulator can link in-process.
-pub const LINKED: [&str; 5] = [
+pub const LINKED: [&str; 6] = [
     "create-order",
     "inventory-api",
     "outbox-relay",
     "inventory-consumer",
     "order-saga",
+    "migrate",
 ];
 
 /// `arn:aws:lambda:us-east-1:000000000000:function:<name>`.
@@ -44,6 +45,8 @@ pub enum Linked {
     OutboxRelay(outbox_relay::Deps),
     InventoryConsumer(Arc<inventory_consumer::Deps>),
     OrderSaga(Arc<order_saga::Deps>),
+    /// Deploy-time only: nothing drives it; the Invoke API can run it.
+    Migrate(migrate::Deps),
 }
 
 impl Linked {
@@ -71,6 +74,7 @@ impl Linked {
                 let handler = order_saga::handler(&config);
                 Self::OrderSaga(Arc::new(order_saga::Deps::connect(&config, handler).await?))
             }
+            "migrate" => Self::Migrate(migrate::Deps::new(&migrate::Config::from_env(env)?)?),
             other => anyhow::bail!(
                 "{other} is not linked into the emulator (linked: {}); run it with --runtime-api",
                 LINKED.join(", ")
@@ -94,7 +98,7 @@ impl Linked {
             ),
             Self::InventoryConsumer(c) => Some(format!("{:?}", c.run(shutdown).await)),
             Self::OrderSaga(c) => Some(format!("{:?}", c.run(shutdown).await)),
-            Self::CreateOrder(_) | Self::InventoryApi(_) => None,
+            Self::CreateOrder(_) | Self::InventoryApi(_) | Self::Migrate(_) => None,
         }
     }
 
@@ -131,6 +135,14 @@ impl Linked {
             Self::OrderSaga(deps) => {
                 let event = scheduled(&payload, context)?;
                 to_json(&order_saga::handle(deps, event).await.map_err(boxed)?)
+            }
+            Self::Migrate(deps) => {
+                let event: serde_json::Value =
+                    serde_json::from_slice(&payload).map_err(|e| runtime_error(&e))?;
+                let answer = migrate::handle(deps, LambdaEvent::new(event, context))
+                    .await
+                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
+                to_json(&answer)
             }
         }
     }

@@ -51,6 +51,11 @@ pub struct Options {
 /// `--runtime-api`, invokes on each notification).
 pub const RELAY_BINARY: &str = "outbox-relay";
 
+/// The binary that applies the migrations at deploy time (a CloudFormation
+/// custom resource). Nothing drives it locally: the emulator migrates the
+/// database itself on start; the Invoke API can still run it.
+pub const MIGRATE_BINARY: &str = "migrate";
+
 /// In-process, one instance serves every concurrent request, so its pool
 /// needs more than a Lambda instance's two connections.
 const IN_PROCESS_CONNECTIONS: u32 = 10;
@@ -197,6 +202,11 @@ impl System {
                 );
             } else if f.binary == RELAY_BINARY {
                 let _ = writeln!(out, "    woken by LISTEN/NOTIFY on committed outbox rows");
+            } else if f.binary == MIGRATE_BINARY {
+                let _ = writeln!(
+                    out,
+                    "    deploy-time: applies the migrations at deploy; the emulator applied them on start"
+                );
             }
             for s in &f.schedules {
                 let state = if f.stream_source().is_some() {

@@ -805,7 +805,7 @@ mod tests {
         format!("{:#}", parse(yaml).expect_err("the template is invalid"))
     }
 
-    /// The repository's own template reads as the emulator expects: five
+    /// The repository's own template reads as the emulator expects: six
     /// functions, the create-order routes, Globals applied, the relay's
     /// schedule, the database URL left to the emulator.
     #[test]
@@ -816,8 +816,16 @@ mod tests {
             .iter()
             .map(|f| f.logical_id.as_str())
             .collect();
-        assert_eq!(ids.len(), 5, "{ids:?}");
+        assert_eq!(ids.len(), 6, "{ids:?}");
         assert_eq!(ids[0], "CreateOrderFunction");
+        // Every function has a linked handler (so both modes can run them all).
+        for f in &template.functions {
+            assert!(
+                crate::functions::LINKED.contains(&f.binary.as_str()),
+                "{} is not linked",
+                f.binary
+            );
+        }
 
         let create_order = function(&template, "CreateOrderFunction");
         assert_eq!(create_order.binary, "create-order");
@@ -850,6 +858,11 @@ mod tests {
             assert!(!create_order.environment.contains_key(name));
         }
         assert!(create_order.schedules.is_empty());
+        assert_eq!(
+            create_order.environment["METRICS_NAMESPACE"],
+            "OrderProcessing"
+        );
+        assert!(!create_order.environment.contains_key("REDIS_URL"));
 
         let relay = function(&template, "OutboxRelayFunction");
         assert_eq!(relay.timeout, Duration::from_secs(60));
@@ -886,8 +899,147 @@ mod tests {
                 assert_eq!(stream.settings["BATCH_SIZE"], "100");
                 assert_eq!(stream.settings["STARTING_POSITION"], "TRIM_HORIZON");
                 assert!(!stream.settings.contains_key("SAFETY_MARGIN_MS"));
+                // The Redis endpoint is the stack's (or a parameter): only AWS knows it.
+                assert!(consumer
+                    .unresolved_environment
+                    .contains(&"REDIS_URL".to_owned()));
             }
         }
+
+        // The deploy-time migration step: a function like the others, with no events.
+        let migrate = function(&template, "MigrateFunction");
+        assert_eq!(template.function("migrate"), Some(migrate));
+        assert_eq!(migrate.timeout, Duration::from_secs(300));
+        assert!(migrate.http_routes.is_empty() && migrate.schedules.is_empty());
+        assert!(migrate.ignored_events.is_empty());
+        assert_eq!(
+            migrate.environment["DATABASE_STATEMENT_TIMEOUT_MS"],
+            "270000"
+        );
+        assert_eq!(migrate.environment["DATABASE_MAX_CONNECTIONS"], "1");
+        assert_eq!(
+            migrate.unresolved_environment,
+            ["DATABASE_PASSWORD", "DATABASE_URL"]
+        );
+        assert!(migrate.stream_source().is_none());
+
+        // What the deployment chooses: empty means "create it" and resolves to
+        // nothing the functions see.
+        for (name, value) in [
+            ("VpcId", ""),
+            ("SubnetIds", ""),
+            ("DatabaseHost", ""),
+            ("RedisUrl", ""),
+            ("DatabaseSecretArn", ""),
+            ("MetricsNamespace", "OrderProcessing"),
+            ("OutboxAgeThresholdSeconds", "300"),
+        ] {
+            assert_eq!(template.parameters[name].as_deref(), Some(value), "{name}");
+        }
+        // Bringing your own stores changes nothing locally: the emulator
+        // supplies DATABASE_URL and REDIS_URL.
+        let own = BTreeMap::from([
+            ("DatabaseHost".to_owned(), "db.example.internal".to_owned()),
+            (
+                "RedisUrl".to_owned(),
+                "rediss://cache.example.internal:6379".to_owned(),
+            ),
+        ]);
+        let with_own = parse_with_parameters(include_str!("../../template.yaml"), &own)
+            .expect("parses with overrides");
+        let relay = function(&with_own, "OutboxRelayFunction");
+        assert!(relay
+            .unresolved_environment
+            .contains(&"REDIS_URL".to_owned()));
+        assert!(relay
+            .unresolved_environment
+            .contains(&"DATABASE_URL".to_owned()));
+    }
+
+    const DEPLOYMENT: &str = r#"
+Parameters:
+  VpcId: { Type: String, Default: "" }
+  SubnetIds: { Type: String, Default: "" }
+  RedisUrl: { Type: String, Default: "", NoEcho: true }
+  NoDefault: { Type: String }
+  Namespace: { Type: String, Default: Orders }
+Rules:
+  SubnetsWithVpc:
+    RuleCondition: !Not [!Equals [!Ref VpcId, ""]]
+    Assertions:
+      - Assert: !Not [!Equals [!Ref SubnetIds, ""]]
+Conditions:
+  CreateNetwork: !Equals [!Ref VpcId, ""]
+  CreateCache: !Equals [!Ref RedisUrl, ""]
+Globals:
+  Function:
+    Tracing: Active
+    VpcConfig:
+      SecurityGroupIds: [!Ref Sg]
+      SubnetIds: !If [CreateNetwork, [!Ref SubnetA], !Split [",", !Ref SubnetIds]]
+    Environment:
+      Variables:
+        METRICS_NAMESPACE: !Ref Namespace
+        DATABASE_URL: !Sub
+          - "postgres://app@${Host}:5432/orders?sslmode=require"
+          - Host: !If [CreateNetwork, !GetAtt Db.Endpoint.Address, !Ref NoDefault]
+Resources:
+  Sg:
+    Type: AWS::EC2::SecurityGroup
+    Condition: CreateNetwork
+  Cache:
+    Type: AWS::ElastiCache::ReplicationGroup
+    Condition: CreateCache
+    DeletionPolicy: Snapshot
+  WorkerFunction:
+    Type: AWS::Serverless::Function
+    DependsOn: Migrations
+    Properties:
+      AutoPublishAlias: live
+      Policies: [VPCAccessPolicy: {}]
+      VpcConfig:
+        SecurityGroupIds: [!Ref Sg]
+      LoggingConfig:
+        LogGroup: !Ref Logs
+      Environment:
+        Variables:
+          REDIS_URL: !If
+            - CreateCache
+            - !Sub "rediss://${Cache.PrimaryEndPoint.Address}:${Cache.PrimaryEndPoint.Port}"
+            - !Ref RedisUrl
+          LONG_IF: { "Fn::If": [CreateCache, a, b] }
+          ADDRESS: !GetAtt Cache.PrimaryEndPoint.Address
+          PLAIN: kept
+  Migrations:
+    Type: Custom::DatabaseMigrations
+    Properties:
+      ServiceToken: !Ref WorkerFunction.Alias
+      FunctionVersion: !Ref WorkerFunction.Version
+"#;
+
+    /// What a deployment adds (rules, conditions, VPC, tracing, policies,
+    /// aliases, custom resources) is accepted; environment values that
+    /// reference resources or conditions are reported as unresolved, not
+    /// guessed and not failed on.
+    #[test]
+    fn deployment_properties() {
+        let template = parse(DEPLOYMENT).expect("parses");
+        let [worker] = &template.functions[..] else {
+            panic!("one function: {:?}", template.functions);
+        };
+        assert_eq!(
+            worker.environment,
+            BTreeMap::from([
+                ("METRICS_NAMESPACE".to_owned(), "Orders".to_owned()),
+                ("PLAIN".to_owned(), "kept".to_owned()),
+            ])
+        );
+        assert_eq!(
+            worker.unresolved_environment,
+            ["ADDRESS", "DATABASE_URL", "LONG_IF", "REDIS_URL"]
+        );
+        assert_eq!(template.parameters["NoDefault"], None);
+        assert_eq!(template.parameters["RedisUrl"].as_deref(), Some(""));
     }
 
     const INTRINSICS: &str = r#"

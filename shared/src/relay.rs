@@ -843,11 +843,21 @@ pub async fn connect_redis(
     response_timeout: Duration,
 ) -> Result<ConnectionManager, redis::RedisError> {
     let client = redis::Client::open(url)?;
+    lazy_connection(client, response_timeout)
+}
+
+/// A connection manager for `client` that connects on its first command (and
+/// reconnects after a failure), so a cold start neither waits for Redis nor
+/// fails while it is briefly away: the first command reports that instead.
+pub fn lazy_connection(
+    client: redis::Client,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, redis::RedisError> {
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(response_timeout))
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client, config).await
+    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 #[cfg(test)]

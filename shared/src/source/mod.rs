@@ -178,11 +178,7 @@ impl EventSource {
         settings: SourceSettings,
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(response_timeout))
-            .set_response_timeout(Some(response_timeout))
-            .set_number_of_retries(1);
-        let redis = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let redis = crate::relay::lazy_connection(client.clone(), response_timeout)?;
         Ok(Self {
             settings: Arc::new(settings),
             client,

@@ -58,6 +58,20 @@ async fn post_then_get_over_http() -> Result<()> {
         .await?;
     assert_eq!(binary.status(), 415);
 
+    // The in-process functions' metrics, in Prometheus' text format.
+    let metrics = http.get(format!("{}/metrics", running.base)).send().await?;
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.headers()["content-type"]
+        .to_str()?
+        .starts_with("text/plain; version=0.0.4"));
+    let metrics = metrics.text().await?;
+    assert!(
+        metrics.contains("# TYPE orders_created_total counter")
+            && metrics.contains("orders_created_total{service=\"create-order\"}")
+            && metrics.contains("handler_duration_milliseconds_count{service=\"create-order\"}"),
+        "{metrics}"
+    );
+
     running.stop().await
 }
 

@@ -223,9 +223,7 @@ impl EventEnvelope {
                 need(aggregate_id, AGGREGATE_ID)?,
                 AggregateId::parse,
             )?,
-            occurred_at: OffsetDateTime::parse(&occurred_at, &Rfc3339)
-                .map_err(|e| EnvelopeError::invalid(OCCURRED_AT, e))?
-                .to_offset(time::UtcOffset::UTC),
+            occurred_at: parse_timestamp(&occurred_at)?,
             traceparent: traceparent
                 .map(|tp| {
                     TraceParent::parse(&tp).map_err(|e| EnvelopeError::invalid(TRACEPARENT, e))
@@ -242,6 +240,19 @@ fn parse_field<T>(
     parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
 ) -> Result<T, EnvelopeError> {
     parse(&value).map_err(|e| EnvelopeError::invalid(field, e))
+}
+
+/// RFC 3339 text as a UTC instant within the years 0000 to 9999, the instants
+/// [`format_timestamp`] writes. Checked, not `to_offset`: that panics when the
+/// instant in UTC leaves the years `time` supports (`9999-12-31T23:59:59-00:01`).
+fn parse_timestamp(value: &str) -> Result<OffsetDateTime, EnvelopeError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map_err(|e| EnvelopeError::invalid(OCCURRED_AT, e))?
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|at| (0..=9999).contains(&at.year()))
+        .ok_or_else(|| {
+            EnvelopeError::invalid(OCCURRED_AT, "must be within the years 0000 to 9999 in UTC")
+        })
 }
 
 fn parse_schema_version(value: &str) -> Result<u32, EnvelopeError> {

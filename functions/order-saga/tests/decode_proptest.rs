@@ -1,0 +1,116 @@
+//! Property tests of the record decoder (the `stream_entry` fuzz target covers
+//! the same ground for longer; RELIABILITY.md, "Fuzzing"): any envelope decodes
+//! to a step or a permanent failure, never a panic; valid answers round trip.
+
+use order_saga::decode;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use serde_json::Value;
+use shared::domain::OrderStatus;
+use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
+use shared::events::{InventoryRejectedV1, InventoryReservedV1, ReservedItemV1, ShortageV1};
+use shared::source::StreamRecord;
+use shared::trace::TraceParent;
+use uuid::Uuid;
+
+fn record(event_type: &str, schema_version: u32, payload: Payload) -> StreamRecord {
+    let event = EventEnvelope::new(
+        EventType::parse(event_type).expect("valid event type"),
+        schema_version,
+        AggregateType::parse("Reservation").expect("valid"),
+        AggregateId::parse("o-1").expect("valid"),
+        None,
+        payload,
+    );
+    StreamRecord {
+        stream: "events:{Reservation:0}".into(),
+        id: "1-0".into(),
+        attempt: 1,
+        event,
+        trace: TraceParent::new_root(),
+    }
+}
+
+/// JSON shaped like the payloads, with any values.
+fn payload_like() -> impl Strategy<Value = Value> {
+    let name = prop_oneof![
+        Just("order_id".to_owned()),
+        Just("items".to_owned()),
+        Just("reason".to_owned()),
+        Just("shortages".to_owned()),
+        Just("sku".to_owned()),
+        Just("quantity".to_owned()),
+        Just("requested".to_owned()),
+        Just("available".to_owned()),
+        "[a-z_]{0,6}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u128>().prop_map(|u| Value::from(Uuid::from_u128(u).to_string())),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 8, move |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..6).prop_map(Value::Array),
+            vec((name.clone(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_envelope_decodes_or_fails_without_panicking(
+        event_type in prop_oneof![
+            Just("InventoryReserved".to_owned()),
+            Just("InventoryRejected".to_owned()),
+            "[A-Za-z]{1,20}",
+        ],
+        version in prop_oneof![Just(1_u32), 1..=u32::MAX],
+        payload in payload_like(),
+    ) {
+        let payload = Payload::from_json(payload.to_string()).expect("JSON");
+        let known = matches!(event_type.as_str(), "InventoryReserved" | "InventoryRejected");
+        let decoded = decode(&record(&event_type, version, payload));
+        if !known || version != 1 {
+            prop_assert!(decoded.is_err());
+        }
+    }
+
+    #[test]
+    fn reserved_round_trips(order_id in any::<u128>(), quantity in any::<u16>()) {
+        let order_id = Uuid::from_u128(order_id);
+        let reserved = InventoryReservedV1 {
+            order_id,
+            items: vec![ReservedItemV1 { sku: "A".into(), quantity }],
+        };
+        let record = record("InventoryReserved", 1, Payload::of(&reserved).expect("JSON"));
+        let step = decode(&record).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(step.event_id, record.event.event_id.as_uuid());
+        prop_assert_eq!(step.order_id, order_id);
+        prop_assert_eq!(step.status, OrderStatus::Confirmed);
+        prop_assert_eq!(step.reason, None);
+    }
+
+    #[test]
+    fn rejected_round_trips_with_the_reason_cut_to_1000_characters(
+        order_id in any::<u128>(),
+        reason in ".{0,1100}",
+    ) {
+        let order_id = Uuid::from_u128(order_id);
+        let rejected = InventoryRejectedV1 {
+            order_id,
+            reason: reason.clone(),
+            shortages: vec![ShortageV1 { sku: "A".into(), requested: 3, available: 1 }],
+        };
+        let record = record("InventoryRejected", 1, Payload::of(&rejected).expect("JSON"));
+        let step = decode(&record).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(step.order_id, order_id);
+        prop_assert_eq!(step.status, OrderStatus::Rejected);
+        let want: String = reason.chars().take(1000).collect();
+        prop_assert_eq!(step.reason, Some(want));
+    }
+}

@@ -14,8 +14,8 @@ mod view;
 use std::time::Duration;
 
 use http_api::{
-    check_body_size, check_content_type, end_transaction, json_response, request_id, request_path,
-    store_failure,
+    check_body_size, check_content_type, decode_path_segment, end_transaction, json_response,
+    request_id, request_path, store_failure,
 };
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -267,7 +267,7 @@ async fn write_order(
 
 /// `GET /orders/{id}`.
 async fn get(deps: &Deps, id: &str) -> Response<Body> {
-    let Ok(id) = OrderId::parse(id) else {
+    let Ok(id) = parse_order_id(id) else {
         return invalid_order_id().into_response();
     };
     tracing::Span::current().record("order_id", tracing::field::display(id));
@@ -291,7 +291,7 @@ async fn cancel_order(
     id: &str,
     traceparent: TraceParent,
 ) -> Result<Response<Body>, Response<Body>> {
-    let id = OrderId::parse(id).map_err(|_| invalid_order_id().into_response())?;
+    let id = parse_order_id(id).map_err(|_| invalid_order_id().into_response())?;
     tracing::Span::current().record("order_id", tracing::field::display(id));
     let mut tx = deps
         .pool
@@ -336,6 +336,12 @@ async fn write_cancellation(
         }
         Cancellation::NotFound => Err(no_such_order(id).into_response()),
     }
+}
+
+/// The `{id}` of the path, percent-decoded as API Gateway decodes path parameters
+/// (and as inventory-api decodes its SKU): `%30` is `0`.
+fn parse_order_id(segment: &str) -> Result<OrderId, shared::domain::InvalidValue> {
+    OrderId::parse(&decode_path_segment(segment))
 }
 
 /// `400`: the `{id}` of the path is not an order id.
@@ -400,6 +406,18 @@ fn replay(stored: StoredResponse) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_ids_in_the_path_are_percent_decoded() {
+        let id = "0193a3e2-7c1a-7000-8000-000000000001";
+        assert!(parse_order_id(id).is_ok());
+        assert_eq!(
+            parse_order_id("%30193a3e2-7c1a-7000-8000-000000000001").ok(),
+            parse_order_id(id).ok()
+        );
+        assert!(parse_order_id("%ff").is_err());
+        assert!(parse_order_id("0193a3e2%2F7c1a").is_err());
+    }
 
     #[test]
     fn routes_match_exactly() {

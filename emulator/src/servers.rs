@@ -245,6 +245,9 @@ pub struct Redis {
 #[derive(Debug)]
 struct PrivateRedis {
     addr: SocketAddr,
+    /// `redis-server` and the state directory, for [`Redis::restart`].
+    program: PathBuf,
+    state: StateDir,
     /// The watchdog shell; it exits when Redis does, with Redis's status.
     child: Child,
     /// The write end of the watchdog's pipe: dropping it stops Redis.
@@ -318,6 +321,15 @@ pub async fn redis_with(
 /// an append-only file (fsync every second) and no RDB snapshots, so a key written
 /// before a stop, or up to a second before a crash, is there on the next start.
 async fn start_redis(redis_server: &Path, state: &StateDir) -> anyhow::Result<Redis> {
+    start_redis_on(redis_server, state, spare_loopback_addr()?).await
+}
+
+/// [`start_redis`] on `addr`.
+async fn start_redis_on(
+    redis_server: &Path,
+    state: &StateDir,
+    addr: SocketAddr,
+) -> anyhow::Result<Redis> {
     let dir = state.path().join("redis");
     tokio::fs::create_dir_all(&dir)
         .await
@@ -328,7 +340,6 @@ async fn start_redis(redis_server: &Path, state: &StateDir) -> anyhow::Result<Re
         .append(true)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let addr = spare_loopback_addr()?;
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(WATCHDOG)
@@ -385,6 +396,8 @@ async fn start_redis(redis_server: &Path, state: &StateDir) -> anyhow::Result<Re
         origin: Origin::Private,
         private: Some(PrivateRedis {
             addr,
+            program: redis_server.to_path_buf(),
+            state: state.clone(),
             child,
             lifeline,
             log,
@@ -424,6 +437,28 @@ impl Redis {
             );
         }
         tracing::info!("stopped the private Redis on {}", private.addr);
+        Ok(())
+    }
+}
+
+impl Redis {
+    /// Stops a private Redis as [`Redis::stop`] does, leaves it down for
+    /// `down_for`, and starts it again on the same address with the same data
+    /// (what a crash test needs: clients reconnect to the URL they have).
+    pub async fn restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        let Some(private) = self.private.take() else {
+            bail!("only a private Redis can be restarted");
+        };
+        let (program, state, addr) = (private.program.clone(), private.state.clone(), private.addr);
+        Self {
+            url: self.url.clone(),
+            origin: Origin::Private,
+            private: Some(private),
+        }
+        .stop()
+        .await?;
+        tokio::time::sleep(down_for).await;
+        *self = start_redis_on(&program, &state, addr).await?;
         Ok(())
     }
 }
@@ -539,22 +574,7 @@ async fn start_postgres(bindir: &Path, state: &StateDir) -> anyhow::Result<Postg
     stop_leftover(&pg_ctl, &home, &data, run_as.as_ref()).await?;
 
     let addr = spare_loopback_addr()?;
-    let output = pg_command(&pg_ctl, &home, run_as.as_ref())
-        .arg("start")
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", &POSTGRES_START_DEADLINE.as_secs().to_string()])
-        // Passed through `sh` by pg_ctl: `unix_socket_directories=` is an empty list.
-        .arg("-o")
-        .arg(format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=",
-            addr.port()
-        ))
-        .output()
-        .await
-        .with_context(|| format!("running {}", pg_ctl.display()))?;
+    let output = pg_ctl_start(&pg_ctl, &home, &data, &log, run_as.as_ref(), addr).await?;
     // From here on, a failure drops the handle, which stops the server.
     let private = PrivatePostgres {
         addr,
@@ -601,6 +621,33 @@ async fn start_postgres(bindir: &Path, state: &StateDir) -> anyhow::Result<Postg
         origin: Origin::Private,
         private: Some(private),
     })
+}
+
+/// `pg_ctl start`, waiting, on `addr` over TCP only.
+async fn pg_ctl_start(
+    pg_ctl: &Path,
+    home: &Path,
+    data: &Path,
+    log: &Path,
+    run_as: Option<&Account>,
+    addr: SocketAddr,
+) -> anyhow::Result<std::process::Output> {
+    pg_command(pg_ctl, home, run_as)
+        .arg("start")
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .args(["-w", "-t", &POSTGRES_START_DEADLINE.as_secs().to_string()])
+        // Passed through `sh` by pg_ctl: `unix_socket_directories=` is an empty list.
+        .arg("-o")
+        .arg(format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=",
+            addr.port()
+        ))
+        .output()
+        .await
+        .with_context(|| format!("running {}", pg_ctl.display()))
 }
 
 /// `initdb` into a scratch directory, renamed into place when complete: an `initdb`
@@ -814,6 +861,58 @@ impl Postgres {
             );
         }
         tracing::info!("stopped the private PostgreSQL on {}", private.addr);
+        Ok(())
+    }
+}
+
+impl Postgres {
+    /// Stops a private PostgreSQL as [`Postgres::stop`] does (open connections
+    /// are cut), leaves it down for `down_for`, and starts it again on the same
+    /// address with the same data (for crash tests).
+    pub async fn restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        let Some(private) = self.private.as_mut() else {
+            bail!("only a private PostgreSQL can be restarted");
+        };
+        let output = pg_command(&private.pg_ctl, &private.home, private.run_as.as_ref())
+            .arg("stop")
+            .arg("-D")
+            .arg(&private.data)
+            .args([
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                &STOP_DEADLINE.as_secs().to_string(),
+            ])
+            .output()
+            .await
+            .with_context(|| format!("running {}", private.pg_ctl.display()))?;
+        if !output.status.success() {
+            bail!(
+                "could not stop the private PostgreSQL on {}: {}",
+                private.addr,
+                output_text(&output)
+            );
+        }
+        tokio::time::sleep(down_for).await;
+        let output = pg_ctl_start(
+            &private.pg_ctl,
+            &private.home,
+            &private.data,
+            &private.log,
+            private.run_as.as_ref(),
+            private.addr,
+        )
+        .await?;
+        if !output.status.success() {
+            bail!(
+                "the private PostgreSQL did not start again: {}; the end of {}:\n{}",
+                output_text(&output),
+                private.log.display(),
+                log_tail(&private.log).await
+            );
+        }
+        tracing::info!("restarted the private PostgreSQL on {}", private.addr);
         Ok(())
     }
 }

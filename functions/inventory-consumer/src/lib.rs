@@ -120,7 +120,7 @@ impl BatchHandler for Inventory {
     async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
         Ok(
             decode_and_apply(&batch.records, decode, |jobs: Vec<Job>| async move {
-                store::apply_isolating(&self.pool, &jobs).await
+                store::apply_isolating(&self.pool, &jobs, Fault::None).await
             })
             .await,
         )
@@ -134,6 +134,37 @@ pub type Deps = Consumer<Inventory>;
 pub fn handler(config: &ConsumerConfig) -> Inventory {
     Inventory {
         pool: shared::db::lazy_pool(&config.database),
+    }
+}
+
+/// A guarantee a test can break on purpose, to show that it notices.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Forget what was applied before: the inbox is neither read nor written
+    /// and earlier reservations are ignored, so a redelivered `OrderCreated`
+    /// reserves its order's stock again.
+    ApplyRedeliveries,
+}
+
+/// [`Inventory`] with a [`Fault`] injected (tests only).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Faulty {
+    pub inventory: Inventory,
+    pub fault: Fault,
+}
+
+impl BatchHandler for Faulty {
+    async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
+        Ok(
+            decode_and_apply(&batch.records, decode, |jobs: Vec<Job>| async move {
+                store::apply_isolating(&self.inventory.pool, &jobs, self.fault).await
+            })
+            .await,
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::{Command, Job, GROUP};
+use crate::{Command, Fault, Job, GROUP};
 
 /// What a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,11 +29,15 @@ pub struct Applied {
 /// Applies `jobs` in one transaction. On a permanent database error with more
 /// than one job, applies them one at a time instead, so one bad event does not
 /// fail the others. One outcome per job, in order.
-pub(crate) async fn apply_isolating(pool: &PgPool, jobs: &[Job]) -> Vec<RecordOutcome> {
+pub(crate) async fn apply_isolating(
+    pool: &PgPool,
+    jobs: &[Job],
+    fault: Fault,
+) -> Vec<RecordOutcome> {
     if jobs.is_empty() {
         return Vec::new();
     }
-    match apply(pool, jobs).await {
+    match apply_with(pool, jobs, fault).await {
         Ok(applied) => {
             debug!(?applied, "batch applied");
             vec![RecordOutcome::Done; jobs.len()]
@@ -52,11 +56,15 @@ pub(crate) async fn apply_isolating(pool: &PgPool, jobs: &[Job]) -> Vec<RecordOu
             warn!(error = %e, "a permanent error in a batch; applying its events one by one");
             let mut outcomes = Vec::with_capacity(jobs.len());
             for job in jobs {
-                outcomes.push(match apply(pool, std::slice::from_ref(job)).await {
-                    Ok(_) => RecordOutcome::Done,
-                    Err(e) if e.retry() == Retry::Retryable => RecordOutcome::Retry(e.to_string()),
-                    Err(e) => RecordOutcome::Reject(e.to_string()),
-                });
+                outcomes.push(
+                    match apply_with(pool, std::slice::from_ref(job), fault).await {
+                        Ok(_) => RecordOutcome::Done,
+                        Err(e) if e.retry() == Retry::Retryable => {
+                            RecordOutcome::Retry(e.to_string())
+                        }
+                        Err(e) => RecordOutcome::Reject(e.to_string()),
+                    },
+                );
             }
             outcomes
         }
@@ -65,11 +73,15 @@ pub(crate) async fn apply_isolating(pool: &PgPool, jobs: &[Job]) -> Vec<RecordOu
 
 /// Applies `jobs`, in order, in one transaction.
 pub async fn apply(pool: &PgPool, jobs: &[Job]) -> Result<Applied, StoreError> {
+    apply_with(pool, jobs, Fault::None).await
+}
+
+async fn apply_with(pool: &PgPool, jobs: &[Job], fault: Fault) -> Result<Applied, StoreError> {
     let mut tx = pool
         .begin()
         .await
         .map_err(|e| StoreError::database("starting a transaction", e))?;
-    let applied = apply_on(&mut tx, jobs).await;
+    let applied = apply_on(&mut tx, jobs, fault).await;
     match applied {
         Ok(applied) => {
             tx.commit()
@@ -92,11 +104,19 @@ struct Held {
     released: bool,
 }
 
-async fn apply_on(tx: &mut PgConnection, jobs: &[Job]) -> Result<Applied, StoreError> {
+async fn apply_on(
+    tx: &mut PgConnection,
+    jobs: &[Job],
+    fault: Fault,
+) -> Result<Applied, StoreError> {
     let mut applied = Applied::default();
     // 1. The inbox: only events seen for the first time take effect.
     let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
-    let fresh = inbox::record(tx, Inbox::Inventory, GROUP, &event_ids).await?;
+    let fresh = if fault == Fault::ApplyRedeliveries {
+        event_ids.iter().copied().collect()
+    } else {
+        inbox::record(tx, Inbox::Inventory, GROUP, &event_ids).await?
+    };
     let mut seen_in_batch = HashSet::new();
     let jobs: Vec<&Job> = jobs
         .iter()
@@ -171,7 +191,7 @@ async fn apply_on(tx: &mut PgConnection, jobs: &[Job]) -> Result<Applied, StoreE
         match &job.command {
             Command::Reserve { order_id, lines } => {
                 let id = order_id.as_uuid();
-                if held.contains_key(&id) {
+                if held.contains_key(&id) && fault != Fault::ApplyRedeliveries {
                     // Reserved (or released) before under another event: nothing to do.
                     continue;
                 }

@@ -35,13 +35,10 @@ use emulator::functions::Runner;
 use emulator::system::Mode;
 use sqlx::PgPool;
 use tests::emulated::RunningEmulator;
-use tests::TestDb;
+use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
 use time::OffsetDateTime;
 use tokio::io::AsyncBufReadExt as _;
 
-/// The lines of every order; stock for both is set far above what a run takes.
-const SKUS: [&str; 2] = ["WIDGET-1", "GADGET-7"];
-const STOCK: i64 = 1_000_000_000;
 /// The warm-up before measured throughput phases (cold starts, pool connections).
 const WARM_UP: Duration = Duration::from_secs(2);
 
@@ -150,80 +147,9 @@ fn mode(which: Which, concurrency: usize) -> Result<Option<Mode>> {
     })
 }
 
-fn http_client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(None)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
-fn order_body(customer: &str) -> String {
-    format!(
-        r#"{{"customer_id":"{customer}","items":[{{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999}},{{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}}]}}"#
-    )
-}
-
-/// `PUT /inventory/{sku}` for every SKU of the orders, through the emulator.
-async fn stock_up(http: &reqwest::Client, running: &RunningEmulator) -> Result<()> {
-    for sku in SKUS {
-        let put = http
-            .put(running.url(&format!("/inventory/{sku}")))
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"available":{STOCK}}}"#))
-            .send()
-            .await?;
-        if put.status() != 200 {
-            bail!("PUT /inventory/{sku} answered {}", put.status());
-        }
-    }
-    Ok(())
-}
-
-/// `POST /orders`; the new order's id.
-async fn post_order(http: &reqwest::Client, url: &str, customer: &str) -> Result<uuid::Uuid> {
-    let response = http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(order_body(customer))
-        .send()
-        .await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    if status != 201 {
-        bail!(
-            "POST /orders answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    let created: serde_json::Value = serde_json::from_slice(&body)?;
-    let id = created["id"]
-        .as_str()
-        .context("a created order without id")?;
-    Ok(uuid::Uuid::parse_str(id)?)
-}
-
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
-}
-
-/// The `p`th percentile (nearest rank) of sorted durations; zero for none.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{ms:.0} ms")
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -491,7 +417,7 @@ async fn through_http(
     closed_loop(clients, seconds, move |task, n| {
         let (http, url) = (http.clone(), Arc::clone(&url));
         let customer = format!("{run}-{task}-{n}");
-        async move { post_order(&http, &url, &customer).await.map(drop) }
+        async move { Ok(post_order(&http, &url, &customer).await.map(drop)?) }
     })
     .await
 }
@@ -520,7 +446,7 @@ async fn throughput(which: Which, mode: Mode, args: &Args) -> Result<Throughput>
     let db = TestDb::fresh().await?;
     let running = tests::emulated::start(&db, mode, &args.env()).await?;
     let http = http_client()?;
-    stock_up(&http, &running).await?;
+    stock_up(&http, &running.base).await?;
     let seconds = Duration::from_secs(args.seconds);
     through_http(&http, &running, args.clients, WARM_UP, "warm").await?;
     let (mut emu, mut raw) = (Vec::new(), Vec::new());
@@ -758,7 +684,7 @@ async fn end_to_end(mode: Mode, args: &Args) -> Result<EndToEnd> {
     let db = TestDb::fresh().await?;
     let running = tests::emulated::start(&db, mode, &args.env()).await?;
     let http = http_client()?;
-    stock_up(&http, &running).await?;
+    stock_up(&http, &running.base).await?;
     // One second at the rate first: consumers have their groups, instances
     // and pools are warm, and it all drains before the clock runs.
     steady_rate(&http, &running, &db.pool, args.rate, 1, args.poll, "warm").await?;

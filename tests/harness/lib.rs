@@ -482,3 +482,128 @@ pub async fn raw_create_order(pool: &PgPool, customer: &str) -> anyhow::Result<(
     tx.commit().await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// HTTP load on the emulator's API, shared by the benchmarks.
+
+/// The SKUs of every benchmark order ([`order_body`]); [`stock_up`] sets their
+/// stock far above what a run takes.
+pub const ORDER_SKUS: [&str; 2] = ["WIDGET-1", "GADGET-7"];
+pub const ORDER_STOCK: i64 = 1_000_000_000;
+
+/// A keep-alive HTTP client for load: no Nagle, idle connections kept, 30 s per request.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(None)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// A valid `POST /orders` body: two lines of [`ORDER_SKUS`] for `customer`.
+pub fn order_body(customer: &str) -> String {
+    format!(
+        r#"{{"customer_id":"{customer}","items":[{{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999}},{{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}}]}}"#
+    )
+}
+
+/// `PUT /inventory/{sku}` with [`ORDER_STOCK`] for every SKU of [`order_body`],
+/// against the API at `base` (`http://host:port`).
+pub async fn stock_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    for sku in ORDER_SKUS {
+        let put = http
+            .put(format!("{base}/inventory/{sku}"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"available":{ORDER_STOCK}}}"#))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            put.status() == 200,
+            "PUT /inventory/{sku} answered {}",
+            put.status()
+        );
+    }
+    Ok(())
+}
+
+/// Why a `POST /orders` did not create an order.
+#[derive(Debug)]
+pub enum PostOrderError {
+    /// An answer other than `201`, with its body.
+    Status(u16, String),
+    /// No answer: connect, timeout, a broken body.
+    Transport(reqwest::Error),
+    /// A `201` whose body has no order id.
+    Answer(String),
+}
+
+impl PostOrderError {
+    /// A short name to count errors by: `HTTP 503`, `timeout`, `connect`, ...
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Status(status, _) => format!("HTTP {status}"),
+            Self::Transport(e) if e.is_timeout() => "timeout".into(),
+            Self::Transport(e) if e.is_connect() => "connect".into(),
+            Self::Transport(e) if e.is_body() || e.is_decode() => "body".into(),
+            Self::Transport(e) if e.is_request() => "request".into(),
+            Self::Transport(_) => "transport".into(),
+            Self::Answer(_) => "201 without id".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PostOrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Status(status, body) => write!(f, "POST /orders answered {status}: {body}"),
+            Self::Transport(e) => write!(f, "POST /orders failed: {e}"),
+            Self::Answer(body) => write!(f, "POST /orders answered 201 without an id: {body}"),
+        }
+    }
+}
+
+impl std::error::Error for PostOrderError {}
+
+/// `POST /orders` to `url` with [`order_body`]; the new order's id.
+pub async fn post_order(
+    http: &reqwest::Client,
+    url: &str,
+    customer: &str,
+) -> Result<uuid::Uuid, PostOrderError> {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(order_body(customer))
+        .send()
+        .await
+        .map_err(PostOrderError::Transport)?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(PostOrderError::Transport)?;
+    let text = || String::from_utf8_lossy(&body).into_owned();
+    if status != 201 {
+        return Err(PostOrderError::Status(status, text()));
+    }
+    serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|created| created["id"].as_str().and_then(|id| id.parse().ok()))
+        .ok_or_else(|| PostOrderError::Answer(text()))
+}
+
+/// The `p`th percentile (nearest rank) of sorted durations; zero for none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A duration in milliseconds, one decimal below 10 ms.
+pub fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}

@@ -20,10 +20,8 @@ use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     SourceStats, StreamBatch, StreamRecord,
 };
-use shared::telemetry::Invocation;
 use shared::trace::TraceParent;
 use sqlx::PgPool;
-use tracing::Instrument;
 
 pub use store::{apply, Applied};
 
@@ -174,13 +172,11 @@ pub async fn handle(
     event: LambdaEvent<CloudWatchEvent>,
 ) -> Result<SourceStats, lambda_runtime::Error> {
     let context = &event.context;
-    let invocation = Invocation::start(
-        SERVICE,
-        &context.request_id,
-        context.xray_trace_id.as_deref(),
-    );
-    let consume = tracing::info_span!("consume", group = GROUP);
-    Ok(invocation
-        .run(deps.run_invocation(context.deadline).instrument(consume))
+    Ok(deps
+        .invoke(
+            &context.request_id,
+            context.xray_trace_id.as_deref(),
+            context.deadline,
+        )
         .await)
 }

@@ -20,10 +20,9 @@ use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     RecordOutcome, SourceStats, StreamBatch, StreamRecord,
 };
-use shared::telemetry::Invocation;
 use shared::StoreError;
 use sqlx::PgPool;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 /// The consumer group, and the consumer's name in the inbox.
@@ -177,13 +176,11 @@ pub async fn handle(
     event: LambdaEvent<CloudWatchEvent>,
 ) -> Result<SourceStats, lambda_runtime::Error> {
     let context = &event.context;
-    let invocation = Invocation::start(
-        SERVICE,
-        &context.request_id,
-        context.xray_trace_id.as_deref(),
-    );
-    let consume = tracing::info_span!("consume", group = GROUP);
-    Ok(invocation
-        .run(deps.run_invocation(context.deadline).instrument(consume))
+    Ok(deps
+        .invoke(
+            &context.request_id,
+            context.xray_trace_id.as_deref(),
+            context.deadline,
+        )
         .await)
 }

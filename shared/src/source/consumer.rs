@@ -174,6 +174,25 @@ impl<H: super::BatchHandler> Consumer<H> {
 
     /// Reads the streams until `safety_margin` before `deadline_epoch_ms` (a
     /// scheduled invocation), then lets the batches in hand finish.
+    /// One Lambda invocation (`request_id`, with its X-Ray trace header if any):
+    /// [`run_invocation`](Self::run_invocation) inside the invocation's span and
+    /// a `consume` span naming the group, timed and with its metrics flushed.
+    pub async fn invoke(
+        &self,
+        request_id: &str,
+        xray_trace_id: Option<&str>,
+        deadline_epoch_ms: u64,
+    ) -> super::SourceStats {
+        use tracing::Instrument as _;
+        let settings = self.source.settings();
+        let invocation =
+            crate::telemetry::Invocation::start(&settings.service, request_id, xray_trace_id);
+        let consume = tracing::info_span!("consume", group = %settings.group);
+        invocation
+            .run(self.run_invocation(deadline_epoch_ms).instrument(consume))
+            .await
+    }
+
     pub async fn run_invocation(&self, deadline_epoch_ms: u64) -> super::SourceStats {
         let stop = stop_at(deadline_epoch_ms, self.safety_margin);
         let stats = self

@@ -16,10 +16,12 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('LAMP-1', 5)")
         .execute(&db.pool)
         .await?;
-    // The inventory database fails every write for now, retryably.
+    // The inventory database fails every write for now, retryably, and the
+    // failure is the record's (a lock not available), not a store outage, which
+    // the source would wait out instead of using up attempts.
     sqlx::raw_sql(
         "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'disk trouble' USING ERRCODE = '53100'; END $$;
+           $$ BEGIN RAISE EXCEPTION 'disk trouble' USING ERRCODE = '55P03'; END $$;
          CREATE TRIGGER fail BEFORE INSERT ON inventory.processed_events
            FOR EACH ROW EXECUTE FUNCTION fail();",
     )

@@ -660,3 +660,170 @@ async fn a_blocking_read_outlasts_the_shared_response_timeout_without_stalling_o
     assert_eq!(stats.errors, 0, "no read timed out: {stats:?}");
     delete_streams(&redis_url(), &ns).await
 }
+
+/// Runs a source whose handler answers the first record of aggregate `down`
+/// with `failure` for its first `times` deliveries, then succeeds. The aggregate
+/// has a second record, and another aggregate one. Returns what the handler
+/// saw, the ids, the dead letters and the stats.
+async fn answer_then_succeed(
+    failure: fn(String) -> RecordOutcome,
+    times: u32,
+    maximum_retry_attempts: u32,
+) -> anyhow::Result<(
+    Vec<tests::source::Seen>,
+    Vec<String>,
+    u64,
+    shared::source::SourceStats,
+)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let ns = unique_namespace();
+    let s = stream(&ns, 0);
+    let ids = append(&s, &[event("down", 0), event("down", 1), event("other", 0)]).await?;
+    let first = ids[0].clone();
+    let deliveries = std::sync::Arc::new(AtomicU32::new(0));
+    let handler = Recorder::new(move |r| {
+        if r.id == first && deliveries.fetch_add(1, Ordering::SeqCst) < times {
+            failure("the store is away".into())
+        } else {
+            RecordOutcome::Done
+        }
+    });
+    let mut settings = fast_settings(&ns, GROUP, vec![s.clone()]);
+    settings.maximum_retry_attempts = maximum_retry_attempts;
+    let src = source(settings).await?;
+    let dead = src.dead_letters();
+    let running = Running::start(src, handler.clone());
+    wait_until(WAIT, "nothing is pending any more", || async {
+        let seen = handler.seen();
+        let answered = seen.iter().filter(|x| x.id == ids[0]).count() as u32;
+        Ok(answered >= times.min(maximum_retry_attempts + 1)
+            && pending_count(&s, GROUP).await? == 0)
+    })
+    .await?;
+    let stats = running.stop().await?;
+    let dead_letters = dead.count().await?;
+    delete_streams(&redis_url(), &ns).await?;
+    Ok((handler.seen(), ids, dead_letters, stats))
+}
+
+/// An outage answered for longer than the record's retries is waited out: the
+/// record keeps attempt 1, nothing is dead-lettered, the later record of its
+/// aggregate waits for it, and the breaker opened once (one log line).
+#[tokio::test]
+async fn an_outage_is_waited_out_without_using_up_attempts() -> anyhow::Result<()> {
+    // Three attempts in all; the outage lasts six deliveries.
+    let (seen, ids, dead_letters, stats) = answer_then_succeed(RecordOutcome::Outage, 6, 2).await?;
+    assert_eq!(
+        dead_letters, 0,
+        "an outage is never dead-lettered: {stats:?}"
+    );
+    let first: Vec<&tests::source::Seen> = seen.iter().filter(|x| x.id == ids[0]).collect();
+    assert_eq!(first.len(), 7, "six outages, then done: {first:?}");
+    assert!(
+        first.iter().all(|x| x.attempt == 1),
+        "an outage uses up no attempt: {first:?}"
+    );
+    assert_eq!(first.last().map(|x| &x.outcome), Some(&RecordOutcome::Done));
+    // The later record of the aggregate took effect only after the first.
+    let done_at = |id: &str| {
+        seen.iter()
+            .position(|x| x.id == id && x.outcome == RecordOutcome::Done)
+    };
+    assert!(done_at(&ids[0]) < done_at(&ids[1]), "in order: {seen:?}");
+    assert!(done_at(&ids[1]).is_some() && done_at(&ids[2]).is_some());
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(stats.retried, 0, "no retry was spent: {stats:?}");
+    assert_eq!(stats.outage_waits, 6, "{stats:?}");
+    assert_eq!(stats.outages, 1, "one outage, opened once: {stats:?}");
+    assert_eq!(stats.succeeded, 3, "{stats:?}");
+    Ok(())
+}
+
+/// The control: the same failure answered as an ordinary retry uses up the
+/// record's attempts and dead-letters it.
+#[tokio::test]
+async fn a_retry_answered_as_long_is_dead_lettered() -> anyhow::Result<()> {
+    let (seen, ids, dead_letters, stats) = answer_then_succeed(RecordOutcome::Retry, 6, 2).await?;
+    assert_eq!(dead_letters, 1, "{stats:?}");
+    let attempts: Vec<u32> = seen
+        .iter()
+        .filter(|x| x.id == ids[0])
+        .map(|x| x.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(stats.outages, 0);
+    Ok(())
+}
+
+/// A consumer group that Redis lost (`XGROUP DESTROY` here; a promoted replica
+/// without it, or a restart without persistence, in production) is created
+/// again from the oldest entry, even with `LATEST` as the starting position:
+/// the entries not yet acknowledged are handled, those already acknowledged
+/// are delivered again (the inbox makes that harmless), and it is counted.
+#[tokio::test]
+async fn a_lost_consumer_group_is_created_again_from_the_oldest_entry() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ns = unique_namespace();
+    let s = stream(&ns, 0);
+    let hold = std::sync::Arc::new(AtomicBool::new(true));
+    let held = std::sync::Arc::clone(&hold);
+    // Records of aggregate "held" fail until released; the others succeed.
+    let handler = Recorder::new(move |r| {
+        if r.event.aggregate_id.as_str() == "held" && held.load(Ordering::SeqCst) {
+            RecordOutcome::Retry("not yet".into())
+        } else {
+            RecordOutcome::Done
+        }
+    });
+    let mut settings = fast_settings(&ns, GROUP, vec![s.clone()]);
+    settings.starting_position = StartingPosition::Latest;
+    settings.maximum_retry_attempts = 10_000;
+    let src = source(settings).await?;
+    let running = Running::start(src, handler.clone());
+    let mut conn = connection().await?;
+    wait_until(WAIT, "the group exists", || async {
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&s)
+            .query_async(&mut connection().await?)
+            .await;
+        Ok(groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == GROUP)))
+    })
+    .await?;
+    let mut events: Vec<_> = (0..5).map(|i| event(&format!("ok-{i}"), 0)).collect();
+    events.extend((0..3).map(|i| event("held", i)));
+    let ids = append(&s, &events).await?;
+    wait_until(
+        WAIT,
+        "the others are done and the held ones pending",
+        || async { Ok(handler.done().len() == 5 && pending_count(&s, GROUP).await? == 3) },
+    )
+    .await?;
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&s)
+        .arg(GROUP)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(destroyed, 1);
+    // Written while the group is gone: must not be skipped either.
+    let late = append(&s, &[event("late", 0)]).await?;
+    hold.store(false, Ordering::SeqCst);
+    wait_until(WAIT, "every entry is handled", || async {
+        let done = handler.done();
+        Ok(ids.iter().chain(&late).all(|id| done.contains(id))
+            && pending_count(&s, GROUP).await? == 0)
+    })
+    .await?;
+    let stats = running.stop().await?;
+    assert_eq!(stats.groups_recreated, 1, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    let done = handler.done();
+    assert!(
+        ids[..5]
+            .iter()
+            .all(|id| done.iter().filter(|d| *d == id).count() == 2),
+        "acknowledged entries are delivered again from the oldest: {done:?}"
+    );
+    delete_streams(&redis_url(), &ns).await
+}

@@ -2,8 +2,9 @@
 //! `order-saga` and moves each `PENDING` order to `CONFIRMED` on
 //! `InventoryReserved` or to `REJECTED`, with the reason, on
 //! `InventoryRejected`. An order that has moved on (cancelled meanwhile) stays
-//! as it is. Each batch commits its inbox rows with its status changes, so an
-//! event delivered twice changes nothing.
+//! as it is. `InventoryReleased` confirms a cancellation's release, so the
+//! reconciler stops sending `OrderCancelled` again. Each batch commits its inbox
+//! rows with its status changes, so an event delivered twice changes nothing.
 
 use std::collections::HashSet;
 
@@ -12,8 +13,8 @@ use lambda_runtime::LambdaEvent;
 use shared::config::{ConfigError, Env};
 use shared::domain::OrderStatus;
 use shared::events::{
-    InventoryRejectedV1, InventoryReservedV1, INVENTORY_REJECTED, INVENTORY_RESERVED,
-    RESERVATION_AGGREGATE,
+    InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, INVENTORY_REJECTED,
+    INVENTORY_RELEASED, INVENTORY_RESERVED, RESERVATION_AGGREGATE,
 };
 use shared::inbox::{self, Inbox};
 use shared::source::{
@@ -21,6 +22,7 @@ use shared::source::{
     RecordOutcome, SourceStats, StreamBatch, StreamRecord,
 };
 use shared::StoreError;
+
 use sqlx::PgPool;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -43,8 +45,19 @@ pub const SERVICE: &str = "order-saga";
 pub struct Step {
     pub event_id: Uuid,
     pub order_id: Uuid,
-    pub status: OrderStatus,
-    pub reason: Option<String>,
+    pub action: Action,
+}
+
+/// What a step does to its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Move a `PENDING` order to `status` (`CONFIRMED` or `REJECTED`).
+    Decide {
+        status: OrderStatus,
+        reason: Option<String>,
+    },
+    /// The inventory released what the order held: its cancellation is settled.
+    Released,
 }
 
 /// The longest reason stored (the column allows 2000 characters).
@@ -63,8 +76,10 @@ pub fn decode(record: &StreamRecord) -> Result<Step, String> {
             Ok(Step {
                 event_id,
                 order_id: e.order_id,
-                status: OrderStatus::Confirmed,
-                reason: None,
+                action: Action::Decide {
+                    status: OrderStatus::Confirmed,
+                    reason: None,
+                },
             })
         }
         (INVENTORY_REJECTED, InventoryRejectedV1::SCHEMA_VERSION) => {
@@ -75,11 +90,24 @@ pub fn decode(record: &StreamRecord) -> Result<Step, String> {
             Ok(Step {
                 event_id,
                 order_id: e.order_id,
-                status: OrderStatus::Rejected,
-                reason: Some(e.reason.chars().take(MAX_REASON_CHARS).collect()),
+                action: Action::Decide {
+                    status: OrderStatus::Rejected,
+                    reason: Some(e.reason.chars().take(MAX_REASON_CHARS).collect()),
+                },
             })
         }
-        (INVENTORY_RESERVED | INVENTORY_REJECTED, v) => Err(format!(
+        (INVENTORY_RELEASED, InventoryReleasedV1::SCHEMA_VERSION) => {
+            let e: InventoryReleasedV1 = event
+                .payload
+                .decode()
+                .map_err(|e| format!("invalid {INVENTORY_RELEASED} payload: {e}"))?;
+            Ok(Step {
+                event_id,
+                order_id: e.order_id,
+                action: Action::Released,
+            })
+        }
+        (INVENTORY_RESERVED | INVENTORY_REJECTED | INVENTORY_RELEASED, v) => Err(format!(
             "unsupported schema version {v} of {}",
             event.event_type
         )),
@@ -99,6 +127,12 @@ impl BatchHandler for Saga {
             decode_and_apply(&batch.records, decode, |steps: Vec<Step>| async move {
                 match apply(&self.pool, &steps).await {
                     Ok(_) => vec![RecordOutcome::Done; steps.len()],
+                    // The database is away: the event source waits it out
+                    // without using up the events' attempts (and logs it once).
+                    Err(e) if e.is_outage() => {
+                        debug!(error = %e, steps = steps.len(), "the database is unavailable");
+                        vec![RecordOutcome::Outage(e.to_string()); steps.len()]
+                    }
                     Err(e) => {
                         warn!(error = %e, steps = steps.len(), "applying saga steps failed");
                         // Even a permanent error is retried: status updates cannot
@@ -124,12 +158,21 @@ pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
     // The first answer about an order decides; later ones find it no longer PENDING.
     let mut orders = HashSet::new();
     let (mut ids, mut statuses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
-    for step in steps {
-        if fresh.contains(&step.event_id) && orders.insert(step.order_id) {
-            ids.push(step.order_id);
-            statuses.push(step.status.as_str().to_owned());
-            reasons.push(step.reason.clone().unwrap_or_default());
+    let mut released = Vec::new();
+    for step in steps.iter().filter(|s| fresh.contains(&s.event_id)) {
+        match &step.action {
+            Action::Decide { status, reason } => {
+                if orders.insert(step.order_id) {
+                    ids.push(step.order_id);
+                    statuses.push(status.as_str().to_owned());
+                    reasons.push(reason.clone().unwrap_or_default());
+                }
+            }
+            Action::Released => released.push(step.order_id),
         }
+    }
+    if !released.is_empty() {
+        shared::orders::confirm_released(&mut tx, &released).await?;
     }
     let changed = if ids.is_empty() {
         0

@@ -43,9 +43,11 @@ pub struct BatchResponse {
     pub batch_item_failures: Vec<BatchItemFailure>,
 }
 
-/// One failed record. `reason` and `permanent` extend AWS's shape (and are left
-/// out of the JSON when unset): a permanent failure goes to the dead-letter
-/// stream at once instead of being retried.
+/// One failed record. `reason`, `permanent` and `outage` extend AWS's shape
+/// (and are left out of the JSON when unset): a permanent failure goes to the
+/// dead-letter stream at once instead of being retried; an outage (the
+/// handler's store is away) is waited out without using up an attempt, and
+/// wins over `permanent` if a handler sets both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchItemFailure {
@@ -54,6 +56,8 @@ pub struct BatchItemFailure {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub permanent: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outage: bool,
 }
 
 impl BatchResponse {
@@ -73,11 +77,19 @@ impl BatchResponse {
                     item_identifier: record.id.clone(),
                     reason: Some(reason.clone()),
                     permanent: false,
+                    outage: false,
                 }),
                 RecordOutcome::Reject(reason) => Some(BatchItemFailure {
                     item_identifier: record.id.clone(),
                     reason: Some(reason.clone()),
                     permanent: true,
+                    outage: false,
+                }),
+                RecordOutcome::Outage(reason) => Some(BatchItemFailure {
+                    item_identifier: record.id.clone(),
+                    reason: Some(reason.clone()),
+                    permanent: false,
+                    outage: true,
                 }),
             })
             .collect();
@@ -97,6 +109,10 @@ pub enum RecordOutcome {
     /// It can never succeed (unknown event type or version, invalid payload):
     /// dead-letter it now.
     Reject(String),
+    /// The handler's store is away (see [`crate::error::Failure::Outage`]); the
+    /// record itself may be fine. The source waits the outage out: the record
+    /// keeps its attempts, and the source pauses before trying again.
+    Outage(String),
 }
 
 /// The whole batch failed (a function error): every record is retried, or, with
@@ -185,6 +201,7 @@ mod tests {
                 item_identifier: "1-0".into(),
                 reason: None,
                 permanent: false,
+                outage: false,
             }],
         };
         assert_eq!(
@@ -196,5 +213,30 @@ mod tests {
                 .expect("parse");
         assert_eq!(parsed.batch_item_failures[0].item_identifier, "2-0");
         assert!(!parsed.batch_item_failures[0].permanent);
+        assert!(!parsed.batch_item_failures[0].outage);
+    }
+
+    #[test]
+    fn an_outage_is_marked_in_the_response() {
+        let record = StreamRecord {
+            stream: "s".into(),
+            id: "3-0".into(),
+            attempt: 1,
+            event: crate::envelope::EventEnvelope::new(
+                crate::envelope::EventType::parse("TestHappened").expect("valid"),
+                1,
+                crate::envelope::AggregateType::parse("Test").expect("valid"),
+                crate::envelope::AggregateId::parse("a").expect("valid"),
+                None,
+                crate::envelope::Payload::from_json("{}").expect("json"),
+            ),
+            trace: TraceParent::new_root(),
+        };
+        let outage = RecordOutcome::Outage("database away".into());
+        let response = BatchResponse::from_outcomes([(&record, &outage)]);
+        assert_eq!(
+            serde_json::to_string(&response).expect("json"),
+            r#"{"batchItemFailures":[{"itemIdentifier":"3-0","reason":"database away","outage":true}]}"#
+        );
     }
 }

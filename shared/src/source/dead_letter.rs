@@ -25,6 +25,87 @@ pub fn dead_letter_key(namespace: &str, group: &str) -> String {
     format!("{namespace}:dlq:{group}")
 }
 
+/// The `SCAN MATCH` pattern of every dead-letter stream under `namespace`.
+/// (The event streams' pattern, `{namespace}:{*}`, does not match them.)
+pub fn dead_letter_key_pattern(namespace: &str) -> String {
+    format!("{namespace}:dlq:*")
+}
+
+/// The keys of every dead-letter stream under `namespace`, sorted.
+pub async fn dead_letter_keys(
+    redis: &mut ConnectionManager,
+    namespace: &str,
+) -> Result<Vec<String>, redis::RedisError> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(dead_letter_key_pattern(namespace))
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(redis)
+            .await?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// One dead-letter stream, as `emulator dlq list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterStream {
+    pub key: String,
+    /// The consumer group, from the key.
+    pub group: String,
+    pub length: u64,
+    /// How long ago its oldest entry was dead-lettered (from the entry's id);
+    /// `None` when it is empty.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// Every dead-letter stream under `namespace` with its length and the age of
+/// its oldest entry (what retention trims first).
+pub async fn dead_letter_streams(
+    redis: &mut ConnectionManager,
+    namespace: &str,
+) -> Result<Vec<DeadLetterStream>, redis::RedisError> {
+    let prefix = format!("{namespace}:dlq:");
+    let now_ms = u64::try_from(now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let mut out = Vec::new();
+    for key in dead_letter_keys(redis, namespace).await? {
+        let length: u64 = redis::cmd("XLEN").arg(&key).query_async(redis).await?;
+        let first: Value = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(redis)
+            .await?;
+        let oldest_age_ms = entry::parse_range(first)?
+            .first()
+            .and_then(|e| e.id.split_once('-'))
+            .and_then(|(ms, _)| ms.parse::<u64>().ok())
+            .map(|ms| now_ms.saturating_sub(ms));
+        out.push(DeadLetterStream {
+            group: key.strip_prefix(&prefix).unwrap_or(&key).to_owned(),
+            key,
+            length,
+            oldest_age_ms,
+        });
+    }
+    Ok(out)
+}
+
 /// The fields of a dead-letter entry for `original`.
 pub(crate) fn dead_letter_fields(
     stream: &str,
@@ -293,5 +374,6 @@ mod tests {
             dead_letter_key("events", "inventory"),
             "events:dlq:inventory"
         );
+        assert_eq!(dead_letter_key_pattern("events"), "events:dlq:*");
     }
 }

@@ -22,6 +22,7 @@
 //! in-process for its time budget).
 
 mod batch;
+pub(crate) mod breaker;
 mod consumer;
 mod dead_letter;
 mod entry;
@@ -39,14 +40,19 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::error::Failure;
 
 pub use batch::{
     decode_and_apply, outcomes_in_order, BatchHandler, BatchItemFailure, BatchResponse,
     HandlerError, RecordOutcome, StreamBatch, StreamRecord, WAITING_FOR_EARLIER,
 };
 pub use consumer::{stop_at, Consumer, ConsumerConfig};
-pub use dead_letter::{dead_letter_key, DeadLetter, DeadLetters, Selection};
+pub use dead_letter::{
+    dead_letter_key, dead_letter_key_pattern, dead_letter_keys, dead_letter_streams, DeadLetter,
+    DeadLetterStream, DeadLetters, Selection,
+};
 pub use entry::RawEntry;
 pub use overview::{streams as stream_overview, GroupOverview, StreamOverview};
 pub use settings::{default_consumer_name, SourceSettings, StartingPosition};
@@ -78,6 +84,9 @@ pub(crate) struct Stats {
     dead_lettered: Counter,
     trimmed: Counter,
     errors: Counter,
+    outages: Counter,
+    outage_waits: Counter,
+    groups_recreated: Counter,
 }
 
 /// What an event source has done since it was built.
@@ -99,6 +108,15 @@ pub struct SourceStats {
     pub trimmed: u64,
     /// Cycles that failed on a Redis error (and were retried after a pause).
     pub errors: u64,
+    /// Times a stream worker found its store (the handler's database or Redis)
+    /// unavailable and paused until it answered again.
+    pub outages: u64,
+    /// Records the handler answered with an outage: put back without using up
+    /// an attempt.
+    pub outage_waits: u64,
+    /// Consumer groups found missing (`NOGROUP`) and created again from the
+    /// oldest entry of their stream.
+    pub groups_recreated: u64,
 }
 
 impl Stats {
@@ -112,6 +130,9 @@ impl Stats {
             dead_lettered: self.dead_lettered.get(),
             trimmed: self.trimmed.get(),
             errors: self.errors.get(),
+            outages: self.outages.get(),
+            outage_waits: self.outage_waits.get(),
+            groups_recreated: self.groups_recreated.get(),
         }
     }
 }
@@ -234,12 +255,30 @@ impl EventSource {
         let mut redis = self.redis.clone();
         tokio::pin!(shutdown);
         let mut ticks: u64 = 0;
+        // Only for its one line per change: the loop keeps its pace while Redis is away.
+        let mut redis_away = breaker::Breaker::new(tick, tick);
         loop {
-            if let Err(e) = self
+            match self
                 .maintain(&mut redis, &handler, deadline, &mut held, &mut stopping)
                 .await
             {
-                warn!(error = %e, "maintaining stream leases failed; retrying");
+                Ok(()) => {
+                    if let Some(down) = redis_away.close() {
+                        info!(
+                            group = %self.settings.group,
+                            down_for_ms = breaker::millis(down),
+                            "Redis available again; stream leases renewed"
+                        );
+                    }
+                }
+                Err(e) if Failure::of_redis(&e).is_outage() => {
+                    if redis_away.trip() {
+                        warn!(group = %self.settings.group, error = %e, "Redis unavailable; stream leases are renewed once it answers");
+                    } else {
+                        debug!(error = %e, "maintaining stream leases failed; Redis still unavailable");
+                    }
+                }
+                Err(e) => warn!(error = %e, "maintaining stream leases failed; retrying"),
             }
             if ticks % 20 == 0 {
                 self.remove_idle_consumers(&mut redis, held.keys()).await;
@@ -284,6 +323,9 @@ impl EventSource {
             dead_lettered: after.dead_lettered - before.dead_lettered,
             trimmed: after.trimmed - before.trimmed,
             errors: after.errors - before.errors,
+            outages: after.outages - before.outages,
+            outage_waits: after.outage_waits - before.outage_waits,
+            groups_recreated: after.groups_recreated - before.groups_recreated,
         }
     }
 

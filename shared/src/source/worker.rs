@@ -8,6 +8,18 @@
 //! attempt count. It is set explicitly (`XCLAIM ... RETRYCOUNT`): a record that
 //! was delivered but not attempted (it waited behind a failed record of its
 //! aggregate) gets its count back, so waiting never uses up its retries.
+//!
+//! An outage is waited out, never dead-lettered: a record the handler answers
+//! with [`RecordOutcome::Outage`] gets its count back too (the later records of
+//! its aggregate wait), and the worker opens its circuit breaker: it stops
+//! reading and pauses, longer each time, then tries again (the next cycle is
+//! the probe). A Redis outage of the cycle itself goes through the same
+//! breaker. One line is logged when the store becomes unavailable and one when
+//! it answers again. Only failures of the record itself use up attempts.
+//!
+//! A consumer group that Redis lost (`NOGROUP`: a replica promoted without
+//! it, a restart without persistence) is created again from the oldest entry
+//! in the stream; the consumers' inboxes make the redeliveries harmless.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -22,10 +34,12 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::batch::{BatchHandler, BatchResponse, RecordOutcome, StreamBatch, StreamRecord};
+use super::breaker::{millis, Breaker};
 use super::dead_letter::{dead_letter_fields, dead_letter_key};
 use super::entry::{self, RawEntry};
 use super::settings::{SourceSettings, StartingPosition};
 use super::Stats;
+use crate::error::{redis_error_codes, Failure};
 use crate::metrics::{Metric, Recorder};
 use crate::trace::TraceParent;
 
@@ -58,6 +72,8 @@ enum Fate {
     Retry,
     /// Not attempted: waits behind a failed record of its aggregate.
     Wait,
+    /// The handler's store is away: waits, its attempt not counted.
+    Outage,
     DeadLetter(String),
 }
 
@@ -68,10 +84,23 @@ impl Fate {
             Fate::Ack => "processed",
             Fate::Retry => "failed; will retry",
             Fate::Wait => "waiting behind a failed record of its aggregate",
+            Fate::Outage => "store unavailable; waiting without using an attempt",
             Fate::DeadLetter(_) => "dead-lettered",
         }
     }
 }
+
+/// What a cycle learned about the handler's store.
+#[derive(Debug, Default)]
+struct Cycle {
+    /// Why the store is away, when the handler answered a record with an outage.
+    outage: Option<String>,
+    /// The handler answered about a record without an outage: its store works.
+    store_answered: bool,
+}
+
+/// The longest pause of the breaker, whatever the retry backoff.
+const LONGEST_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
 
 /// What the log line of a handled record says of it; the record itself went to the handler.
 struct Handled {
@@ -100,6 +129,11 @@ pub(crate) struct Worker<H> {
     /// (only this worker delivers this stream's entries while it holds the
     /// lease). Trusted for [`CLEAR_FOR`] at most.
     clear_since: Option<Instant>,
+    /// Open while the store (Redis, or the handler's) is unavailable.
+    breaker: Breaker,
+    /// The open breaker was tripped by the handler's store at least once: only
+    /// an answer from the handler closes it (an empty cycle proves nothing).
+    handler_away: bool,
 }
 
 /// How long "nothing pending" is trusted without asking Redis again.
@@ -116,7 +150,14 @@ impl<H: BatchHandler> Worker<H> {
     ) -> Self {
         let dlq_key = dead_letter_key(&settings.namespace, &settings.group);
         let metrics = Recorder::new(&settings.service);
+        // The breaker pauses as retries back off, at most LONGEST_OUTAGE_PAUSE.
+        let breaker = Breaker::new(
+            settings.retry_backoff,
+            settings.max_retry_backoff.min(LONGEST_OUTAGE_PAUSE),
+        );
         Self {
+            breaker,
+            handler_away: false,
             stream,
             metrics,
             settings,
@@ -131,49 +172,124 @@ impl<H: BatchHandler> Worker<H> {
         }
     }
 
-    /// Cycles until `stop` turns true or `deadline` passes; a failing Redis is
-    /// retried with a growing pause.
+    /// Cycles until `stop` turns true or `deadline` passes. While the store is
+    /// unavailable the breaker is open and every cycle is followed by a
+    /// growing pause; other Redis failures are retried with a pause of their own.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>, deadline: Option<Instant>) {
         let mut pause = Duration::from_millis(100);
         let mut group_ready = false;
         while !*stop.borrow_and_update() && deadline.is_none_or(|d| Instant::now() < d) {
+            // Whether to pause after other failures than outages.
+            let mut failed = false;
             if !group_ready {
                 match ensure_group(&mut self.redis, &self.stream, &self.settings).await {
                     Ok(()) => group_ready = true,
+                    Err(e) => failed = !self.redis_failed(&e, "cannot create the consumer group"),
+                }
+            }
+            if group_ready {
+                match self.cycle(deadline).await {
+                    Ok(cycle) => {
+                        pause = Duration::from_millis(100);
+                        match cycle.outage {
+                            Some(reason) => self.store_away(&reason, true),
+                            None if cycle.store_answered || !self.handler_away => self.store_back(),
+                            None => {}
+                        }
+                    }
                     Err(e) => {
-                        warn!(stream = %self.stream, error = %e, "cannot create the consumer group");
-                        self.pause(&mut stop, &mut pause).await;
-                        continue;
+                        self.clear_since = None;
+                        self.reader = None;
+                        self.stats.errors.inc();
+                        failed = if is_no_group(&e) {
+                            self.cache.clear();
+                            !self.recreate_group().await
+                        } else {
+                            !self.redis_failed(&e, "reading the stream failed; retrying")
+                        };
                     }
                 }
             }
-            match self.cycle(deadline).await {
-                Ok(()) => pause = Duration::from_millis(100),
-                Err(e) => {
-                    self.clear_since = None;
-                    self.stats.errors.inc();
-                    warn!(stream = %self.stream, error = %e, "reading the stream failed; retrying");
-                    if e.code() == Some("NOGROUP") {
-                        group_ready = false;
-                    }
-                    self.reader = None;
-                    self.pause(&mut stop, &mut pause).await;
-                }
+            let rest = if self.breaker.is_open() {
+                self.breaker.next_pause()
+            } else if failed {
+                let rest = pause;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                rest
+            } else {
+                continue;
+            };
+            let rest = deadline.map_or(rest, |d| {
+                rest.min(d.saturating_duration_since(Instant::now()))
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = stop.changed() => {}
             }
         }
     }
 
-    async fn pause(&self, stop: &mut watch::Receiver<bool>, pause: &mut Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(*pause) => {}
-            _ = stop.changed() => {}
+    /// A Redis failure: an outage goes to the breaker (true), anything else is
+    /// logged as `what` (false).
+    fn redis_failed(&mut self, error: &redis::RedisError, what: &str) -> bool {
+        if Failure::of_redis(error).is_outage() {
+            self.store_away(&format!("Redis: {error}"), false);
+            true
+        } else {
+            warn!(stream = %self.stream, error = %error, "{what}");
+            false
         }
-        *pause = (*pause * 2).min(Duration::from_secs(5));
+    }
+
+    /// The store is away: opens the breaker, logging only when it opens.
+    fn store_away(&mut self, reason: &str, handler: bool) {
+        self.handler_away |= handler;
+        if self.breaker.trip() {
+            self.stats.outages.inc();
+            self.metrics.count(Metric::StoreOutages, 1);
+            warn!(stream = %self.stream, group = %self.settings.group, reason, "store unavailable; pausing");
+        } else {
+            debug!(stream = %self.stream, reason, "store still unavailable");
+        }
+    }
+
+    /// The store answers: closes the breaker, logging only when it closes.
+    fn store_back(&mut self) {
+        self.handler_away = false;
+        if let Some(down) = self.breaker.close() {
+            info!(
+                stream = %self.stream,
+                group = %self.settings.group,
+                down_for_ms = millis(down),
+                "store available again"
+            );
+        }
+    }
+
+    /// The group is gone (`NOGROUP`): creates it again from the oldest entry
+    /// still in the stream, never from `$` (whatever the starting position
+    /// says: entries written since it was lost would be skipped). Every entry is
+    /// delivered again; the consumers' inboxes make that harmless. True if this
+    /// created it (the next cycle follows at once).
+    async fn recreate_group(&mut self) -> bool {
+        let group = &self.settings.group;
+        match create_group(&mut self.redis, &self.stream, group, "0").await {
+            Ok(true) => {
+                self.stats.groups_recreated.inc();
+                self.metrics.count(Metric::ConsumerGroupsRecreated, 1);
+                warn!(stream = %self.stream, %group, "the consumer group was missing (NOGROUP); created it again from the oldest entry, whose records are delivered again");
+                true
+            }
+            // Someone else created it meanwhile: go on after the usual pause.
+            Ok(false) => false,
+            Err(e) => self.redis_failed(&e, "cannot create the lost consumer group again"),
+        }
     }
 
     /// One batch: pick, hand over, settle.
-    async fn cycle(&mut self, deadline: Option<Instant>) -> Result<(), redis::RedisError> {
+    async fn cycle(&mut self, deadline: Option<Instant>) -> Result<Cycle, redis::RedisError> {
         let s = Arc::clone(&self.settings);
+        let mut learned = Cycle::default();
         let pending = match self.clear_since.take() {
             Some(at) if at.elapsed() < CLEAR_FOR => Vec::new(),
             _ => self.pending().await?,
@@ -224,10 +340,12 @@ impl<H: BatchHandler> Worker<H> {
         }
         self.claim(&mut taken, &claims).await?;
 
-        // New records, unless the batch is full or older ones are still unseen.
+        // New records, unless the batch is full or older ones are still unseen,
+        // or the store is away and the pending records are enough of a probe.
         let mut held_back: Vec<String> = Vec::new();
         let mut fresh_count = 0;
-        if !truncated && taken.len() < s.batch_size {
+        let probing = self.breaker.is_open() && !taken.is_empty();
+        if !truncated && taken.len() < s.batch_size && !probing {
             let idle = taken.is_empty() && exhausted.is_empty() && trimmed.is_empty();
             let mut wait = if idle { s.block } else { Duration::ZERO };
             if let Some(due) = next_due {
@@ -263,7 +381,7 @@ impl<H: BatchHandler> Worker<H> {
             }
         }
         if taken.is_empty() && exhausted.is_empty() && trimmed.is_empty() && held_back.is_empty() {
-            return Ok(());
+            return Ok(learned);
         }
 
         let mut fates: Vec<Fate> = Vec::with_capacity(taken.len());
@@ -328,11 +446,19 @@ impl<H: BatchHandler> Worker<H> {
             for ((handled, outcome), slot) in meta.iter().zip(&outcomes).zip(&record_slots) {
                 let (aggregate, attempt) = (&handled.aggregate, &handled.attempt);
                 let id = &taken[*slot].entry.id;
+                if !matches!(outcome, RecordOutcome::Outage(_)) {
+                    learned.store_answered = true;
+                }
                 fates[*slot] = if failed.contains(aggregate.as_str()) {
                     Fate::Wait
                 } else {
                     match outcome {
                         RecordOutcome::Done => Fate::Ack,
+                        RecordOutcome::Outage(reason) => {
+                            failed.insert(aggregate);
+                            learned.outage.get_or_insert_with(|| reason.clone());
+                            Fate::Outage
+                        }
                         RecordOutcome::Retry(reason) => {
                             failed.insert(aggregate);
                             if *attempt >= s.maximum_attempts() {
@@ -355,26 +481,39 @@ impl<H: BatchHandler> Worker<H> {
                 let fate = &fates[*slot];
                 let reason = match (fate, outcome) {
                     (Fate::DeadLetter(reason), _) => Some(reason.as_str()),
-                    (_, RecordOutcome::Retry(reason) | RecordOutcome::Reject(reason)) => {
-                        Some(reason.as_str())
-                    }
+                    (
+                        _,
+                        RecordOutcome::Retry(reason)
+                        | RecordOutcome::Reject(reason)
+                        | RecordOutcome::Outage(reason),
+                    ) => Some(reason.as_str()),
                     _ => None,
                 };
-                info!(
-                    stream = %self.stream,
-                    id = %taken[*slot].entry.id,
-                    event_id = %handled.event_id,
-                    event_type = %handled.event_type,
-                    aggregate_type = %handled.aggregate_type,
-                    aggregate_id = %handled.aggregate,
-                    attempt = handled.attempt,
-                    trace_id = %handled.trace.trace_id(),
-                    span_id = %handled.trace.span_id(),
-                    parent_span_id = handled.producer_span.as_deref(),
-                    outcome = fate.outcome(),
-                    reason,
-                    "event handled"
-                );
+                macro_rules! handled_line {
+                    ($level:ident) => {
+                        $level!(
+                            stream = %self.stream,
+                            id = %taken[*slot].entry.id,
+                            event_id = %handled.event_id,
+                            event_type = %handled.event_type,
+                            aggregate_type = %handled.aggregate_type,
+                            aggregate_id = %handled.aggregate,
+                            attempt = handled.attempt,
+                            trace_id = %handled.trace.trace_id(),
+                            span_id = %handled.trace.span_id(),
+                            parent_span_id = handled.producer_span.as_deref(),
+                            outcome = fate.outcome(),
+                            reason,
+                            "event handled"
+                        )
+                    };
+                }
+                // While the store is away the breaker's lines say it, once.
+                if *fate == Fate::Outage || (learned.outage.is_some() && *fate == Fate::Wait) {
+                    handled_line!(debug);
+                } else {
+                    handled_line!(info);
+                }
             }
         }
         self.settle(&taken, &fates, &exhausted, &trimmed, &held_back)
@@ -390,7 +529,7 @@ impl<H: BatchHandler> Worker<H> {
         {
             self.clear_since = Some(Instant::now());
         }
-        Ok(())
+        Ok(learned)
     }
 
     /// The pending list, oldest first.
@@ -539,7 +678,7 @@ impl<H: BatchHandler> Worker<H> {
             pipe.add_command(xadd).ignore();
             dead += 1;
         };
-        let (mut ok, mut retried, mut waiting) = (0u64, 0u64, 0u64);
+        let (mut ok, mut retried, mut waiting, mut outage) = (0u64, 0u64, 0u64, 0u64);
         let mut restore: Vec<(&str, u32)> = held_back.iter().map(|id| (id.as_str(), 0)).collect();
         for (t, fate) in taken.iter().zip(fates) {
             match fate {
@@ -550,6 +689,11 @@ impl<H: BatchHandler> Worker<H> {
                 Fate::Retry => retried += 1,
                 Fate::Wait => {
                     waiting += 1;
+                    restore.push((&t.entry.id, t.attempt - 1));
+                }
+                // The attempt did not count: the store was away, not the record wrong.
+                Fate::Outage => {
+                    outage += 1;
                     restore.push((&t.entry.id, t.attempt - 1));
                 }
                 Fate::DeadLetter(reason) => {
@@ -601,13 +745,15 @@ impl<H: BatchHandler> Worker<H> {
         self.stats.succeeded.add(ok);
         self.stats.retried.add(retried);
         self.stats.waiting.add(waiting + held_back.len() as u64);
+        self.stats.outage_waits.add(outage);
         self.stats.dead_lettered.add(dead);
         self.stats.trimmed.add(trimmed.len() as u64);
         Ok(())
     }
 }
 
-/// Creates the group (and the stream) unless it exists.
+/// Creates the group (and the stream) unless it exists, at the starting
+/// position of the settings.
 pub(crate) async fn ensure_group(
     redis: &mut ConnectionManager,
     stream: &str,
@@ -617,18 +763,38 @@ pub(crate) async fn ensure_group(
         StartingPosition::TrimHorizon => "0",
         StartingPosition::Latest => "$",
     };
+    create_group(redis, stream, &settings.group, start)
+        .await
+        .map(|_| ())
+}
+
+/// `XGROUP CREATE <stream> <group> <start> MKSTREAM`; false if the group exists.
+async fn create_group(
+    redis: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    start: &str,
+) -> Result<bool, redis::RedisError> {
     let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
-        .arg(&settings.group)
+        .arg(group)
         .arg(start)
         .arg("MKSTREAM")
         .query_async(redis)
         .await;
     match created {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e),
     }
+}
+
+/// Redis lost the group (or the stream): `NOGROUP`, alone or in a pipeline.
+fn is_no_group(error: &redis::RedisError) -> bool {
+    redis_error_codes(error)
+        .iter()
+        .any(|code| code == "NOGROUP")
 }
 
 /// Calls the handler; on a handler error, with bisect on, splits the batch and
@@ -676,7 +842,9 @@ fn outcomes_of(ids: &[String], response: BatchResponse) -> Vec<RecordOutcome> {
         let reason = f.reason.clone().unwrap_or_else(|| "reported failed".into());
         failures.insert(
             f.item_identifier.as_str(),
-            if f.permanent {
+            if f.outage {
+                RecordOutcome::Outage(reason)
+            } else if f.permanent {
                 RecordOutcome::Reject(reason)
             } else {
                 RecordOutcome::Retry(reason)

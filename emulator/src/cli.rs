@@ -42,7 +42,20 @@ fn describe(letter: &DeadLetter) -> String {
     )
 }
 
-/// `dlq list`: the dead letters of `groups`, up to `count` each.
+/// `3d 4h`, `2h 5m`, `12m 3s`, `800 ms`: an age at a glance.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms} ms"),
+        1..=3599 => format!("{}m {}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `dlq list`: every dead-letter stream of the namespace with its length and
+/// the age of its oldest entry (retention trims by that age), then the dead
+/// letters of `groups`, up to `count` each.
 pub async fn dlq_list(
     redis: &ConnectionManager,
     namespace: &str,
@@ -50,6 +63,19 @@ pub async fn dlq_list(
     count: usize,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let streams = shared::source::dead_letter_streams(&mut redis.clone(), namespace).await?;
+    if streams.is_empty() {
+        writeln!(out, "no dead-letter streams under {namespace}:dlq:")?;
+    }
+    for s in &streams {
+        writeln!(
+            out,
+            "{:<28} length {:<8} oldest {}",
+            s.key,
+            s.length,
+            s.oldest_age_ms.map_or_else(|| "-".to_owned(), age)
+        )?;
+    }
     for group in groups {
         check_group(group)?;
         let dead = DeadLetters::new(redis.clone(), namespace, group);
@@ -173,6 +199,68 @@ pub async fn outbox(relay: &Relay, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `outbox failed`: the rows of `outbox` set aside as failed, up to `count`.
+pub async fn outbox_failed(
+    relay: &Relay,
+    outbox: Outbox,
+    count: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let rows = relay.failed_rows(outbox, count).await?;
+    writeln!(out, "{} ({} failed rows shown)", outbox.table(), rows.len())?;
+    for row in rows {
+        writeln!(
+            out,
+            "{:<10} event {} of {} {}  attempts {}\n    error: {}",
+            row.id,
+            row.event_id,
+            row.aggregate_type,
+            row.aggregate_id,
+            row.attempts,
+            row.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(())
+}
+
+/// Which failed outbox rows `outbox purge-failed` deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailedRows {
+    All,
+    Ids(Vec<i64>),
+}
+
+/// `outbox purge-failed`: deletes rows set aside as failed, for good; only
+/// with `confirmed` (without, it says what it would delete). Pending rows are
+/// never touched.
+pub async fn outbox_purge_failed(
+    relay: &Relay,
+    outbox: Outbox,
+    rows: &FailedRows,
+    confirmed: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    if !confirmed {
+        let failed = relay.backlog(outbox).await?.failed;
+        let what = match rows {
+            FailedRows::All => format!("all {failed} failed rows"),
+            FailedRows::Ids(ids) => format!("{} of its {failed} failed rows", ids.len()),
+        };
+        writeln!(
+            out,
+            "would purge {what} of {} for good; run again with --yes to do it",
+            outbox.table()
+        )?;
+        return Ok(0);
+    }
+    let n = match rows {
+        FailedRows::All => relay.purge_all_failed(outbox).await?,
+        FailedRows::Ids(ids) => relay.purge_failed(outbox, ids).await?,
+    };
+    writeln!(out, "{n} failed rows of {} purged", outbox.table())?;
+    Ok(n)
 }
 
 /// The API Gateway v2 event for a request to one of the template's routes

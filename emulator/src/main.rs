@@ -87,11 +87,53 @@ The response goes to stdout. A function error prints its error payload and exits
     /// Per stream: length, and each consumer group's consumers, pending records and lag.
     #[command(after_help = "Example:\n  STREAM_NAMESPACE=events emulator streams")]
     Streams,
-    /// Per outbox: events waiting for the relay, the oldest one's age, rows set aside.
-    #[command(
-        after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/orders_local emulator outbox"
-    )]
-    Outbox,
+    /// Per outbox: events waiting for the relay, the oldest one's age, rows set
+    /// aside; with a subcommand, list or purge the rows set aside as failed.
+    #[command(after_help = "Examples:
+  DATABASE_URL=postgres://postgres@127.0.0.1/orders_local emulator outbox
+  emulator outbox failed --outbox orders
+  emulator outbox purge-failed --outbox orders 42 43 --yes
+  emulator outbox purge-failed --outbox inventory --all --yes")]
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxAction {
+    /// The rows set aside as failed: id, event, attempts, error.
+    Failed {
+        /// `orders` or `inventory`.
+        #[arg(long, value_parser = parse_outbox)]
+        outbox: shared::outbox::Outbox,
+        /// The most rows shown.
+        #[arg(long, default_value_t = 20)]
+        count: i64,
+    },
+    /// Delete rows set aside as failed, for good (pending rows are never touched).
+    /// Without --yes, only says what it would delete.
+    PurgeFailed {
+        /// `orders` or `inventory`.
+        #[arg(long, value_parser = parse_outbox)]
+        outbox: shared::outbox::Outbox,
+        /// Every failed row of the outbox.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// These rows (ids as `outbox failed` shows them).
+        #[arg(required_unless_present = "all")]
+        ids: Vec<i64>,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn parse_outbox(name: &str) -> Result<shared::outbox::Outbox, String> {
+    shared::outbox::Outbox::ALL
+        .into_iter()
+        .find(|o| o.table() == name || o.table().split('.').next() == Some(name))
+        .ok_or_else(|| format!("unknown outbox {name:?} (orders or inventory)"))
 }
 
 /// Where the system comes from and how its functions run.
@@ -236,7 +278,7 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(database = %stores.database_url, "migrations applied");
             stores.stop().await
         }
-        Command::Outbox => {
+        Command::Outbox { action } => {
             let stores =
                 emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Both)
                     .await?;
@@ -245,7 +287,26 @@ async fn run() -> anyhow::Result<()> {
                 connect_redis(&stores.redis_url).await?,
                 shared::relay::RelayOptions::from_env(&env)?,
             );
-            emulator::cli::outbox(&relay, &mut out).await?;
+            match action {
+                None => emulator::cli::outbox(&relay, &mut out).await?,
+                Some(OutboxAction::Failed { outbox, count }) => {
+                    emulator::cli::outbox_failed(&relay, outbox, count, &mut out).await?;
+                }
+                Some(OutboxAction::PurgeFailed {
+                    outbox,
+                    all,
+                    ids,
+                    yes,
+                }) => {
+                    let rows = if all {
+                        emulator::cli::FailedRows::All
+                    } else {
+                        emulator::cli::FailedRows::Ids(ids)
+                    };
+                    emulator::cli::outbox_purge_failed(&relay, outbox, &rows, yes, &mut out)
+                        .await?;
+                }
+            }
             stores.stop().await
         }
         Command::Streams => {

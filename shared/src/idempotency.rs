@@ -209,8 +209,9 @@ pub async fn record(
     }
 }
 
-/// Deletes up to `limit` expired records; returns how many. Call it repeatedly
-/// (e.g. from a schedule) to purge in short, bounded transactions.
+/// Deletes up to `limit` expired records, oldest first (through the
+/// `expires_at` index); returns how many. One short statement: a retention run
+/// ([`crate::retention::purge_order_service`]) calls it a bounded number of times.
 pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, StoreError> {
     sqlx::query!(
         r#"DELETE FROM orders.idempotency_keys

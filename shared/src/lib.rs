@@ -11,6 +11,7 @@
 //! - [`orders`]: the order service's tables (orders, order lines).
 //! - [`inbox`]: the ids of the events a consumer has applied.
 //! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
+//! - [`retention`]: how long things are kept, and the bounded purges.
 //! - [`db`]: connection pool and the embedded migrations.
 //! - [`config`]: typed configuration from the environment; secrets stay secret.
 //! - [`telemetry`]: logs (JSON lines in Lambda, readable locally) and invocations.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod orders;
 pub mod outbox;
 pub mod relay;
+pub mod retention;
 pub mod source;
 pub mod streams;
 pub mod telemetry;

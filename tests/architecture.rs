@@ -110,6 +110,22 @@ fn no_function_migrates_at_cold_start() {
             "functions/order-saga/src/lib.rs",
             include_str!("../functions/order-saga/src/lib.rs"),
         ),
+        (
+            "functions/order-reconciler/src/main.rs",
+            include_str!("../functions/order-reconciler/src/main.rs"),
+        ),
+        (
+            "functions/order-reconciler/src/lib.rs",
+            include_str!("../functions/order-reconciler/src/lib.rs"),
+        ),
+        (
+            "functions/inventory-retention/src/main.rs",
+            include_str!("../functions/inventory-retention/src/main.rs"),
+        ),
+        (
+            "functions/inventory-retention/src/lib.rs",
+            include_str!("../functions/inventory-retention/src/lib.rs"),
+        ),
     ] {
         for migrating in ["db::migrate", "MIGRATOR"] {
             assert!(!text.contains(migrating), "{file} uses {migrating}");
@@ -118,7 +134,7 @@ fn no_function_migrates_at_cold_start() {
     let template = include_str!("../template.yaml");
     assert_eq!(
         template.matches("DependsOn: DatabaseMigrations").count(),
-        5,
+        7,
         "every function but MigrateFunction waits for the migrations"
     );
 }

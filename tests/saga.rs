@@ -2,6 +2,7 @@
 //! create-order → outbox → relay → inventory-consumer → inventory outbox →
 //! relay → order-saga, and the compensation on cancel.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -327,17 +328,29 @@ async fn the_same_event_delivered_twice_takes_effect_once() -> anyhow::Result<()
         0,
         "all relayed"
     );
-    // One answer per order: the originals plus the copies this test appended.
+    // One answer per order, sent three times under one event id: the original,
+    // the copy this test appended, and the inventory's answer to the repeated
+    // request (its recorded answer, not a new decision).
+    wait_until(WAIT, "the repeated answers are consumed", || async {
+        Ok(
+            tests::source::pending_count(&system.streams("Reservation")[0], order_saga::GROUP)
+                .await?
+                == 0,
+        )
+    })
+    .await?;
     let streams = tests::read_streams(&redis_url(), &system.ns).await?;
-    let count = |t: &str| {
-        streams
+    let sent = |t: &str| {
+        let of_type: Vec<_> = streams
             .values()
             .flatten()
             .filter(|e| e.event_type.as_str() == t)
-            .count()
+            .collect();
+        let ids: std::collections::HashSet<_> = of_type.iter().map(|e| e.event_id).collect();
+        (of_type.len(), ids.len())
     };
-    assert_eq!(count("InventoryReserved"), 2);
-    assert_eq!(count("InventoryRejected"), 2);
+    assert_eq!(sent("InventoryReserved"), (3, 1));
+    assert_eq!(sent("InventoryRejected"), (3, 1));
     assert_eq!(system.get_order(&id).await["status"], "CONFIRMED");
     assert_eq!(system.get_order(&short).await["status"], "REJECTED");
     system.stop().await
@@ -418,5 +431,218 @@ async fn unknown_event_types_and_invalid_payloads_go_to_the_dead_letter_stream(
         errors[2].contains("unsupported schema version 9"),
         "{errors:?}"
     );
+    system.stop().await
+}
+
+// ---------------------------------------------------------------- stuck sagas
+
+/// The entries of `stream`, oldest first: (entry id, fields).
+async fn entries(stream: &str) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
+    let mut conn = tests::source::connection().await?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .iter()
+                .filter_map(|(k, v)| {
+                    redis::from_redis_value::<String>(v.clone())
+                        .ok()
+                        .map(|v| (k.clone(), v))
+                })
+                .collect();
+            (e.id, fields)
+        })
+        .collect())
+}
+
+/// Waits for `stream` to hold at least `n` entries, then deletes them all
+/// (`XDEL`), as a Redis failover that lost them would; returns them.
+async fn lose_entries(
+    stream: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
+    wait_until(WAIT, &format!("{n} entries on {stream}"), || async {
+        Ok(entries(stream).await?.len() >= n)
+    })
+    .await?;
+    let lost = entries(stream).await?;
+    let mut conn = tests::source::connection().await?;
+    let ids: Vec<&str> = lost.iter().map(|(id, _)| id.as_str()).collect();
+    let _: u64 = redis::cmd("XDEL")
+        .arg(stream)
+        .arg(&ids)
+        .query_async(&mut conn)
+        .await?;
+    Ok(lost)
+}
+
+impl System {
+    /// One reconciler run as if at `now + ahead`.
+    async fn reconcile(&self, ahead: Duration) -> anyhow::Result<order_reconciler::Summary> {
+        let retention =
+            shared::retention::RetentionConfig::from_env(&shared::config::Env::default())?;
+        Ok(order_reconciler::reconcile(
+            &self.db.pool,
+            &order_reconciler::Settings::default(),
+            &retention,
+            shared::envelope::now_utc() + ahead,
+        )
+        .await?)
+    }
+
+    async fn awaiting_release(&self, id: &str) -> anyhow::Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT awaiting_release_since IS NOT NULL FROM orders.orders WHERE id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_one(&self.db.pool)
+        .await?)
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_sent_again_by_the_inventory_and_the_order_confirmed_exactly_once(
+) -> anyhow::Result<()> {
+    let mut system = System::start(1, 0).await?;
+    system.start_inventory("inv-0").await?;
+    system.set_stock("WIDGET-1", 10).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":3,"unit_price_cents":100}]))
+        .await?;
+    // The inventory reserves and answers; the answer is lost before the saga reads it.
+    let lost = lose_entries(&system.streams("Reservation")[0], 1).await?;
+    assert_eq!(lost[0].1["event_type"], "InventoryReserved");
+    system.start_saga("saga-0").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(system.get_order(&id).await["status"], "PENDING");
+
+    // Before the timeout the reconciler leaves it alone.
+    assert_eq!(system.reconcile(Duration::ZERO).await?.created_resent, 0);
+    // After it: OrderCreated again under its first event id; the inventory,
+    // which already decided, answers again with its recorded answer.
+    let run = system.reconcile(Duration::from_secs(61)).await?;
+    assert_eq!(run.created_resent, 1, "{run:?}");
+    system.wait_for_status(&id, "CONFIRMED").await?;
+    let orders = entries(&system.streams("Order")[0]).await?;
+    assert_eq!(orders.len(), 2, "OrderCreated, then again");
+    assert_eq!(orders[0].1["event_id"], orders[1].1["event_id"]);
+    assert_eq!(orders[0].1["payload"], orders[1].1["payload"]);
+    let answers = entries(&system.streams("Reservation")[0]).await?;
+    assert_eq!(answers.len(), 1, "the answer again");
+    assert_eq!(answers[0].1["event_id"], lost[0].1["event_id"]);
+    assert_eq!(answers[0].1["payload"], lost[0].1["payload"]);
+
+    // Reserved once; a second run within the timeout sends nothing more.
+    assert_eq!(system.stock("WIDGET-1").await?, (7, 3));
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM inventory.reservations")
+            .await?,
+        1
+    );
+    let again = system.reconcile(Duration::from_secs(62)).await?;
+    assert_eq!((again.created_resent, again.stuck), (0, 0), "{again:?}");
+    system.stop().await
+}
+
+#[tokio::test]
+async fn an_order_nobody_answers_is_rejected_at_its_deadline_and_its_stock_released(
+) -> anyhow::Result<()> {
+    let mut system = System::start(1, 0).await?;
+    system.start_inventory("inv-0").await?;
+    system.set_stock("WIDGET-1", 10).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":4,"unit_price_cents":100}]))
+        .await?;
+    // Every event of the order is lost after the inventory reserved its stock.
+    lose_entries(&system.streams("Reservation")[0], 1).await?;
+    lose_entries(&system.streams("Order")[0], 1).await?;
+    assert_eq!(system.stock("WIDGET-1").await?, (6, 4));
+    system.start_saga("saga-0").await?;
+
+    let run = system.reconcile(Duration::from_secs(601)).await?;
+    assert_eq!(run.timed_out, 1, "{run:?}");
+    let order = system.wait_for_status(&id, "REJECTED").await?;
+    assert_eq!(order["status_reason"], "timed out");
+    // OrderCancelled releases the reservation; InventoryReleased confirms it.
+    wait_until(WAIT, "the release is confirmed", || async {
+        Ok(!system.awaiting_release(&id).await?)
+    })
+    .await?;
+    assert_eq!(system.stock("WIDGET-1").await?, (10, 0));
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM inventory.reservations WHERE status = 'RELEASED'")
+            .await?,
+        1
+    );
+    // Settled: later runs send nothing.
+    let later = system.reconcile(Duration::from_secs(700)).await?;
+    assert_eq!(
+        (
+            later.timed_out,
+            later.created_resent,
+            later.cancelled_resent
+        ),
+        (0, 0, 0),
+        "{later:?}"
+    );
+    system.stop().await
+}
+
+#[tokio::test]
+async fn a_lost_cancellation_is_sent_again_until_the_inventory_confirms_the_release(
+) -> anyhow::Result<()> {
+    let mut system = System::start(1, 0).await?;
+    system.start_inventory("inv-0").await?;
+    system.start_saga("saga-0").await?;
+    system.set_stock("WIDGET-1", 10).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":2,"unit_price_cents":100}]))
+        .await?;
+    system.wait_for_status(&id, "CONFIRMED").await?;
+    // The inventory is away while the order is cancelled, and the event is lost.
+    system.consumers.remove(0).stop().await?;
+    assert_eq!(system.cancel(&id).await.status, 200);
+    let stream = system.streams("Order")[0].clone();
+    wait_until(WAIT, "OrderCancelled is published", || async {
+        Ok(entries(&stream).await?.len() == 2)
+    })
+    .await?;
+    let cancelled = entries(&stream).await?.remove(1);
+    let mut conn = tests::source::connection().await?;
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&cancelled.0)
+        .query_async(&mut conn)
+        .await?;
+    system.start_inventory("inv-1").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        system.stock("WIDGET-1").await?,
+        (8, 2),
+        "nothing released yet"
+    );
+    assert!(system.awaiting_release(&id).await?);
+
+    let run = system.reconcile(Duration::from_secs(61)).await?;
+    assert_eq!(run.cancelled_resent, 1, "{run:?}");
+    wait_until(WAIT, "the release is confirmed", || async {
+        Ok(!system.awaiting_release(&id).await?)
+    })
+    .await?;
+    assert_eq!(system.stock("WIDGET-1").await?, (10, 0));
+    let resent = entries(&stream).await?.pop().expect("an entry");
+    assert_eq!(resent.1["event_id"], cancelled.1["event_id"]);
+    let later = system.reconcile(Duration::from_secs(200)).await?;
+    assert_eq!(later.cancelled_resent, 0, "{later:?}");
     system.stop().await
 }

@@ -22,12 +22,14 @@ use crate::runtime;
 use crate::template::FunctionSpec;
 
 /// The binaries the emulator can link in-process.
-pub const LINKED: [&str; 6] = [
+pub const LINKED: [&str; 8] = [
     "create-order",
     "inventory-api",
     "outbox-relay",
     "inventory-consumer",
     "order-saga",
+    "inventory-retention",
+    "order-reconciler",
     "migrate",
 ];
 
@@ -45,6 +47,8 @@ pub enum Linked {
     OutboxRelay(outbox_relay::Deps),
     InventoryConsumer(Arc<inventory_consumer::Deps>),
     OrderSaga(Arc<order_saga::Deps>),
+    InventoryRetention(inventory_retention::Deps),
+    OrderReconciler(order_reconciler::Deps),
     /// Deploy-time only: nothing drives it; the Invoke API can run it.
     Migrate(migrate::Deps),
 }
@@ -74,6 +78,12 @@ impl Linked {
                 let handler = order_saga::handler(&config);
                 Self::OrderSaga(Arc::new(order_saga::Deps::connect(&config, handler).await?))
             }
+            "order-reconciler" => Self::OrderReconciler(order_reconciler::Deps::new(
+                &order_reconciler::Config::from_env(env)?,
+            )),
+            "inventory-retention" => Self::InventoryRetention(inventory_retention::Deps::new(
+                &inventory_retention::Config::from_env(env)?,
+            )),
             "migrate" => Self::Migrate(migrate::Deps::new(&migrate::Config::from_env(env)?)?),
             other => anyhow::bail!(
                 "{other} is not linked into the emulator (linked: {}); run it with --runtime-api",
@@ -98,7 +108,11 @@ impl Linked {
             ),
             Self::InventoryConsumer(c) => Some(format!("{:?}", c.run(shutdown).await)),
             Self::OrderSaga(c) => Some(format!("{:?}", c.run(shutdown).await)),
-            Self::CreateOrder(_) | Self::InventoryApi(_) | Self::Migrate(_) => None,
+            Self::CreateOrder(_)
+            | Self::InventoryApi(_)
+            | Self::InventoryRetention(_)
+            | Self::OrderReconciler(_)
+            | Self::Migrate(_) => None,
         }
     }
 
@@ -135,6 +149,20 @@ impl Linked {
             Self::OrderSaga(deps) => {
                 let event = scheduled(&payload, context)?;
                 to_json(&order_saga::handle(deps, event).await.map_err(boxed)?)
+            }
+            Self::OrderReconciler(deps) => {
+                let event = scheduled(&payload, context)?;
+                let summary = order_reconciler::handle(deps, event)
+                    .await
+                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
+                to_json(&summary)
+            }
+            Self::InventoryRetention(deps) => {
+                let event = scheduled(&payload, context)?;
+                let summary = inventory_retention::handle(deps, event)
+                    .await
+                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
+                to_json(&summary)
             }
             Self::Migrate(deps) => {
                 let event: serde_json::Value =

@@ -816,7 +816,7 @@ mod tests {
             .iter()
             .map(|f| f.logical_id.as_str())
             .collect();
-        assert_eq!(ids.len(), 6, "{ids:?}");
+        assert_eq!(ids.len(), 8, "{ids:?}");
         assert_eq!(ids[0], "CreateOrderFunction");
         // Every function has a linked handler (so both modes can run them all).
         for f in &template.functions {

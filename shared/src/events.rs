@@ -170,6 +170,37 @@ impl InventoryRejectedV1 {
     }
 }
 
+pub const INVENTORY_RELEASED: &str = "InventoryReleased";
+
+/// `InventoryReleased`, schema version 1: the inventory has applied an
+/// `OrderCancelled`: whatever it held for the order is released, and a later
+/// `OrderCreated` of the order reserves nothing. The order service stops
+/// re-sending the cancellation once it has this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReleasedV1 {
+    pub order_id: Uuid,
+    /// The lines that were released; empty when the order held nothing.
+    pub items: Vec<ReservedItemV1>,
+}
+
+impl InventoryReleasedV1 {
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    pub fn envelope(
+        &self,
+        traceparent: Option<TraceParent>,
+    ) -> Result<EventEnvelope, InvalidValue> {
+        event(
+            INVENTORY_RELEASED,
+            Self::SCHEMA_VERSION,
+            RESERVATION_AGGREGATE,
+            OrderId::from(self.order_id),
+            self,
+            traceparent,
+        )
+    }
+}
+
 fn event(
     event_type: &str,
     schema_version: u32,

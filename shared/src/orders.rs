@@ -5,6 +5,7 @@ use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
 use crate::domain::{CustomerId, Money, NewOrder, OrderId, OrderLine, OrderStatus, Quantity, Sku};
+use crate::envelope::EventEnvelope;
 use crate::error::StoreError;
 
 /// An order as stored.
@@ -49,8 +50,14 @@ struct OrderLineRow {
 }
 
 /// Inserts `order` (status `PENDING`) and its lines in one statement, on `conn`,
-/// which should be the transaction that also appends its `OrderCreated` event.
-pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<Order, StoreError> {
+/// which should be the transaction that also appends `created`, its `OrderCreated`
+/// event. The event's id and trace are kept with the order, so the reconciler can
+/// send it again as it was.
+pub async fn insert(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+    created: &EventEnvelope,
+) -> Result<Order, StoreError> {
     let lines = order.lines();
     // Line numbers are 1..=MAX_ORDER_LINES (100), so they fit in i16.
     let line_nos: Vec<i16> = (1..=lines.len()).map(|n| n as i16).collect();
@@ -59,8 +66,9 @@ pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<Order, 
     let prices: Vec<i64> = lines.iter().map(|l| l.unit_price.cents()).collect();
     sqlx::query!(
         r#"WITH new_order AS (
-               INSERT INTO orders.orders (id, customer_id, status, total_cents, created_at, updated_at)
-               VALUES ($1, $2, 'PENDING', $3, $4, $4)
+               INSERT INTO orders.orders
+                   (id, customer_id, status, total_cents, created_at, updated_at, created_event_id, traceparent)
+               VALUES ($1, $2, 'PENDING', $3, $4, $4, $9, $10)
            )
            INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, unit_price_cents)
            SELECT $1, l.line_no, l.sku, l.quantity, l.unit_price_cents
@@ -74,6 +82,8 @@ pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<Order, 
         &skus,
         &quantities,
         &prices,
+        created.event_id.as_uuid(),
+        created.traceparent.map(|tp| tp.to_string()),
     )
     .execute(conn)
     .await
@@ -110,9 +120,15 @@ pub async fn find(db: impl PgExecutor<'_>, id: OrderId) -> Result<Option<Order>,
 }
 
 /// Cancels the order with `id` if it is `PENDING` or `CONFIRMED` (status
-/// `CANCELLED`, `updated_at` now), on `conn`, which should be the transaction that
-/// also appends its `OrderCancelled` event. Any other status changes nothing.
-pub async fn cancel(conn: &mut PgConnection, id: OrderId) -> Result<Cancellation, StoreError> {
+/// `CANCELLED`, `updated_at` the event's time), on `conn`, which should be the
+/// transaction that also appends `cancelled`, its `OrderCancelled` event; the order
+/// then awaits the inventory's `InventoryReleased` (see [`confirm_released`]). Any
+/// other status changes nothing.
+pub async fn cancel(
+    conn: &mut PgConnection,
+    id: OrderId,
+    cancelled: &EventEnvelope,
+) -> Result<Cancellation, StoreError> {
     const CONTEXT: &str = "cancelling an order";
     // The status test is in the UPDATE itself: a concurrent change is waited for and
     // the test re-checked against the row as it then is, so no cancellable status
@@ -121,7 +137,8 @@ pub async fn cancel(conn: &mut PgConnection, id: OrderId) -> Result<Cancellation
         OrderLineRow,
         r#"WITH cancelled AS (
                UPDATE orders.orders
-               SET status = 'CANCELLED', updated_at = now()
+               SET status = 'CANCELLED', updated_at = $2, cancel_event_id = $3,
+                   awaiting_release_since = $2
                WHERE id = $1 AND status IN ('PENDING', 'CONFIRMED')
                RETURNING id, customer_id, status, status_reason, total_cents, created_at, updated_at
            )
@@ -133,6 +150,8 @@ pub async fn cancel(conn: &mut PgConnection, id: OrderId) -> Result<Cancellation
            JOIN orders.order_lines l ON l.order_id = c.id
            ORDER BY l.line_no"#,
         id.as_uuid(),
+        cancelled.occurred_at,
+        cancelled.event_id.as_uuid(),
     )
     .fetch_all(&mut *conn)
     .await
@@ -183,4 +202,261 @@ fn from_rows(context: &'static str, rows: &[OrderLineRow]) -> Result<Option<Orde
         });
     }
     Ok(Some(order))
+}
+
+/// A `PENDING` order the reconciler sends `OrderCreated` for again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub order: Order,
+    /// The id its `OrderCreated` had; `None` for an order created before ids were
+    /// kept (the reconciler gives it one, once, with [`assign_created_event_ids`]).
+    pub created_event_id: Option<uuid::Uuid>,
+    pub traceparent: Option<String>,
+}
+
+/// `PENDING` orders created before `before` whose events were not sent again
+/// since `before` either, oldest first, at most `limit`; from the partial index
+/// of `PENDING` orders, so the cost does not grow with the table.
+pub async fn unanswered(
+    conn: &mut PgConnection,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Unanswered>, StoreError> {
+    const CONTEXT: &str = "reading unanswered orders";
+    let rows = sqlx::query!(
+        r#"WITH stuck AS (
+               SELECT id, customer_id, status, status_reason, total_cents, created_at, updated_at,
+                      created_event_id, traceparent
+               FROM orders.orders
+               WHERE status = 'PENDING' AND created_at < $1
+                 AND (resent_at IS NULL OR resent_at < $1)
+               ORDER BY created_at
+               LIMIT $2
+           )
+           SELECT s.id, s.customer_id, s.status, s.status_reason, s.total_cents, s.created_at,
+                  s.updated_at, s.created_event_id, s.traceparent,
+                  l.sku, l.quantity, l.unit_price_cents
+           FROM stuck s
+           JOIN orders.order_lines l ON l.order_id = s.id
+           ORDER BY s.created_at, s.id, l.line_no"#,
+        before,
+        limit,
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| StoreError::database(CONTEXT, e))?;
+    let mut found: Vec<Unanswered> = Vec::new();
+    let mut group: Vec<OrderLineRow> = Vec::new();
+    let mut extra: Option<(Option<uuid::Uuid>, Option<String>)> = None;
+    let mut flush = |group: &mut Vec<OrderLineRow>,
+                     extra: &mut Option<(Option<uuid::Uuid>, Option<String>)>|
+     -> Result<(), StoreError> {
+        if let (Some(order), Some((created_event_id, traceparent))) =
+            (from_rows(CONTEXT, group)?, extra.take())
+        {
+            found.push(Unanswered {
+                order,
+                created_event_id,
+                traceparent,
+            });
+        }
+        group.clear();
+        Ok(())
+    };
+    for r in rows {
+        if group.first().is_some_and(|g| g.id != r.id) {
+            flush(&mut group, &mut extra)?;
+        }
+        extra = Some((r.created_event_id, r.traceparent));
+        group.push(OrderLineRow {
+            id: r.id,
+            customer_id: r.customer_id,
+            status: r.status,
+            status_reason: r.status_reason,
+            total_cents: r.total_cents,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            sku: r.sku,
+            quantity: r.quantity,
+            unit_price_cents: r.unit_price_cents,
+        });
+    }
+    flush(&mut group, &mut extra)?;
+    Ok(found)
+}
+
+/// Gives orders created before event ids were kept the id their `OrderCreated`
+/// is sent again under from now on (only where none is set).
+pub async fn assign_created_event_ids(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+    event_ids: &[uuid::Uuid],
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"UPDATE orders.orders o SET created_event_id = u.event_id
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS u(id, event_id)
+           WHERE o.id = u.id AND o.created_event_id IS NULL"#,
+        ids,
+        event_ids,
+    )
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::database("assigning event ids", e))?;
+    Ok(())
+}
+
+/// Notes that the events of `ids` were sent again at `at`.
+pub async fn mark_resent(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE orders.orders SET resent_at = $2 WHERE id = ANY($1)",
+        ids,
+        at,
+    )
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::database("noting events sent again", e))?;
+    Ok(())
+}
+
+/// A `PENDING` order past its deadline, locked for [`reject_timed_out`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub id: OrderId,
+    pub traceparent: Option<String>,
+}
+
+/// Locks up to `limit` `PENDING` orders created before `before`, oldest first
+/// (rows another transaction holds are skipped: a saga step is deciding them).
+pub async fn lock_overdue(
+    conn: &mut PgConnection,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Overdue>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, traceparent FROM orders.orders
+           WHERE status = 'PENDING' AND created_at < $1
+           ORDER BY created_at
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED"#,
+        before,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(|e| StoreError::database("locking overdue orders", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Overdue {
+            id: OrderId::from(r.id),
+            traceparent: r.traceparent,
+        })
+        .collect())
+}
+
+/// Rejects the locked `PENDING` orders `ids` with `reason`; each awaits the
+/// release its `OrderCancelled` (`cancel_event_ids`, in the same order, written
+/// at `at` by the caller in this transaction) asks for.
+pub async fn reject_timed_out(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+    cancel_event_ids: &[uuid::Uuid],
+    at: OffsetDateTime,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        r#"UPDATE orders.orders o
+           SET status = 'REJECTED', status_reason = $4, updated_at = $3,
+               cancel_event_id = u.event_id, awaiting_release_since = $3
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS u(id, event_id)
+           WHERE o.id = u.id AND o.status = 'PENDING'"#,
+        ids,
+        cancel_event_ids,
+        at,
+        reason,
+    )
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::database("rejecting overdue orders", e))?;
+    Ok(done.rows_affected())
+}
+
+/// An `OrderCancelled` the inventory has not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnconfirmedRelease {
+    pub id: OrderId,
+    pub cancel_event_id: uuid::Uuid,
+    /// When the cancellation was written: the event's `occurred_at`.
+    pub since: OffsetDateTime,
+    pub traceparent: Option<String>,
+}
+
+/// Cancellations written before `before` and not confirmed by the inventory,
+/// nor sent again since `before`, oldest first, at most `limit` (from their
+/// partial index).
+pub async fn unconfirmed_releases(
+    conn: &mut PgConnection,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<UnconfirmedRelease>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, cancel_event_id AS "cancel_event_id!", awaiting_release_since AS "since!",
+                  traceparent
+           FROM orders.orders
+           WHERE awaiting_release_since < $1 AND cancel_event_id IS NOT NULL
+             AND (resent_at IS NULL OR resent_at < $1)
+           ORDER BY awaiting_release_since
+           LIMIT $2"#,
+        before,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(|e| StoreError::database("reading unconfirmed cancellations", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| UnconfirmedRelease {
+            id: OrderId::from(r.id),
+            cancel_event_id: r.cancel_event_id,
+            since: r.since,
+            traceparent: r.traceparent,
+        })
+        .collect())
+}
+
+/// The inventory confirmed the release of `ids` (`InventoryReleased`): their
+/// cancellations are no longer sent again. Returns how many were awaited.
+pub async fn confirm_released(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        r#"UPDATE orders.orders SET awaiting_release_since = NULL
+           WHERE id = ANY($1) AND awaiting_release_since IS NOT NULL"#,
+        ids,
+    )
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::database("confirming releases", e))?;
+    Ok(done.rows_affected())
+}
+
+/// The oldest `PENDING` order's creation time, and how many there are older
+/// than `before` (both from the partial index).
+pub async fn pending_overview(
+    db: impl PgExecutor<'_>,
+    before: OffsetDateTime,
+) -> Result<(Option<OffsetDateTime>, i64), StoreError> {
+    let r = sqlx::query!(
+        r#"SELECT min(created_at) AS oldest, count(*) FILTER (WHERE created_at < $1) AS "older!"
+           FROM orders.orders WHERE status = 'PENDING'"#,
+        before,
+    )
+    .fetch_one(db)
+    .await
+    .map_err(|e| StoreError::database("measuring pending orders", e))?;
+    Ok((r.oldest, r.older))
 }

@@ -82,7 +82,9 @@ pub async fn append(
 }
 
 /// Appends `events`, in order, to `outbox` in one statement; for consumers that
-/// settle a whole batch in one transaction.
+/// settle a whole batch in one transaction, and for events sent again under
+/// their first `event_id`: an event still waiting in the outbox is not added
+/// twice (its id is already there).
 pub async fn append_all(
     conn: &mut PgConnection,
     outbox: Outbox,
@@ -135,7 +137,8 @@ pub async fn append_all(
                                $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
                         AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
                              occurred_at, traceparent, payload, n)
-                   ORDER BY e.n"#,
+                   ORDER BY e.n
+                   ON CONFLICT (event_id) DO NOTHING"#,
                 &ids,
                 &types,
                 &versions,
@@ -158,7 +161,8 @@ pub async fn append_all(
                                $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
                         AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
                              occurred_at, traceparent, payload, n)
-                   ORDER BY e.n"#,
+                   ORDER BY e.n
+                   ON CONFLICT (event_id) DO NOTHING"#,
                 &ids,
                 &types,
                 &versions,

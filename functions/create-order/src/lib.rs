@@ -245,11 +245,13 @@ async fn write_order(
         }
     }
     let order = &command.order;
-    let stored = orders::insert(tx, order).await.map_err(store_failure)?;
     let event = OrderCreatedV1::envelope(order, Some(traceparent)).map_err(|e| {
         error!(error = %e, "could not build the OrderCreated event");
         Problem::internal().into_response()
     })?;
+    let stored = orders::insert(tx, order, &event)
+        .await
+        .map_err(store_failure)?;
     outbox::append(tx, Outbox::Orders, &event)
         .await
         .map_err(store_failure)?;
@@ -319,12 +321,15 @@ async fn write_cancellation(
     id: OrderId,
     traceparent: TraceParent,
 ) -> Result<(Order, EventId), Response<Body>> {
-    match orders::cancel(tx, id).await.map_err(store_failure)? {
+    let event = OrderCancelledV1::envelope(id, Some(traceparent)).map_err(|e| {
+        error!(error = %e, "could not build the OrderCancelled event");
+        Problem::internal().into_response()
+    })?;
+    match orders::cancel(tx, id, &event)
+        .await
+        .map_err(store_failure)?
+    {
         Cancellation::Cancelled(order) => {
-            let event = OrderCancelledV1::envelope(id, Some(traceparent)).map_err(|e| {
-                error!(error = %e, "could not build the OrderCancelled event");
-                Problem::internal().into_response()
-            })?;
             outbox::append(tx, Outbox::Orders, &event)
                 .await
                 .map_err(store_failure)?;

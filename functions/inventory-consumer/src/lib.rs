@@ -9,6 +9,7 @@
 //! reservation. [`Inventory`] is the batch handler; [`handle`] runs the event
 //! source inside a scheduled invocation; the emulator runs it long-lived.
 
+pub mod retention;
 mod store;
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
@@ -48,6 +49,22 @@ pub enum Command {
     },
     /// Give back what an order holds: it was cancelled.
     Release { order_id: OrderId },
+}
+
+impl Command {
+    pub fn order_id(&self) -> OrderId {
+        match self {
+            Self::Reserve { order_id, .. } | Self::Release { order_id } => *order_id,
+        }
+    }
+
+    /// The event type of the request, under which its answer is recorded.
+    pub fn request(&self) -> &'static str {
+        match self {
+            Self::Reserve { .. } => ORDER_CREATED,
+            Self::Release { .. } => ORDER_CANCELLED,
+        }
+    }
 }
 
 /// A command with the event that carried it.

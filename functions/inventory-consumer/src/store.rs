@@ -5,7 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use shared::events::{InventoryRejectedV1, InventoryReservedV1, ReservedItemV1, ShortageV1};
+use shared::envelope::{EventEnvelope, OutboxColumns};
+use shared::events::{
+    InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, ReservedItemV1, ShortageV1,
+    ORDER_CANCELLED, ORDER_CREATED,
+};
 use shared::inbox::{self, Inbox};
 use shared::outbox::{self, Outbox};
 use shared::source::RecordOutcome;
@@ -24,6 +28,8 @@ pub struct Applied {
     pub reserved: usize,
     pub rejected: usize,
     pub released: usize,
+    /// Requests answered before, answered again with the recorded event.
+    pub answered_again: usize,
 }
 
 /// Applies `jobs` in one transaction. On a permanent database error with more
@@ -42,6 +48,13 @@ pub(crate) async fn apply_isolating(
             debug!(?applied, "batch applied");
             vec![RecordOutcome::Done; jobs.len()]
         }
+        // The database is away: that says nothing about these events, so they
+        // are neither retried against their attempts nor applied one by one;
+        // the event source waits the outage out (and logs it once).
+        Err(e) if e.is_outage() => {
+            debug!(error = %e, jobs = jobs.len(), "the database is unavailable");
+            vec![RecordOutcome::Outage(e.to_string()); jobs.len()]
+        }
         Err(e) if e.retry() == Retry::Retryable || jobs.len() == 1 => {
             warn!(error = %e, jobs = jobs.len(), "applying the batch failed");
             let reason = e.to_string();
@@ -55,10 +68,21 @@ pub(crate) async fn apply_isolating(
         Err(e) => {
             warn!(error = %e, "a permanent error in a batch; applying its events one by one");
             let mut outcomes = Vec::with_capacity(jobs.len());
+            // Once the database is away, the rest wait for it untried.
+            let mut away: Option<String> = None;
             for job in jobs {
+                if let Some(reason) = &away {
+                    outcomes.push(RecordOutcome::Outage(reason.clone()));
+                    continue;
+                }
                 outcomes.push(
                     match apply_with(pool, std::slice::from_ref(job), fault).await {
                         Ok(_) => RecordOutcome::Done,
+                        Err(e) if e.is_outage() => {
+                            let reason = e.to_string();
+                            away = Some(reason.clone());
+                            RecordOutcome::Outage(reason)
+                        }
                         Err(e) if e.retry() == Retry::Retryable => {
                             RecordOutcome::Retry(e.to_string())
                         }
@@ -110,7 +134,8 @@ async fn apply_on(
     fault: Fault,
 ) -> Result<Applied, StoreError> {
     let mut applied = Applied::default();
-    // 1. The inbox: only events seen for the first time take effect.
+    // 1. The inbox: only events seen for the first time take effect; the others
+    //    (redeliveries, or the reconciler asking again) are answered again.
     let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
     let fresh = if fault == Fault::ApplyRedeliveries {
         event_ids.iter().copied().collect()
@@ -118,17 +143,211 @@ async fn apply_on(
         inbox::record(tx, Inbox::Inventory, GROUP, &event_ids).await?
     };
     let mut seen_in_batch = HashSet::new();
-    let jobs: Vec<&Job> = jobs
+    let (mut new_jobs, mut repeated): (Vec<&Job>, Vec<&Job>) = (Vec::new(), Vec::new());
+    for job in jobs {
+        if !seen_in_batch.insert(job.event_id) {
+            continue;
+        }
+        if fresh.contains(&job.event_id) {
+            new_jobs.push(job);
+        } else {
+            repeated.push(job);
+        }
+    }
+    applied.duplicates = event_ids.len() - new_jobs.len();
+
+    // 2. What was answered before, for every order of the batch.
+    let order_ids: Vec<Uuid> = new_jobs
         .iter()
-        .filter(|j| fresh.contains(&j.event_id) && seen_in_batch.insert(j.event_id))
+        .chain(&repeated)
+        .map(|j| j.command.order_id().as_uuid())
         .collect();
-    applied.duplicates = event_ids.len() - jobs.len();
-    if jobs.is_empty() {
-        return Ok(applied);
+    let answered = if fault == Fault::ApplyRedeliveries {
+        HashMap::new()
+    } else {
+        answers_of(tx, &order_ids).await?
+    };
+    // A request answered before gets that answer again, whether it is a
+    // redelivery or a new event asking the same (never decided again).
+    let mut out = Outgoing::default();
+    for job in &repeated {
+        out.again(&answered, job);
+    }
+    let jobs: Vec<&Job> = new_jobs
+        .into_iter()
+        .filter(|job| !out.again(&answered, job))
+        .collect();
+    applied.answered_again = out.events.len();
+    if !jobs.is_empty() {
+        decide(tx, &jobs, fault, &mut applied, &mut out).await?;
+    }
+    write_answers(tx, &out.recorded).await?;
+    outbox::append_all(tx, Outbox::Inventory, &out.events).await?;
+    Ok(applied)
+}
+
+/// The events a batch sends, and the answers to record among them.
+#[derive(Debug, Default)]
+struct Outgoing {
+    events: Vec<EventEnvelope>,
+    /// New answers: (order, request, event).
+    recorded: Vec<(Uuid, &'static str, EventEnvelope)>,
+    sent: HashSet<Uuid>,
+}
+
+impl Outgoing {
+    /// Queues the recorded answer to `job`'s request, if there is one; true if so.
+    fn again(
+        &mut self,
+        answered: &HashMap<(Uuid, &'static str), EventEnvelope>,
+        job: &Job,
+    ) -> bool {
+        let key = (job.command.order_id().as_uuid(), job.command.request());
+        match answered.get(&key) {
+            Some(event) => {
+                if self.sent.insert(event.event_id.as_uuid()) {
+                    self.events.push(event.clone());
+                }
+                true
+            }
+            None => false,
+        }
     }
 
-    // 2. Lock the stock of every SKU involved, in SKU order; read what the
-    //    orders already hold and which were cancelled.
+    /// Queues a new answer to `job`'s request and records it.
+    fn answer(
+        &mut self,
+        job: &Job,
+        event: Result<EventEnvelope, shared::domain::InvalidValue>,
+    ) -> Result<(), StoreError> {
+        let event = event.map_err(|e| StoreError::corrupt("building an answer event", e))?;
+        self.sent.insert(event.event_id.as_uuid());
+        self.recorded.push((
+            job.command.order_id().as_uuid(),
+            job.command.request(),
+            event.clone(),
+        ));
+        self.events.push(event);
+        Ok(())
+    }
+}
+
+/// The answers recorded for `order_ids`, by order and request.
+async fn answers_of(
+    tx: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<HashMap<(Uuid, &'static str), EventEnvelope>, StoreError> {
+    if order_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT order_id, request, event_id, event_type, schema_version, aggregate_type,
+                  aggregate_id, occurred_at, traceparent, payload::text AS "payload!"
+           FROM inventory.answers WHERE order_id = ANY($1)"#,
+        order_ids,
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| StoreError::database("reading earlier answers", e))?;
+    let mut answered = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let request = match r.request.as_str() {
+            ORDER_CREATED => ORDER_CREATED,
+            ORDER_CANCELLED => ORDER_CANCELLED,
+            other => return Err(StoreError::corrupt("reading earlier answers", other)),
+        };
+        let event = EventEnvelope::try_from(OutboxColumns {
+            event_id: r.event_id,
+            event_type: r.event_type,
+            schema_version: r.schema_version,
+            aggregate_type: r.aggregate_type,
+            aggregate_id: r.aggregate_id,
+            occurred_at: r.occurred_at,
+            traceparent: r.traceparent,
+            payload: r.payload,
+        })
+        .map_err(|e| StoreError::corrupt("reading earlier answers", e))?;
+        answered.insert((r.order_id, request), event);
+    }
+    Ok(answered)
+}
+
+/// Records new answers (`request` is the event type answered).
+async fn write_answers(
+    tx: &mut PgConnection,
+    recorded: &[(Uuid, &'static str, EventEnvelope)],
+) -> Result<(), StoreError> {
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let n = recorded.len();
+    let (mut orders, mut requests, mut ids, mut types, mut versions) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut agg_types, mut agg_ids, mut at, mut tps, mut payloads) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (order, request, event) in recorded {
+        let c = OutboxColumns::from(event);
+        orders.push(*order);
+        requests.push((*request).to_owned());
+        ids.push(c.event_id);
+        types.push(c.event_type);
+        versions.push(c.schema_version);
+        agg_types.push(c.aggregate_type);
+        agg_ids.push(c.aggregate_id);
+        at.push(c.occurred_at);
+        // '' stands for "no traceparent" (arrays of NULLs do not bind as text[]).
+        tps.push(c.traceparent.unwrap_or_default());
+        payloads.push(c.payload);
+    }
+    sqlx::query!(
+        r#"INSERT INTO inventory.answers
+           (order_id, request, event_id, event_type, schema_version, aggregate_type, aggregate_id,
+            occurred_at, traceparent, payload)
+           SELECT a.order_id, a.request, a.event_id, a.event_type, a.schema_version, a.aggregate_type,
+                  a.aggregate_id, a.occurred_at, NULLIF(a.traceparent, ''), a.payload::json
+           FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::integer[], $6::text[],
+                       $7::text[], $8::timestamptz[], $9::text[], $10::text[])
+                AS a(order_id, request, event_id, event_type, schema_version, aggregate_type,
+                     aggregate_id, occurred_at, traceparent, payload)
+           ON CONFLICT (order_id, request) DO NOTHING"#,
+        &orders,
+        &requests,
+        &ids,
+        &types,
+        &versions,
+        &agg_types,
+        &agg_ids,
+        &at,
+        &tps,
+        &payloads,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::database("recording answers", e))?;
+    Ok(())
+}
+
+/// Decides the new requests `jobs`, in order, and writes their effects; their
+/// answers go to `out`.
+async fn decide(
+    tx: &mut PgConnection,
+    jobs: &[&Job],
+    fault: Fault,
+    applied: &mut Applied,
+    out: &mut Outgoing,
+) -> Result<(), StoreError> {
+    // Lock the stock of every SKU involved, in SKU order; read what the orders
+    // already hold and which were cancelled.
     let skus: BTreeSet<String> = jobs
         .iter()
         .flat_map(|j| match &j.command {
@@ -138,9 +357,7 @@ async fn apply_on(
         .collect();
     let order_ids: Vec<Uuid> = jobs
         .iter()
-        .map(|j| match &j.command {
-            Command::Reserve { order_id, .. } | Command::Release { order_id } => order_id.as_uuid(),
-        })
+        .map(|j| j.command.order_id().as_uuid())
         .collect();
     let held_rows = sqlx::query!(
         r#"SELECT order_id, sku, quantity, status FROM inventory.reservations
@@ -182,30 +399,31 @@ async fn apply_on(
     .into_iter()
     .collect();
 
-    // 3. Decide, in order, in memory.
+    // Decide, in order, in memory.
     let mut new_reservations: Vec<(Uuid, String, i32)> = Vec::new();
     let mut released_orders: Vec<Uuid> = Vec::new();
     let mut newly_cancelled: Vec<Uuid> = Vec::new();
-    let mut answers = Vec::new();
     for job in jobs {
+        let traceparent = job.traceparent;
         match &job.command {
             Command::Reserve { order_id, lines } => {
                 let id = order_id.as_uuid();
                 if held.contains_key(&id) && fault != Fault::ApplyRedeliveries {
-                    // Reserved (or released) before under another event: nothing to do.
+                    // Reserved (or released) before any answer was recorded
+                    // (before answers were kept): nothing to do.
                     continue;
                 }
-                let traceparent = job.traceparent;
                 if cancelled.contains(&id) {
                     applied.rejected += 1;
-                    answers.push(
+                    out.answer(
+                        job,
                         InventoryRejectedV1 {
                             order_id: id,
                             reason: "the order was cancelled before its stock was reserved".into(),
                             shortages: Vec::new(),
                         }
                         .envelope(traceparent),
-                    );
+                    )?;
                     continue;
                 }
                 let shortages: Vec<ShortageV1> = lines
@@ -241,13 +459,14 @@ async fn apply_on(
                     }
                     held.insert(id, rows);
                     applied.reserved += 1;
-                    answers.push(
+                    out.answer(
+                        job,
                         InventoryReservedV1 {
                             order_id: id,
                             items,
                         }
                         .envelope(traceparent),
-                    );
+                    )?;
                 } else {
                     applied.rejected += 1;
                     let reason = shortages
@@ -264,14 +483,15 @@ async fn apply_on(
                         })
                         .collect::<Vec<_>>()
                         .join("; ");
-                    answers.push(
+                    out.answer(
+                        job,
                         InventoryRejectedV1 {
                             order_id: id,
                             reason,
                             shortages,
                         }
                         .envelope(traceparent),
-                    );
+                    )?;
                 }
             }
             Command::Release { order_id } => {
@@ -279,26 +499,39 @@ async fn apply_on(
                 if cancelled.insert(id) {
                     newly_cancelled.push(id);
                 }
+                let mut items = Vec::new();
                 if let Some(rows) = held.get_mut(&id) {
-                    let mut any = false;
                     for row in rows.iter_mut().filter(|r| !r.released) {
                         if let Some(s) = stock.get_mut(&row.sku) {
                             s.0 += row.quantity;
                             s.1 -= row.quantity;
                         }
                         row.released = true;
-                        any = true;
+                        items.push(ReservedItemV1 {
+                            sku: row.sku.clone(),
+                            quantity: u16::try_from(row.quantity).unwrap_or(u16::MAX),
+                        });
                     }
-                    if any {
+                    if !items.is_empty() {
                         applied.released += 1;
                         released_orders.push(id);
                     }
                 }
+                // Confirmed whether or not anything was held, so the order
+                // service stops asking.
+                out.answer(
+                    job,
+                    InventoryReleasedV1 {
+                        order_id: id,
+                        items,
+                    }
+                    .envelope(traceparent),
+                )?;
             }
         }
     }
 
-    // 4. Write it all.
+    // Write the effects.
     if !stock.is_empty() {
         let (skus, (available, reserved)): (Vec<String>, (Vec<i32>, Vec<i32>)) =
             stock.into_iter().unzip();
@@ -351,10 +584,5 @@ async fn apply_on(
         .await
         .map_err(|e| StoreError::database("recording cancellations", e))?;
     }
-    let events = answers
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StoreError::corrupt("building an answer event", e))?;
-    outbox::append_all(tx, Outbox::Inventory, &events).await?;
-    Ok(applied)
+    Ok(())
 }

@@ -44,6 +44,12 @@ struct Plan {
     kill_every: Duration,
     /// `INVENTORY_FAULT` for the inventory consumers, if any.
     inventory_fault: Option<&'static str>,
+    /// How long PostgreSQL stays down when it is restarted at 60 %.
+    postgres_down: Duration,
+    /// Fail Redis over to its replica at 80 %: the primary stops, the replica
+    /// is promoted, the endpoint the system uses moves to it, and it gets a new
+    /// replica. The relay requires one replica's acknowledgement throughout.
+    redis_failover: bool,
 }
 
 /// What a run saw: the invariants it checked and the ones that failed.
@@ -205,7 +211,25 @@ async fn drive(
     started: Instant,
 ) -> anyhow::Result<Report> {
     let database_url = format!("{}/postgres", postgres.url);
-    let redis_url = redis.url.clone();
+    // Everything reaches Redis through an endpoint that a failover moves, and the
+    // primary has a replica, as in ElastiCache.
+    let primary_port = redis
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .context("the private Redis's port")?;
+    let endpoint = tests::forwarder::Forwarder::start(primary_port).await?;
+    let primary_port = primary_port.to_string();
+    let mut replica = Some(
+        tests::RedisServer::start_with(
+            tests::spare_port()?,
+            &["--replicaof", "127.0.0.1", &primary_port],
+        )
+        .await?,
+    );
+    let mut new_replica = None;
+    let redis_url = endpoint.url();
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(30))
@@ -257,6 +281,8 @@ async fn drive(
         env.insert("REDIS_URL".into(), redis_url.clone());
         env.insert("RUST_LOG".into(), "warn".into());
         env.insert("DATABASE_MAX_CONNECTIONS".into(), "4".into());
+        env.insert("REDIS_MIN_REPLICAS".into(), "1".into());
+        env.insert("REDIS_REPLICA_TIMEOUT_MS".into(), "1000".into());
         if role == "inventory-consumer" {
             if let Some(fault) = plan.inventory_fault {
                 env.insert("INVENTORY_FAULT".into(), fault.into());
@@ -339,6 +365,7 @@ async fn drive(
     let mut kills: BTreeMap<&str, u32> = BTreeMap::new();
     let mut revived = 0u32;
     let (mut redis_restarted, mut postgres_restarted) = (None, None);
+    let mut failed_over = None;
     let mut last_kill = Instant::now();
     let mut mid_poison = false;
     let total = plan.orders as u64;
@@ -373,10 +400,38 @@ async fn drive(
         }
         if postgres_restarted.is_none() && done * 10 >= total * 6 {
             let t = Instant::now();
-            postgres.restart(Duration::from_secs(1)).await?;
+            postgres.restart(plan.postgres_down).await?;
             postgres_restarted = Some((done, t.elapsed()));
             println!(
                 "  restarted PostgreSQL after {done} orders ({:?})",
+                t.elapsed()
+            );
+        }
+        if plan.redis_failover && failed_over.is_none() && done * 10 >= total * 8 {
+            let t = Instant::now();
+            let promoted = replica.take().context("a replica")?;
+            redis.stop_in_place().await?;
+            let mut conn = redis::Client::open(promoted.url())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let _: () = redis::cmd("REPLICAOF")
+                .arg("NO")
+                .arg("ONE")
+                .query_async(&mut conn)
+                .await?;
+            endpoint.retarget(promoted.port);
+            let port = promoted.port.to_string();
+            new_replica = Some(
+                tests::RedisServer::start_with(
+                    tests::spare_port()?,
+                    &["--replicaof", "127.0.0.1", &port],
+                )
+                .await?,
+            );
+            replica = Some(promoted);
+            failed_over = Some((done, t.elapsed()));
+            println!(
+                "  failed Redis over to its replica after {done} orders ({:?})",
                 t.elapsed()
             );
         }
@@ -407,7 +462,17 @@ async fn drive(
         client.await??;
     }
     let flowed = started.elapsed();
-    inject_duplicates(&redis_conn, &namespace, 20).await?;
+    // The connection may still be finding Redis after a restart or a failover.
+    for attempt in 1..=20 {
+        match inject_duplicates(&redis_conn, &namespace, 20).await {
+            Ok(()) => break,
+            Err(e) if attempt < 20 => {
+                println!("  injecting failed ({e}); again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 
     // Settle: every order terminal, outboxes empty.
     let settle = Instant::now();
@@ -467,11 +532,15 @@ async fn drive(
         counters.cancel_refused.load(Ordering::Relaxed),
     ));
     report.info(format!(
-        "chaos: SIGKILLs {kills:?}, workers found dead and restarted {revived}, Redis restart {redis_restarted:?}, PostgreSQL restart {postgres_restarted:?}, poison entries {}",
+        "chaos: SIGKILLs {kills:?}, workers found dead and restarted {revived}, Redis restart {redis_restarted:?}, PostgreSQL down {:?} {postgres_restarted:?}, Redis failover {failed_over:?}, poison entries {}",
+        plan.postgres_down,
         poison.len()
     ));
     report.check(
-        kills.len() == 3 && redis_restarted.is_some() && postgres_restarted.is_some(),
+        kills.len() == 3
+            && redis_restarted.is_some()
+            && postgres_restarted.is_some()
+            && failed_over.is_some() == plan.redis_failover,
         "every kind of failure happened at least once".into(),
     );
     check(
@@ -489,6 +558,7 @@ async fn drive(
         report.violations.len(),
         started.elapsed().as_secs_f64()
     );
+    drop((replica, new_replica, endpoint));
     Ok(report)
 }
 
@@ -1013,6 +1083,8 @@ async fn short_run_keeps_every_invariant() -> anyhow::Result<()> {
         orders: 3_000,
         kill_every: Duration::from_secs(2),
         inventory_fault: None,
+        postgres_down: Duration::from_secs(1),
+        redis_failover: true,
     })
     .await?;
     assert!(
@@ -1032,6 +1104,8 @@ async fn a_broken_exactly_once_guarantee_is_caught() -> anyhow::Result<()> {
         orders: 600,
         kill_every: Duration::from_secs(3),
         inventory_fault: Some("apply-redeliveries"),
+        postgres_down: Duration::from_secs(1),
+        redis_failover: false,
     })
     .await?;
     assert!(
@@ -1057,6 +1131,8 @@ async fn long_run() -> anyhow::Result<()> {
         orders,
         kill_every: Duration::from_secs(4),
         inventory_fault: None,
+        postgres_down: Duration::from_secs(30),
+        redis_failover: true,
     })
     .await?;
     assert!(

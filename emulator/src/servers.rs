@@ -442,6 +442,21 @@ impl Redis {
 }
 
 impl Redis {
+    /// Stops a private Redis as [`Redis::stop`] does, for good, in place (what a
+    /// failover test does to the primary it replaces).
+    pub async fn stop_in_place(&mut self) -> anyhow::Result<()> {
+        let Some(private) = self.private.take() else {
+            bail!("only a private Redis can be stopped");
+        };
+        Self {
+            url: self.url.clone(),
+            origin: Origin::Private,
+            private: Some(private),
+        }
+        .stop()
+        .await
+    }
+
     /// Stops a private Redis as [`Redis::stop`] does, leaves it down for
     /// `down_for`, and starts it again on the same address with the same data
     /// (what a crash test needs: clients reconnect to the URL they have).

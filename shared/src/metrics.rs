@@ -2,9 +2,12 @@
 //! Embedded Metric Format (EMF: plain JSON log lines that CloudWatch turns into
 //! metrics, no agent), and shown by the emulator in Prometheus' text format.
 //!
-//! Every metric has one dimension, `service`: the function's binary name. The
-//! namespace is `METRICS_NAMESPACE` (`OrderProcessing`). The template's alarms
-//! watch `EventsDeadLettered` and `OutboxAge` by these names.
+//! Every metric has the dimension `service`: the function's binary name. A
+//! value may carry a second one (e.g. `outbox`, [`Recorder::record_for`]); it is
+//! then also published under `service` alone, so one alarm can watch them all.
+//! The namespace is `METRICS_NAMESPACE` (`OrderProcessing`). The template's
+//! alarms watch `EventsDeadLettered`, `OutboxAge` and `OutboxFailedRows` by
+//! these names.
 //!
 //! A [`Recorder`] adds to the process's totals (what `/metrics` shows) and, when
 //! EMF is on (in Lambda), to the values the next [`flush`] writes; an invocation
@@ -30,6 +33,8 @@ pub enum Metric {
     EventsPublished,
     /// outbox-relay: age of the oldest unpublished outbox row, in seconds (0 when none).
     OutboxAge,
+    /// outbox-relay: rows set aside as failed, per outbox (dimension `outbox`).
+    OutboxFailedRows,
     /// Consumers: records handled and acknowledged.
     EventsProcessed,
     /// Consumers: records whose handling failed (to be retried or dead-lettered).
@@ -38,6 +43,20 @@ pub enum Metric {
     EventsDeadLettered,
     /// Consumers: records per handler call.
     BatchSize,
+    /// Consumers: times a stream worker found its store (the database or
+    /// Redis) unavailable and paused until it answered again.
+    StoreOutages,
+    /// Consumers: consumer groups found missing (`NOGROUP`) and created again.
+    ConsumerGroupsRecreated,
+    /// outbox-relay: batches kept because fewer than `REDIS_MIN_REPLICAS`
+    /// replicas acknowledged them in time (`WAIT`).
+    ReplicationTimeouts,
+    /// order-reconciler: age of the oldest `PENDING` order, in seconds (0 when none).
+    OldestPendingOrderAge,
+    /// order-reconciler: events sent again for orders that waited too long.
+    SagaEventsResent,
+    /// order-reconciler: orders rejected for having waited past their deadline.
+    OrdersTimedOut,
     /// Every function: the first invocation of a process.
     ColdStart,
     /// Every function: an invocation's duration, in milliseconds.
@@ -61,14 +80,21 @@ const DURATION_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 16] = [
         Metric::OrdersCreated,
         Metric::EventsPublished,
         Metric::OutboxAge,
+        Metric::OutboxFailedRows,
         Metric::EventsProcessed,
         Metric::EventsFailed,
         Metric::EventsDeadLettered,
         Metric::BatchSize,
+        Metric::StoreOutages,
+        Metric::ConsumerGroupsRecreated,
+        Metric::ReplicationTimeouts,
+        Metric::OldestPendingOrderAge,
+        Metric::SagaEventsResent,
+        Metric::OrdersTimedOut,
         Metric::ColdStart,
         Metric::HandlerDuration,
     ];
@@ -79,10 +105,17 @@ impl Metric {
             Metric::OrdersCreated => "OrdersCreated",
             Metric::EventsPublished => "EventsPublished",
             Metric::OutboxAge => "OutboxAge",
+            Metric::OutboxFailedRows => "OutboxFailedRows",
             Metric::EventsProcessed => "EventsProcessed",
             Metric::EventsFailed => "EventsFailed",
             Metric::EventsDeadLettered => "EventsDeadLettered",
             Metric::BatchSize => "BatchSize",
+            Metric::StoreOutages => "StoreOutages",
+            Metric::ConsumerGroupsRecreated => "ConsumerGroupsRecreated",
+            Metric::ReplicationTimeouts => "ReplicationTimeouts",
+            Metric::OldestPendingOrderAge => "OldestPendingOrderAge",
+            Metric::SagaEventsResent => "SagaEventsResent",
+            Metric::OrdersTimedOut => "OrdersTimedOut",
             Metric::ColdStart => "ColdStart",
             Metric::HandlerDuration => "HandlerDuration",
         }
@@ -91,7 +124,7 @@ impl Metric {
     /// The CloudWatch unit.
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::OutboxAge => "Seconds",
+            Metric::OutboxAge | Metric::OldestPendingOrderAge => "Seconds",
             Metric::HandlerDuration => "Milliseconds",
             _ => "Count",
         }
@@ -103,10 +136,17 @@ impl Metric {
             Metric::OrdersCreated => "orders_created_total",
             Metric::EventsPublished => "events_published_total",
             Metric::OutboxAge => "outbox_age_seconds",
+            Metric::OutboxFailedRows => "outbox_failed_rows",
             Metric::EventsProcessed => "events_processed_total",
             Metric::EventsFailed => "events_failed_total",
             Metric::EventsDeadLettered => "events_dead_lettered_total",
             Metric::BatchSize => "batch_size",
+            Metric::StoreOutages => "store_outages_total",
+            Metric::ConsumerGroupsRecreated => "consumer_groups_recreated_total",
+            Metric::ReplicationTimeouts => "replication_timeouts_total",
+            Metric::OldestPendingOrderAge => "oldest_pending_order_age_seconds",
+            Metric::SagaEventsResent => "saga_events_resent_total",
+            Metric::OrdersTimedOut => "orders_timed_out_total",
             Metric::ColdStart => "cold_starts_total",
             Metric::HandlerDuration => "handler_duration_milliseconds",
         }
@@ -119,10 +159,27 @@ impl Metric {
             Metric::OutboxAge => {
                 "Age of the oldest unpublished outbox row, at the relay's last run."
             }
+            Metric::OutboxFailedRows => {
+                "Outbox rows set aside as failed (never published), at the relay's last run."
+            }
             Metric::EventsProcessed => "Records a consumer handled and acknowledged.",
             Metric::EventsFailed => "Records whose handling failed (retried or dead-lettered).",
             Metric::EventsDeadLettered => "Records moved to a dead-letter stream.",
             Metric::BatchSize => "Records per batch handed to a consumer's handler.",
+            Metric::StoreOutages => {
+                "Times a consumer found its store unavailable and paused until it answered."
+            }
+            Metric::ConsumerGroupsRecreated => {
+                "Consumer groups found missing (NOGROUP) and created again from the oldest entry."
+            }
+            Metric::ReplicationTimeouts => {
+                "Relay batches kept because too few Redis replicas acknowledged them in time."
+            }
+            Metric::OldestPendingOrderAge => {
+                "Age of the oldest PENDING order, at the reconciler's last run."
+            }
+            Metric::SagaEventsResent => "Saga events the reconciler sent again.",
+            Metric::OrdersTimedOut => "Orders rejected for waiting past their deadline.",
             Metric::ColdStart => "First invocations of a function process.",
             Metric::HandlerDuration => "Duration of an invocation.",
         }
@@ -130,7 +187,8 @@ impl Metric {
 
     fn kind(self) -> Kind {
         match self {
-            Metric::OutboxAge => Kind::Gauge,
+            Metric::OutboxAge | Metric::OldestPendingOrderAge => Kind::Gauge,
+            Metric::OutboxFailedRows => Kind::Gauge,
             Metric::BatchSize => Kind::Distribution(BATCH_BUCKETS),
             Metric::HandlerDuration => Kind::Distribution(DURATION_BUCKETS),
             _ => Kind::Counter,
@@ -190,13 +248,20 @@ impl Total {
     }
 }
 
+/// Whose figures: a service, and a second dimension's name and value if any.
+type Series = (String, Option<(String, String)>);
+
+fn series(service: &str) -> Series {
+    (service.to_owned(), None)
+}
+
 #[derive(Debug)]
 struct Registry {
     namespace: String,
     emf: bool,
-    totals: BTreeMap<(String, Metric), Total>,
-    /// Values not yet flushed, per service, when EMF is on.
-    pending: BTreeMap<String, BTreeMap<Metric, Vec<f64>>>,
+    totals: BTreeMap<(Series, Metric), Total>,
+    /// Values not yet flushed, per series, when EMF is on.
+    pending: BTreeMap<Series, BTreeMap<Metric, Vec<f64>>>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -250,7 +315,15 @@ impl Recorder {
 
     /// Adds `value` to `metric`'s figures.
     pub fn record(&self, metric: Metric, value: f64) {
-        record(&self.service, metric, value);
+        record(series(&self.service), metric, value);
+    }
+
+    /// Adds `value` to `metric`'s figures for one value of a second dimension,
+    /// `(name, value)`, e.g. `("outbox", "orders.outbox")`.
+    pub fn record_for(&self, metric: Metric, dimension: (&str, &str), value: f64) {
+        let (name, dimension_value) = dimension;
+        let label = Some((name.to_owned(), dimension_value.to_owned()));
+        record((self.service.to_string(), label), metric, value);
     }
 
     /// Adds a count (a `u64` as counters and sizes come).
@@ -259,20 +332,20 @@ impl Recorder {
     }
 }
 
-fn record(service: &str, metric: Metric, value: f64) {
+fn record(series: Series, metric: Metric, value: f64) {
     if !value.is_finite() {
         return;
     }
     let mut registry = registry();
     registry
         .totals
-        .entry((service.to_owned(), metric))
+        .entry((series.clone(), metric))
         .or_insert_with(|| Total::new(metric))
         .add(metric, value);
     if registry.emf {
         registry
             .pending
-            .entry(service.to_owned())
+            .entry(series)
             .or_default()
             .entry(metric)
             .or_default()
@@ -295,7 +368,7 @@ pub fn take_emf(timestamp_ms: u64) -> Vec<String> {
     };
     drop(registry);
     let mut documents = Vec::new();
-    for (service, metrics) in pending {
+    for ((service, label), metrics) in pending {
         // Distributions longer than one document's limit spill into more documents.
         let mut rounds: Vec<Map<String, Value>> = Vec::new();
         let mut names: Vec<Vec<Metric>> = Vec::new();
@@ -325,18 +398,26 @@ pub fn take_emf(timestamp_ms: u64) -> Vec<String> {
                 .iter()
                 .map(|m| json!({"Name": m.emf_name(), "Unit": m.unit()}))
                 .collect();
+            // A second dimension's values are also published under `service` alone.
+            let dimensions = match &label {
+                None => json!([["service"]]),
+                Some((name, _)) => json!([["service", name], ["service"]]),
+            };
             values.insert(
                 "_aws".into(),
                 json!({
                     "Timestamp": timestamp_ms,
                     "CloudWatchMetrics": [{
                         "Namespace": namespace,
-                        "Dimensions": [["service"]],
+                        "Dimensions": dimensions,
                         "Metrics": definitions,
                     }],
                 }),
             );
             values.insert("service".into(), service.clone().into());
+            if let Some((name, value)) = &label {
+                values.insert(name.clone(), value.clone().into());
+            }
             documents.push(Value::Object(values).to_string());
         }
     }
@@ -396,6 +477,20 @@ pub fn ingest_emf(line: &str) -> bool {
     else {
         return false;
     };
+    // A second dimension: a name besides `service` in a dimension set.
+    let label = directives
+        .iter()
+        .filter_map(|d| d.get("Dimensions").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|name| *name != "service")
+        .and_then(|name| {
+            let value = document.get(name).and_then(Value::as_str)?;
+            Some((name.to_owned(), value.to_owned()))
+        });
+    let series: Series = (service.to_owned(), label);
     for definition in directives
         .iter()
         .filter_map(|d| d.get("Metrics").and_then(Value::as_array))
@@ -412,10 +507,10 @@ pub fn ingest_emf(line: &str) -> bool {
             Some(Value::Array(values)) => values
                 .iter()
                 .filter_map(Value::as_f64)
-                .for_each(|v| record_total(service, metric, v)),
+                .for_each(|v| record_total(&series, metric, v)),
             Some(value) => {
                 if let Some(v) = value.as_f64() {
-                    record_total(service, metric, v);
+                    record_total(&series, metric, v);
                 }
             }
             None => {}
@@ -425,13 +520,13 @@ pub fn ingest_emf(line: &str) -> bool {
 }
 
 /// Adds to the totals only (values read back from EMF are not flushed again).
-fn record_total(service: &str, metric: Metric, value: f64) {
+fn record_total(series: &Series, metric: Metric, value: f64) {
     if !value.is_finite() {
         return;
     }
     registry()
         .totals
-        .entry((service.to_owned(), metric))
+        .entry((series.clone(), metric))
         .or_insert_with(|| Total::new(metric))
         .add(metric, value);
 }
@@ -449,8 +544,18 @@ pub fn render_prometheus() -> String {
         };
         let _ = writeln!(out, "# HELP {name} {}", metric.help());
         let _ = writeln!(out, "# TYPE {name} {kind}");
-        for ((service, _), total) in totals.iter().filter(|((_, m), _)| *m == metric) {
-            let service = escape_label(service);
+        for (((service, label), _), total) in totals.iter().filter(|((_, m), _)| *m == metric) {
+            // A second dimension is a second label, written inside `service="…"`'s braces.
+            let service = match label {
+                None => escape_label(service),
+                Some((name, value)) => {
+                    format!(
+                        "{}\",{name}=\"{}",
+                        escape_label(service),
+                        escape_label(value)
+                    )
+                }
+            };
             match (total, metric.kind()) {
                 (Total::Value(v), _) => {
                     let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", number(*v));
@@ -500,12 +605,30 @@ fn escape_label(value: &str) -> String {
 }
 
 /// The total of `metric` for `service` (a counter's sum, a gauge's value, a
-/// distribution's count), for tests and the emulator's banner.
+/// distribution's count; summed over a second dimension's values), for tests
+/// and the emulator's banner.
 pub fn total(service: &str, metric: Metric) -> f64 {
-    match registry().totals.get(&(service.to_owned(), metric)) {
-        Some(Total::Value(v)) => *v,
-        Some(Total::Histogram { count, .. }) => *count as f64,
-        None => 0.0,
+    registry()
+        .totals
+        .iter()
+        .filter(|(((s, _), m), _)| s == service && *m == metric)
+        .map(|(_, total)| total_value(total))
+        .sum()
+}
+
+/// The total of `metric` for `service` and one value of a second dimension.
+pub fn total_for(service: &str, metric: Metric, dimension: (&str, &str)) -> f64 {
+    let label = Some((dimension.0.to_owned(), dimension.1.to_owned()));
+    registry()
+        .totals
+        .get(&((service.to_owned(), label), metric))
+        .map_or(0.0, total_value)
+}
+
+fn total_value(total: &Total) -> f64 {
+    match total {
+        Total::Value(v) => *v,
+        Total::Histogram { count, .. } => *count as f64,
     }
 }
 
@@ -574,6 +697,63 @@ mod tests {
         assert!(!ingest_emf("plain text"));
     }
 
+    /// A second dimension (`outbox`) is its own series, in `/metrics` as a second
+    /// label and in EMF as a second dimension set beside `service` alone.
+    #[test]
+    fn a_second_dimension_is_a_series_of_its_own() {
+        let r = Recorder::new("metrics-test-dim");
+        r.record_for(Metric::OutboxFailedRows, ("outbox", "orders.outbox"), 2.0);
+        r.record_for(
+            Metric::OutboxFailedRows,
+            ("outbox", "inventory.outbox"),
+            1.0,
+        );
+        r.record_for(Metric::OutboxFailedRows, ("outbox", "orders.outbox"), 3.0);
+        let dim = ("outbox", "orders.outbox");
+        assert_eq!(
+            total_for("metrics-test-dim", Metric::OutboxFailedRows, dim),
+            3.0
+        );
+        assert_eq!(total("metrics-test-dim", Metric::OutboxFailedRows), 4.0);
+        let text = render_prometheus();
+        assert!(
+            text.contains(
+                "outbox_failed_rows{service=\"metrics-test-dim\",outbox=\"orders.outbox\"} 3\n"
+            ),
+            "{text}"
+        );
+
+        {
+            let mut registry = registry();
+            let key = (
+                "metrics-test-dim-emf".to_owned(),
+                Some(("outbox".to_owned(), "x.outbox".to_owned())),
+            );
+            registry
+                .pending
+                .entry(key)
+                .or_default()
+                .insert(Metric::OutboxFailedRows, vec![5.0, 7.0]);
+        }
+        let document = take_emf(1_700_000_000_000)
+            .into_iter()
+            .find(|d| d.contains("metrics-test-dim-emf"))
+            .expect("a document");
+        let value: Value = serde_json::from_str(&document).expect("json");
+        assert_eq!(value["outbox"], "x.outbox");
+        assert_eq!(value["OutboxFailedRows"], 7.0);
+        assert_eq!(
+            value["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["service", "outbox"], ["service"]])
+        );
+        assert!(ingest_emf(&document));
+        let dim = ("outbox", "x.outbox");
+        assert_eq!(
+            total_for("metrics-test-dim-emf", Metric::OutboxFailedRows, dim),
+            7.0
+        );
+    }
+
     #[test]
     fn take_emf_sums_counters_and_splits_long_distributions() {
         // Only the pending values matter here: build them by hand.
@@ -581,7 +761,7 @@ mod tests {
             let mut registry = registry();
             let pending = registry
                 .pending
-                .entry("metrics-test-take".into())
+                .entry(series("metrics-test-take"))
                 .or_default();
             pending.insert(Metric::EventsPublished, vec![2.0, 3.0]);
             pending.insert(Metric::OutboxAge, vec![4.0, 1.0]);

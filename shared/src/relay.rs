@@ -31,9 +31,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, Env};
 use crate::envelope::{EventEnvelope, OutboxColumns};
-use crate::error::{Retry, StoreError};
+use crate::error::{Failure, Retry, StoreError};
 use crate::metrics::{Metric, Recorder};
 use crate::outbox::Outbox;
+use crate::source::breaker::{millis, Breaker};
 use crate::streams::{partition_of, stream_key, stream_key_pattern};
 use crate::trace::TraceParent;
 
@@ -61,8 +62,16 @@ pub struct RelayOptions {
     /// Entries older than this are trimmed from the streams (`XTRIM MINID`),
     /// but never one a consumer group has not yet processed.
     pub stream_retention: Duration,
+    /// Dead letters older than this are trimmed from the dead-letter streams
+    /// (`DLQ_RETENTION_HOURS`, 336): they can no longer be redriven.
+    pub dlq_retention: Duration,
     /// Which outboxes to drain.
     pub outboxes: Vec<Outbox>,
+    /// Replicas that must have a batch before its rows are deleted
+    /// (`REDIS_MIN_REPLICAS`, 0: a lone Redis). See [`Relay::relay_once`].
+    pub min_replicas: u32,
+    /// How long `WAIT` waits for them (`REDIS_REPLICA_TIMEOUT_MS`, 1000).
+    pub replica_timeout: Duration,
     /// Test-only fault injection.
     #[doc(hidden)]
     pub fault: Fault,
@@ -88,7 +97,12 @@ impl Default for RelayOptions {
             stream_namespace: crate::streams::DEFAULT_NAMESPACE.to_owned(),
             max_entry_bytes: 1024 * 1024,
             stream_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            dlq_retention: Duration::from_secs(
+                crate::retention::DEFAULT_DLQ_RETENTION_HOURS * 3600,
+            ),
             outboxes: Outbox::ALL.to_vec(),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
             fault: Fault::None,
         }
     }
@@ -97,7 +111,7 @@ impl Default for RelayOptions {
 impl RelayOptions {
     /// `RELAY_BATCH_SIZE` (500, 1..=10000), `STREAM_PARTITIONS` (1, 1..=1024),
     /// `RELAY_MAX_ENTRY_BYTES` (1 MiB), `STREAM_RETENTION_HOURS` (168),
-    /// `STREAM_NAMESPACE` (`events`).
+    /// `DLQ_RETENTION_HOURS` (336), `STREAM_NAMESPACE` (`events`).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let batch = env.in_range("RELAY_BATCH_SIZE", i64::from(d.batch_size), 1, 10_000)?;
@@ -116,6 +130,8 @@ impl RelayOptions {
             i64::from(SLOTS),
         )?;
         let hours = env.in_range("STREAM_RETENTION_HOURS", 168, 1, 24 * 365 * 10)?;
+        let min_replicas = env.in_range("REDIS_MIN_REPLICAS", 0, 0, 5)?;
+        let replica_timeout_ms = env.in_range("REDIS_REPLICA_TIMEOUT_MS", 1000, 1, 60_000)?;
         // The ranges above keep every value within its target type.
         Ok(Self {
             batch_size: batch as u32,
@@ -123,6 +139,9 @@ impl RelayOptions {
             stream_partitions: partitions as u16,
             max_entry_bytes: max_entry as usize,
             stream_retention: Duration::from_secs(hours as u64 * 3600),
+            dlq_retention: crate::retention::dlq_retention(env)?,
+            min_replicas: min_replicas as u32,
+            replica_timeout: Duration::from_millis(replica_timeout_ms as u64),
             stream_namespace: match env.get("STREAM_NAMESPACE")? {
                 None => d.stream_namespace,
                 Some(ns)
@@ -155,6 +174,14 @@ pub enum RelayError {
         context: &'static str,
         source: redis::RedisError,
     },
+    /// Fewer replicas than `REDIS_MIN_REPLICAS` acknowledged a batch in time:
+    /// a failover now could lose it, so its rows stay and are published again.
+    #[error("{acked} of {wanted} Redis replicas acknowledged the batch within {timeout_ms} ms")]
+    Replication {
+        acked: u64,
+        wanted: u32,
+        timeout_ms: u64,
+    },
     #[error("fault injected by a test")]
     Injected,
 }
@@ -169,7 +196,7 @@ impl RelayError {
             Self::Store(e) => e.retry(),
             // Every Redis failure here is the server's or the network's, not a
             // row's: rows Redis could not take are set aside before the XADD.
-            Self::Redis { .. } | Self::Injected => Retry::Retryable,
+            Self::Redis { .. } | Self::Replication { .. } | Self::Injected => Retry::Retryable,
         }
     }
 }
@@ -286,6 +313,11 @@ macro_rules! relay_sql {
                 "UPDATE ", $table, " SET failed_at = NULL, attempts = 0, last_error = NULL
                  WHERE failed_at IS NOT NULL AND id = ANY($1)"
             ),
+            // Only rows set aside: a pending row is deleted only by its publication.
+            purge_failed: concat!(
+                "DELETE FROM ", $table, " WHERE failed_at IS NOT NULL AND id = ANY($1)"
+            ),
+            purge_all_failed: concat!("DELETE FROM ", $table, " WHERE failed_at IS NOT NULL"),
         }
     };
 }
@@ -297,6 +329,8 @@ struct OutboxSql {
     backlog: &'static str,
     failed: &'static str,
     redrive: &'static str,
+    purge_failed: &'static str,
+    purge_all_failed: &'static str,
 }
 
 fn sql(outbox: Outbox) -> OutboxSql {
@@ -423,13 +457,33 @@ impl Relay {
         }
         // Redis takes the batch while PostgreSQL deletes it inside the still open
         // transaction: the deletion counts only if the commit below happens, and
-        // the commit happens only once Redis has accepted every entry.
+        // the commit happens only once Redis has accepted every entry (and, with
+        // `min_replicas`, once that many replicas have it: `WAIT` in the same
+        // pipeline, so it covers exactly what came before it on the connection).
         if !published.is_empty() {
             let mut redis = self.redis.clone();
-            let publish = pipe.query_async::<()>(&mut redis);
+            let wanted = self.options.min_replicas;
+            let timeout_ms =
+                u64::try_from(self.options.replica_timeout.as_millis()).unwrap_or(u64::MAX);
+            if wanted > 0 {
+                pipe.cmd("WAIT").arg(wanted).arg(timeout_ms);
+            }
+            let publish = pipe.query_async::<Vec<u64>>(&mut redis);
             let delete = sqlx::query(sql.delete).bind(&published).execute(&mut *tx);
             let (published_result, deleted) = tokio::join!(publish, delete);
-            published_result.map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
+            let replies = published_result
+                .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
+            if wanted > 0 {
+                let acked = replies.first().copied().unwrap_or(0);
+                if acked < u64::from(wanted) {
+                    self.metrics.count(Metric::ReplicationTimeouts, 1);
+                    return Err(RelayError::Replication {
+                        acked,
+                        wanted,
+                        timeout_ms,
+                    });
+                }
+            }
             if self.options.fault == Fault::CrashAfterPublish {
                 return Err(RelayError::Injected);
             }
@@ -526,6 +580,7 @@ impl Relay {
                 .insert(outbox.table(), self.backlog(outbox).await?);
         }
         self.record_outbox_age(summary.backlog.values());
+        self.record_failed_rows(summary.backlog.iter().map(|(table, b)| (*table, b)));
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(summary)
     }
@@ -586,14 +641,33 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
         let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
-            .await
-            .map_err(db("connecting the outbox listener"))?;
-        listener
-            .listen("outbox")
-            .await
-            .map_err(db("listening for outbox rows"))?;
         tokio::pin!(shutdown);
+        // One line when a store goes away and one when it answers again.
+        let mut away = Breaker::new(Duration::from_millis(50), Duration::from_secs(5));
+        // A database that is away at start is waited for, as the drains wait.
+        let mut listener = loop {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+                    .await
+                    .map_err(db("connecting the outbox listener"))?;
+                listener
+                    .listen("outbox")
+                    .await
+                    .map_err(db("listening for outbox rows"))?;
+                Ok::<_, RelayError>(listener)
+            };
+            match listening.await {
+                Ok(listener) => break listener,
+                Err(error) if is_outage(&error) => {
+                    store_away(&mut away, &error);
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(away.next_pause()) => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let mut backoff = Duration::from_millis(50);
         let mut last_trim = Instant::now();
         let mut last_measure = Instant::now() - Duration::from_secs(3600);
@@ -601,12 +675,17 @@ impl Relay {
             match self.drain_quietly().await {
                 Ok(published) => {
                     backoff = Duration::from_millis(50);
+                    store_back(&mut away);
                     if published > 0 {
                         debug!(published, "relayed");
                     }
                 }
                 Err(error) => {
-                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay failed; rows stay pending");
+                    if is_outage(&error) {
+                        store_away(&mut away, &error);
+                    } else {
+                        warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay failed; rows stay pending");
+                    }
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
@@ -617,7 +696,11 @@ impl Relay {
             }
             if last_measure.elapsed() > Duration::from_secs(10) {
                 match self.backlogs().await {
-                    Ok(backlogs) => self.record_outbox_age(backlogs.iter()),
+                    Ok(backlogs) => {
+                        self.record_outbox_age(backlogs.iter());
+                        let tables = self.options.outboxes.iter().map(|o| o.table());
+                        self.record_failed_rows(tables.zip(&backlogs));
+                    }
                     Err(error) => warn!(%error, "measuring the outbox backlog failed"),
                 }
                 last_measure = Instant::now();
@@ -632,7 +715,18 @@ impl Relay {
                 _ = &mut shutdown => return Ok(()),
                 notification = listener.recv() => {
                     if let Err(error) = notification {
-                        warn!(%error, "outbox listener lost its connection; reconnecting");
+                        // It reconnects on its next `recv`; the pause keeps a
+                        // listener that cannot from spinning.
+                        let error = db("receiving outbox notifications")(error);
+                        if is_outage(&error) {
+                            store_away(&mut away, &error);
+                        } else {
+                            warn!(%error, "outbox listener lost its connection; reconnecting");
+                        }
+                        tokio::select! {
+                            _ = &mut shutdown => return Ok(()),
+                            _ = tokio::time::sleep(fallback_poll) => {}
+                        }
                     }
                 }
                 _ = tokio::time::sleep(fallback_poll) => {}
@@ -670,6 +764,18 @@ impl Relay {
             .unwrap_or(0);
         self.metrics
             .record(Metric::OutboxAge, oldest_ms as f64 / 1000.0);
+    }
+
+    /// `OutboxFailedRows`, per outbox (dimension `outbox`): rows set aside,
+    /// waiting to be redriven or purged. Kept, so counted and alarmed on.
+    fn record_failed_rows<'a>(&self, backlogs: impl Iterator<Item = (&'a str, &'a Backlog)>) {
+        for (table, backlog) in backlogs {
+            self.metrics.record_for(
+                Metric::OutboxFailedRows,
+                ("outbox", table),
+                backlog.failed as f64,
+            );
+        }
     }
 
     /// Pending and failed rows of `outbox`, and the age of the oldest pending one.
@@ -732,6 +838,39 @@ impl Relay {
         if trimmed > 0 {
             info!(trimmed, "stream entries past retention trimmed");
         }
+        Ok(trimmed + self.trim_dead_letters().await?)
+    }
+
+    /// Trims every dead-letter stream of the namespace (`{ns}:dlq:*`, found
+    /// with `SCAN MATCH`) by age: dead letters older than `dlq_retention` go
+    /// (`XTRIM MINID`, exact; an entry's id is when it was dead-lettered). No
+    /// group reads them, so age alone decides. Called by [`Self::trim_streams`].
+    pub async fn trim_dead_letters(&self) -> Result<u64, RelayError> {
+        let cutoff_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
+            - i128::try_from(self.options.dlq_retention.as_millis()).unwrap_or(i128::MAX);
+        if cutoff_ms <= 0 {
+            return Ok(0);
+        }
+        let mut redis = self.redis.clone();
+        let keys = crate::source::dead_letter_keys(&mut redis, &self.options.stream_namespace)
+            .await
+            .map_err(|e| RelayError::redis("listing dead-letter streams to trim", e))?;
+        let mut trimmed = 0;
+        for key in keys {
+            let n: u64 = redis::cmd("XTRIM")
+                .arg(&key)
+                .arg("MINID")
+                .arg("=")
+                .arg(format!("{cutoff_ms}-0"))
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| RelayError::redis("trimming a dead-letter stream", e))?;
+            if n > 0 {
+                // Events that were never applied, now beyond redrive.
+                warn!(stream = %key, trimmed = n, "dead letters past retention trimmed");
+            }
+            trimmed += n;
+        }
         Ok(trimmed)
     }
 
@@ -772,6 +911,26 @@ impl Relay {
             .await
             .map(|r| r.rows_affected())
             .map_err(|e| RelayError::Store(StoreError::database("redriving failed outbox rows", e)))
+    }
+
+    /// Deletes rows of `outbox` set aside as failed (an operator gave up on
+    /// them); returns how many. Ids of pending rows are ignored.
+    pub async fn purge_failed(&self, outbox: Outbox, ids: &[i64]) -> Result<u64, RelayError> {
+        sqlx::query(sql(outbox).purge_failed)
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| RelayError::Store(StoreError::database("purging failed outbox rows", e)))
+    }
+
+    /// Deletes every row of `outbox` set aside as failed; returns how many.
+    pub async fn purge_all_failed(&self, outbox: Outbox) -> Result<u64, RelayError> {
+        sqlx::query(sql(outbox).purge_all_failed)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| RelayError::Store(StoreError::database("purging failed outbox rows", e)))
     }
 }
 
@@ -860,6 +1019,34 @@ pub fn lazy_connection(
     ConnectionManager::new_lazy_with_config(client, config)
 }
 
+/// Whether the relay failed because a store is away ([`Failure::Outage`]).
+fn is_outage(error: &RelayError) -> bool {
+    match error {
+        RelayError::Store(e) => e.is_outage(),
+        RelayError::Redis { source, .. } => Failure::of_redis(source).is_outage(),
+        _ => false,
+    }
+}
+
+/// Logs the first failure of an outage; the others at debug level.
+fn store_away(away: &mut Breaker, error: &RelayError) {
+    if away.trip() {
+        warn!(%error, "store unavailable; pausing, rows stay pending");
+    } else {
+        debug!(%error, "store still unavailable");
+    }
+}
+
+/// Logs the end of an outage, if there was one.
+fn store_back(away: &mut Breaker) {
+    if let Some(down) = away.close() {
+        info!(
+            down_for_ms = millis(down),
+            "store available again; relaying"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,5 +1069,9 @@ mod tests {
         assert!(RelayOptions::from_env(&bad).is_err());
         let bad = Env::from_pairs([("STREAM_PARTITIONS", "many")]);
         assert!(RelayOptions::from_env(&bad).is_err());
+        assert_eq!(options.dlq_retention, Duration::from_secs(336 * 3600));
+        let env = Env::from_pairs([("DLQ_RETENTION_HOURS", "48")]);
+        let options = RelayOptions::from_env(&env).expect("valid");
+        assert_eq!(options.dlq_retention, Duration::from_secs(48 * 3600));
     }
 }

@@ -44,32 +44,6 @@ fn args() -> Result<Args> {
     Ok(parsed)
 }
 
-/// Fills `orders.outbox` with `rows` events (10,000 aggregates, ~250-byte payloads).
-async fn prefill(db: &TestDb, rows: i64) -> Result<()> {
-    // Bulk loading takes longer than the pool's statement timeout allows.
-    let mut conn = db.pool.acquire().await?;
-    sqlx::query("SET statement_timeout = 0")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO orders.outbox (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-         SELECT gen_random_uuid(), 'OrderCreated', 1, 'Order', 'order-' || (g % 10000), now(),
-                '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
-                json_build_object('order_id', 'order-' || (g % 10000), 'customer_id', 'cust-42',
-                                  'items', json_build_array(json_build_object('sku', 'WIDGET-1', 'quantity', 2, 'unit_price_cents', 1999),
-                                                            json_build_object('sku', 'GADGET-7', 'quantity', 1, 'unit_price_cents', 500)),
-                                  'total_cents', 4498)
-         FROM generate_series(1, $1) AS g",
-    )
-    .bind(rows)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("VACUUM ANALYZE orders.outbox")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// The relay's SQL alone: claim slots, read a batch, delete it, commit.
 async fn raw_sql(db: &TestDb) -> Result<(u64, Duration)> {
     let started = Instant::now();
@@ -287,7 +261,7 @@ async fn main() -> Result<()> {
         args.rows
     );
 
-    prefill(&db, args.rows).await?;
+    tests::prefill_outbox(&db, args.rows).await?;
     let (n, d) = raw_sql(&db).await?;
     let raw_sql_rate = rate(n, d);
     println!(
@@ -303,7 +277,7 @@ async fn main() -> Result<()> {
     );
 
     for count in [1, 2] {
-        prefill(&db, args.rows).await?;
+        tests::prefill_outbox(&db, args.rows).await?;
         let (n, d) = relays(&db, count, &namespace).await?;
         let r = rate(n, d);
         println!(

@@ -5,6 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`); nothing is mocked.
 
 pub mod emulated;
+pub mod forwarder;
 pub mod source;
 
 use std::time::Duration;
@@ -287,6 +288,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start(port: u16) -> anyhow::Result<Self> {
+        Self::start_with(port, &[]).await
+    }
+
+    /// Started with `extra` arguments too (e.g. `--replicaof 127.0.0.1 <port>`).
+    pub async fn start_with(port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -298,6 +304,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("starting redis-server (is it installed?)")?;
@@ -435,6 +442,32 @@ pub async fn delete_streams(redis_url: &str, namespace: &str) -> anyhow::Result<
     if !keys.is_empty() {
         let _: usize = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
     }
+    Ok(())
+}
+
+/// Fills `orders.outbox` with `rows` events (10,000 aggregates, ~250-byte payloads).
+pub async fn prefill_outbox(db: &TestDb, rows: i64) -> anyhow::Result<()> {
+    // Bulk loading takes longer than the pool's statement timeout allows.
+    let mut conn = db.pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO orders.outbox (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+         SELECT gen_random_uuid(), 'OrderCreated', 1, 'Order', 'order-' || (g % 10000), now(),
+                '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+                json_build_object('order_id', 'order-' || (g % 10000), 'customer_id', 'cust-42',
+                                  'items', json_build_array(json_build_object('sku', 'WIDGET-1', 'quantity', 2, 'unit_price_cents', 1999),
+                                                            json_build_object('sku', 'GADGET-7', 'quantity', 1, 'unit_price_cents', 500)),
+                                  'total_cents', 4498)
+         FROM generate_series(1, $1) AS g",
+    )
+    .bind(rows)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("VACUUM ANALYZE orders.outbox")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

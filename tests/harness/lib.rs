@@ -303,6 +303,11 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                // A replica writes the snapshot it loads: not into the work tree.
+                "--dir",
+                &std::env::temp_dir().to_string_lossy(),
+                "--dbfilename",
+                &format!("test-redis-{port}.rdb"),
             ])
             .args(extra)
             .stdout(std::process::Stdio::null())

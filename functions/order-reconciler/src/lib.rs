@@ -158,27 +158,17 @@ pub async fn reconcile(
     let mut summary = Summary::default();
     let timeout_cutoff = now - settings.pending_timeout;
     let deadline_cutoff = now - settings.pending_deadline;
-    for _ in 0..settings.max_batches {
-        let n = time_out(pool, deadline_cutoff, settings.batch_size, now).await?;
-        summary.timed_out += n;
-        if n < settings.batch_size as u64 {
-            break;
-        }
-    }
-    for _ in 0..settings.max_batches {
-        let n = resend_created(pool, timeout_cutoff, settings.batch_size, now).await?;
-        summary.created_resent += n;
-        if n < settings.batch_size as u64 {
-            break;
-        }
-    }
-    for _ in 0..settings.max_batches {
-        let n = resend_cancelled(pool, timeout_cutoff, settings.batch_size, now).await?;
-        summary.cancelled_resent += n;
-        if n < settings.batch_size as u64 {
-            break;
-        }
-    }
+    let limit = settings.batch_size;
+    summary.timed_out =
+        in_batches(settings, || time_out(pool, deadline_cutoff, limit, now)).await?;
+    summary.created_resent = in_batches(settings, || {
+        resend_created(pool, timeout_cutoff, limit, now)
+    })
+    .await?;
+    summary.cancelled_resent = in_batches(settings, || {
+        resend_cancelled(pool, timeout_cutoff, limit, now)
+    })
+    .await?;
     summary.purged = retention::purge_order_service(pool, retention_config)
         .await?
         .total();
@@ -197,6 +187,24 @@ pub async fn reconcile(
     );
     metrics.count(Metric::OrdersTimedOut, summary.timed_out);
     Ok(summary)
+}
+
+/// Runs `step` (one statement's worth, returning how many it handled) until it
+/// handles less than a batch or `max_batches` have run; the total.
+async fn in_batches<F, Fut>(settings: &Settings, mut step: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    for _ in 0..settings.max_batches {
+        let n = step().await?;
+        total += n;
+        if n < settings.batch_size as u64 {
+            break;
+        }
+    }
+    Ok(total)
 }
 
 /// Rejects up to `limit` orders `PENDING` since before `cutoff`, each with its

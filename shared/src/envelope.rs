@@ -322,6 +322,39 @@ impl TryFrom<OutboxColumns> for EventEnvelope {
     }
 }
 
+/// The columns of many events, one array per column, to bind as `UNNEST` arrays
+/// (one statement for a batch). `traceparent` uses `''` for "none": arrays of
+/// NULLs do not bind as `text[]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxColumnArrays {
+    pub event_ids: Vec<Uuid>,
+    pub event_types: Vec<String>,
+    pub schema_versions: Vec<i32>,
+    pub aggregate_types: Vec<String>,
+    pub aggregate_ids: Vec<String>,
+    pub occurred_at: Vec<OffsetDateTime>,
+    pub traceparents: Vec<String>,
+    pub payloads: Vec<String>,
+}
+
+impl<'a> FromIterator<&'a EventEnvelope> for OutboxColumnArrays {
+    fn from_iter<I: IntoIterator<Item = &'a EventEnvelope>>(events: I) -> Self {
+        let mut a = Self::default();
+        for event in events {
+            let c = OutboxColumns::from(event);
+            a.event_ids.push(c.event_id);
+            a.event_types.push(c.event_type);
+            a.schema_versions.push(c.schema_version);
+            a.aggregate_types.push(c.aggregate_type);
+            a.aggregate_ids.push(c.aggregate_id);
+            a.occurred_at.push(c.occurred_at);
+            a.traceparents.push(c.traceparent.unwrap_or_default());
+            a.payloads.push(c.payload);
+        }
+        a
+    }
+}
+
 /// Now, in UTC, cut to the microsecond precision PostgreSQL stores, so a value
 /// read back equals the value written.
 pub fn now_utc() -> OffsetDateTime {

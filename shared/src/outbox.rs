@@ -7,7 +7,7 @@
 
 use sqlx::PgConnection;
 
-use crate::envelope::{EventEnvelope, OutboxColumns};
+use crate::envelope::{EventEnvelope, OutboxColumnArrays, OutboxColumns};
 use crate::error::StoreError;
 
 /// The outbox tables, one per service.
@@ -93,38 +93,7 @@ pub async fn append_all(
     if events.is_empty() {
         return Ok(());
     }
-    let n = events.len();
-    let (
-        mut ids,
-        mut types,
-        mut versions,
-        mut agg_types,
-        mut agg_ids,
-        mut at,
-        mut tps,
-        mut payloads,
-    ) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for event in events {
-        let c = OutboxColumns::from(event);
-        ids.push(c.event_id);
-        types.push(c.event_type);
-        versions.push(c.schema_version);
-        agg_types.push(c.aggregate_type);
-        agg_ids.push(c.aggregate_id);
-        at.push(c.occurred_at);
-        // '' stands for "no traceparent" (arrays of NULLs do not bind as text[]).
-        tps.push(c.traceparent.unwrap_or_default());
-        payloads.push(c.payload);
-    }
+    let a: OutboxColumnArrays = events.iter().collect();
     // Rows are inserted in array order (WITH ORDINALITY), so ids follow it.
     let result = match outbox {
         Outbox::Orders => {
@@ -139,14 +108,14 @@ pub async fn append_all(
                              occurred_at, traceparent, payload, n)
                    ORDER BY e.n
                    ON CONFLICT (event_id) DO NOTHING"#,
-                &ids,
-                &types,
-                &versions,
-                &agg_types,
-                &agg_ids,
-                &at,
-                &tps,
-                &payloads,
+                &a.event_ids,
+                &a.event_types,
+                &a.schema_versions,
+                &a.aggregate_types,
+                &a.aggregate_ids,
+                &a.occurred_at,
+                &a.traceparents,
+                &a.payloads,
             )
             .execute(conn)
             .await
@@ -163,14 +132,14 @@ pub async fn append_all(
                              occurred_at, traceparent, payload, n)
                    ORDER BY e.n
                    ON CONFLICT (event_id) DO NOTHING"#,
-                &ids,
-                &types,
-                &versions,
-                &agg_types,
-                &agg_ids,
-                &at,
-                &tps,
-                &payloads,
+                &a.event_ids,
+                &a.event_types,
+                &a.schema_versions,
+                &a.aggregate_types,
+                &a.aggregate_ids,
+                &a.occurred_at,
+                &a.traceparents,
+                &a.payloads,
             )
             .execute(conn)
             .await

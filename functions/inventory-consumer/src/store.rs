@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use shared::envelope::{EventEnvelope, OutboxColumns};
+use shared::envelope::{EventEnvelope, OutboxColumnArrays, OutboxColumns};
 use shared::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, ReservedItemV1, ShortageV1,
     ORDER_CANCELLED, ORDER_CREATED,
@@ -280,35 +280,12 @@ async fn write_answers(
     if recorded.is_empty() {
         return Ok(());
     }
-    let n = recorded.len();
-    let (mut orders, mut requests, mut ids, mut types, mut versions) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut agg_types, mut agg_ids, mut at, mut tps, mut payloads) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (order, request, event) in recorded {
-        let c = OutboxColumns::from(event);
-        orders.push(*order);
-        requests.push((*request).to_owned());
-        ids.push(c.event_id);
-        types.push(c.event_type);
-        versions.push(c.schema_version);
-        agg_types.push(c.aggregate_type);
-        agg_ids.push(c.aggregate_id);
-        at.push(c.occurred_at);
-        // '' stands for "no traceparent" (arrays of NULLs do not bind as text[]).
-        tps.push(c.traceparent.unwrap_or_default());
-        payloads.push(c.payload);
-    }
+    let orders: Vec<Uuid> = recorded.iter().map(|(order, ..)| *order).collect();
+    let requests: Vec<String> = recorded
+        .iter()
+        .map(|(_, request, _)| (*request).to_owned())
+        .collect();
+    let a: OutboxColumnArrays = recorded.iter().map(|(.., event)| event).collect();
     sqlx::query!(
         r#"INSERT INTO inventory.answers
            (order_id, request, event_id, event_type, schema_version, aggregate_type, aggregate_id,
@@ -322,14 +299,14 @@ async fn write_answers(
            ON CONFLICT (order_id, request) DO NOTHING"#,
         &orders,
         &requests,
-        &ids,
-        &types,
-        &versions,
-        &agg_types,
-        &agg_ids,
-        &at,
-        &tps,
-        &payloads,
+        &a.event_ids,
+        &a.event_types,
+        &a.schema_versions,
+        &a.aggregate_types,
+        &a.aggregate_ids,
+        &a.occurred_at,
+        &a.traceparents,
+        &a.payloads,
     )
     .execute(&mut *tx)
     .await

@@ -229,3 +229,43 @@ async fn over_http_a_failing_or_hanging_function_is_a_gateway_error_and_serving_
     assert_eq!(no_route.status(), 404);
     served.stop().await
 }
+
+#[tokio::test]
+async fn the_invoke_api_refuses_browser_pages() -> anyhow::Result<()> {
+    let served = serve().await?;
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/2015-03-31/functions/FixtureFunction/invocations",
+        served.base
+    );
+    // A page's fetch carries its Origin; DNS rebinding carries a Host of its own.
+    let from_page = http
+        .post(&url)
+        .header("origin", "https://evil.example")
+        .body(r#"{"echo": 1}"#)
+        .send()
+        .await?;
+    assert_eq!(from_page.status(), 403);
+    assert_eq!(
+        from_page
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok()),
+        Some("AccessDeniedException")
+    );
+    let port = served
+        .base
+        .rsplit(':')
+        .next()
+        .context("the listener's port")?;
+    let rebound = http
+        .post(&url)
+        .header("host", format!("evil.example:{port}"))
+        .body(r#"{"echo": 1}"#)
+        .send()
+        .await?;
+    assert_eq!(rebound.status(), 403);
+    let direct = http.post(&url).body(r#"{"echo": 1}"#).send().await?;
+    assert_eq!(direct.status(), 200);
+    served.stop().await
+}

@@ -58,6 +58,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let local = listener.local_addr().context("the listener's address")?;
     let app = Router::new()
         .route(
             "/2015-03-31/functions/{name}/invocations",
@@ -65,6 +66,7 @@ pub async fn serve(
         )
         .route("/metrics", axum::routing::get(metrics))
         .fallback(dispatch)
+        .layer(axum::Extension(Listener(local)))
         .with_state(Arc::new(emulator));
     axum::serve(
         listener,
@@ -134,16 +136,54 @@ async fn metrics(
         .into_response()
 }
 
+/// The address the emulator listens on.
+#[derive(Debug, Clone, Copy)]
+struct Listener(SocketAddr);
+
+/// Why an Invoke API request is refused as cross-site, if it is: a web page
+/// open in the developer's browser can send requests to loopback (with an
+/// `Origin`), or reach it under a name of its own through DNS rebinding (a
+/// `Host` that is not the listener's). The AWS CLI and SDKs send neither.
+fn cross_site(headers: &axum::http::HeaderMap, listener: SocketAddr) -> Option<String> {
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        return Some(format!(
+            "the Invoke API does not answer browsers (Origin: {})",
+            origin.to_str().unwrap_or("?")
+        ));
+    }
+    let host = headers.get(axum::http::header::HOST)?;
+    let host = host.to_str().unwrap_or_default();
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && !port.contains(']') => (name, port.parse().ok()),
+        _ => (host, Some(80)),
+    };
+    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+        || name.trim_start_matches('[').trim_end_matches(']') == listener.ip().to_string();
+    if loopback && port == Some(listener.port()) {
+        None
+    } else {
+        Some(format!(
+            "the Invoke API answers only requests for its own address (Host: {host})"
+        ))
+    }
+}
+
 /// The Lambda Invoke API (`aws lambda invoke --endpoint-url …`): `200` with the
 /// payload, or with `X-Amz-Function-Error: Unhandled` and the error payload.
+/// Requests from a browser page are refused ([`cross_site`]).
 async fn invoke_api(
     State(emulator): State<Arc<Emulator>>,
+    axum::Extension(Listener(listener)): axum::Extension<Listener>,
     axum::extract::Path(name): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::http::{HeaderValue, StatusCode};
     use axum::response::IntoResponse as _;
+    if let Some(reason) = cross_site(&headers, listener) {
+        tracing::warn!(%reason, "Invoke API request refused");
+        return aws_error_message(StatusCode::FORBIDDEN, "AccessDeniedException", &reason);
+    }
     let invocation_type = headers
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
@@ -253,4 +293,59 @@ fn aws_response(
     r.headers_mut()
         .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_requests_for_the_listener_itself_reach_the_invoke_api() {
+        let listener: SocketAddr = "127.0.0.1:3000".parse().expect("address");
+        for ok in ["127.0.0.1:3000", "localhost:3000", "[::1]:3000"] {
+            assert_eq!(
+                cross_site(&headers(&[("host", ok)]), listener),
+                None,
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            cross_site(&HeaderMap::new(), listener),
+            None,
+            "no Host (HTTP/1.0)"
+        );
+        for refused in [
+            "evil.example:3000",
+            "127.0.0.1:3001",
+            "localhost",
+            "127.0.0.1.evil.example:3000",
+            "[::1]",
+        ] {
+            assert!(
+                cross_site(&headers(&[("host", refused)]), listener).is_some(),
+                "{refused}"
+            );
+        }
+        let from_a_page = headers(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert!(
+            cross_site(&from_a_page, listener).is_some_and(|r| r.contains("https://evil.example"))
+        );
+        let any: SocketAddr = "0.0.0.0:3000".parse().expect("address");
+        assert_eq!(
+            cross_site(&headers(&[("host", "localhost:3000")]), any),
+            None
+        );
+    }
 }

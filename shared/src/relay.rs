@@ -802,26 +802,12 @@ impl Relay {
             return Ok(0);
         }
         let mut redis = self.redis.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(stream_key_pattern(&self.options.stream_namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(&mut redis)
-                .await
-                .map_err(|e| RelayError::redis("listing streams to trim", e))?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        let keys = crate::streams::scan_streams(
+            &mut redis,
+            &stream_key_pattern(&self.options.stream_namespace),
+        )
+        .await
+        .map_err(|e| RelayError::redis("listing streams to trim", e))?;
         let mut trimmed = 0;
         for key in keys {
             let min_id = safe_min_id(&mut redis, &key, format!("{cutoff_ms}-0")).await?;

@@ -36,28 +36,7 @@ pub async fn dead_letter_keys(
     redis: &mut ConnectionManager,
     namespace: &str,
 ) -> Result<Vec<String>, redis::RedisError> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(dead_letter_key_pattern(namespace))
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(redis)
-            .await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
+    crate::streams::scan_streams(redis, &dead_letter_key_pattern(namespace)).await
 }
 
 /// One dead-letter stream, as `emulator dlq list` shows it.

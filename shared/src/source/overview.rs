@@ -30,26 +30,7 @@ pub async fn streams(
     redis: &mut ConnectionManager,
     namespace: &str,
 ) -> Result<Vec<StreamOverview>, redis::RedisError> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{namespace}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(redis)
-            .await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
+    let keys = crate::streams::scan_streams(redis, &format!("{namespace}:*")).await?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let length: u64 = redis::cmd("XLEN").arg(&key).query_async(redis).await?;

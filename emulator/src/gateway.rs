@@ -238,6 +238,11 @@ pub fn not_found() -> axum::response::Response {
     gateway_error(StatusCode::NOT_FOUND, "Not Found")
 }
 
+/// Past the route's throttling limits.
+pub fn too_many_requests() -> axum::response::Response {
+    gateway_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+}
+
 pub fn payload_too_large() -> axum::response::Response {
     gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
 }

@@ -14,7 +14,9 @@
 //! - [`database`] and [`servers`]: zero-configuration PostgreSQL and Redis.
 //! - [`invoke`]: an invocation and its errors, as AWS reports them.
 
+pub mod auth;
 pub mod cli;
+pub mod cors;
 pub mod database;
 pub mod functions;
 pub mod gateway;
@@ -41,6 +43,8 @@ use axum::Router;
 pub struct Emulator {
     pub functions: Arc<functions::Functions>,
     pub routes: routes::RouteTable,
+    /// The HTTP APIs' authorizers and the keys they trust.
+    pub gate: Arc<auth::Gate>,
 }
 
 impl Emulator {
@@ -48,6 +52,7 @@ impl Emulator {
         Self {
             functions: Arc::clone(&system.functions),
             routes: system.routes.clone(),
+            gate: Arc::clone(&system.gate),
         }
     }
 }
@@ -83,17 +88,52 @@ async fn dispatch(
     request: axum::extract::Request,
 ) -> axum::response::Response {
     let (parts, body) = request.into_parts();
+    let cors = emulator.routes.cors.as_ref();
+    if let Some(cors) = cors.filter(|_| cors::is_preflight(&parts.method, &parts.headers)) {
+        return cors::preflight(cors, &parts.headers);
+    }
+    let mut response = route(&emulator, parts.clone(), body, peer).await;
+    if let Some(cors) = cors {
+        cors::decorate(cors, &parts.headers, &mut response);
+    }
+    response
+}
+
+/// What API Gateway does for a request of a route: throttling, the
+/// authorizer, then the function.
+async fn route(
+    emulator: &Emulator,
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+    peer: SocketAddr,
+) -> axum::response::Response {
     let Some(matched) = emulator
         .routes
         .find(parts.method.as_str(), parts.uri.path())
     else {
         return gateway::not_found();
     };
+    if !matched.guard.admit() {
+        return gateway::too_many_requests();
+    }
+    let authorizer = match &matched.guard.authorizer {
+        None => None,
+        Some(name) => match emulator
+            .gate
+            .authorize(name, &matched.guard.scopes, &parts.headers)
+        {
+            Ok(context) => Some(context),
+            Err(denied) => return denied.response(),
+        },
+    };
     let body = match axum::body::to_bytes(body, gateway::MAX_PAYLOAD_BYTES).await {
         Ok(body) => body,
         Err(_) => return gateway::payload_too_large(),
     };
-    let event = gateway::event(&parts, &body, &matched, peer);
+    let mut event = gateway::event(&parts, &body, &matched, peer);
+    if let Some(context) = authorizer {
+        event["requestContext"]["authorizer"] = context;
+    }
     let mut invocation = invoke::Invocation::new(event.to_string());
     if let Some(id) = event["requestContext"]["requestId"].as_str() {
         id.clone_into(&mut invocation.request_id);

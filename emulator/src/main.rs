@@ -30,13 +30,49 @@ enum Command {
   emulator up --port 8080 --env-vars env.json
   cargo build --bins && emulator up --runtime-api
   DATABASE_URL=postgres://me@db.local/orders REDIS_URL=redis://cache.local emulator up
+  emulator up --jwks issuer-keys.json --parameter-overrides AuthIssuer=https://id.example AuthAudience=shop
 
 Without DATABASE_URL / REDIS_URL it uses PostgreSQL and Redis on 127.0.0.1, and
-starts private ones under --state-dir when those are not running.")]
+starts private ones under --state-dir when those are not running.
+
+The template's JWT authorizers check every request as API Gateway does. By
+default they trust the emulator's development key (kept under the state
+directory); `emulator token --sub ID` prints a token signed with it.")]
     Up {
         /// The port to listen on.
         #[arg(long, default_value_t = 3000)]
         port: u16,
+        /// Trust the public keys of this JWKS file (a real issuer's, or any JWT
+        /// library's) instead of the development key; give the issuer and audience
+        /// with --parameter-overrides AuthIssuer=... AuthAudience=...
+        #[arg(long, value_name = "FILE", conflicts_with = "no_auth")]
+        jwks: Option<std::path::PathBuf>,
+        /// Do not verify tokens at all (quick experiments only): a token's claims
+        /// are passed unchecked, and a request without one runs as `local-developer`.
+        #[arg(long)]
+        no_auth: bool,
+        #[command(flatten)]
+        system: SystemArgs,
+    },
+    /// Print a bearer token, signed with the development key, that `emulator up`
+    /// (without --jwks) accepts.
+    #[command(after_help = "Examples:
+  curl -H \"authorization: Bearer $(emulator token --sub c-1)\" http://127.0.0.1:3000/orders/ID
+  emulator token --sub ops-1 --scope 'orders:read orders:admin' --ttl 600
+
+Without --scope the token carries every scope the template's routes ask for
+(not orders:admin). Issuer and audience are the template's authorizer's when
+known locally, else the development ones.")]
+    Token {
+        /// The subject (`sub`): the customer the functions act for.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes (the `scope` claim).
+        #[arg(long)]
+        scope: Option<String>,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
         #[command(flatten)]
         system: SystemArgs,
     },
@@ -264,7 +300,21 @@ async fn run() -> anyhow::Result<()> {
     // Not locked: the logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();
     match Cli::parse().command {
-        Command::Up { port, system } => up(&env, port, &system).await,
+        Command::Up {
+            port,
+            jwks,
+            no_auth,
+            system,
+        } => {
+            let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
+            up(&env, port, &system, trust).await
+        }
+        Command::Token {
+            sub,
+            scope,
+            ttl,
+            system,
+        } => token(&env, &system, sub, scope, ttl, &mut out),
         Command::Invoke {
             function,
             event,
@@ -419,7 +469,76 @@ fn mode(args: &SystemArgs) -> anyhow::Result<emulator::system::Mode> {
     })
 }
 
-async fn up(env: &Env, port: u16, args: &SystemArgs) -> anyhow::Result<()> {
+/// The keys the authorizers trust: `--no-auth`, `--jwks`, else the development key.
+fn trust(
+    env: &Env,
+    args: &SystemArgs,
+    jwks: Option<&std::path::Path>,
+    no_auth: bool,
+) -> anyhow::Result<emulator::auth::Trust> {
+    use emulator::auth::{DevKey, Trust};
+    if no_auth {
+        return Ok(Trust::Off);
+    }
+    if let Some(path) = jwks {
+        return Trust::jwks_file(path);
+    }
+    Ok(Trust::DevKey(std::sync::Arc::new(DevKey::load_or_create(
+        state_dir(env, args)?.path(),
+    )?)))
+}
+
+fn state_dir(env: &Env, args: &SystemArgs) -> anyhow::Result<emulator::servers::StateDir> {
+    match &args.state_dir {
+        Some(dir) => emulator::servers::StateDir::new(dir),
+        None => emulator::servers::StateDir::default_location(env),
+    }
+}
+
+/// `emulator token`.
+fn token(
+    env: &Env,
+    args: &SystemArgs,
+    subject: String,
+    scope: Option<String>,
+    ttl: u64,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    use emulator::auth::{DevKey, Gate, TokenRequest};
+    let template = load_template(args)?;
+    let scopes = match scope {
+        Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
+        None => {
+            let mut all: Vec<String> = template
+                .functions
+                .iter()
+                .flat_map(|f| f.http_routes.iter())
+                .flat_map(|r| r.auth.scopes.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        }
+    };
+    let (issuer, audience) = Gate::token_audience(&template);
+    let key = DevKey::load_or_create(state_dir(env, args)?.path())?;
+    let token = key.token(&TokenRequest {
+        subject,
+        scopes,
+        ttl: Duration::from_secs(ttl),
+        issuer,
+        audience,
+    })?;
+    writeln!(out, "{token}")?;
+    Ok(())
+}
+
+async fn up(
+    env: &Env,
+    port: u16,
+    args: &SystemArgs,
+    trust: emulator::auth::Trust,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let template = load_template(args)?;
     let mode = mode(args)?;
@@ -439,6 +558,7 @@ async fn up(env: &Env, port: u16, args: &SystemArgs) -> anyhow::Result<()> {
         mode,
         database_url: stores.database_url.clone(),
         redis_url: stores.redis_url.clone(),
+        trust,
     })
     .await;
     let system = match system {
@@ -514,6 +634,8 @@ async fn invoke(
         mode: mode(args)?,
         database_url: stores.database_url.clone(),
         redis_url: stores.redis_url.clone(),
+        // `invoke` hands the event to the function as given: no authorizer runs.
+        trust: emulator::auth::Trust::Off,
     })
     .await?;
     let result = functions

@@ -1,6 +1,11 @@
 //! API Gateway's route matching: `{name}` segments capture one path segment.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::template::{CorsSpec, Throttle};
 
 /// One HTTP API route: `METHOD /path/{param}` (`ANY` matches every method).
 #[derive(Debug, Clone)]
@@ -9,6 +14,46 @@ pub struct Route {
     pub path: String,
     /// The function's logical id in the template.
     pub function: String,
+    pub guard: Arc<Guard>,
+}
+
+/// What API Gateway checks before a route's function runs.
+#[derive(Debug, Default)]
+pub struct Guard {
+    /// The JWT authorizer, as `Api/Name`; `None` for an open route.
+    pub authorizer: Option<String>,
+    /// Any one of these scopes is needed (none: any valid token).
+    pub scopes: Vec<String>,
+    /// The route's throttling (`RouteSettings`, else `DefaultRouteSettings`).
+    pub throttle: Option<Throttle>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+}
+
+impl Guard {
+    fn new(authorizer: Option<String>, scopes: Vec<String>, throttle: Option<Throttle>) -> Self {
+        let limiter = throttle.and_then(|t| {
+            let burst = NonZeroU32::new(t.burst)?;
+            let period = Duration::try_from_secs_f64(1.0 / t.rate).ok()?;
+            let quota = governor::Quota::with_period(period)?.allow_burst(burst);
+            Some(governor::RateLimiter::direct(quota))
+        });
+        Self {
+            authorizer,
+            scopes,
+            throttle,
+            limiter,
+        }
+    }
+
+    /// Whether one more request may pass now (API Gateway's token bucket): a
+    /// burst or rate of 0 lets nothing through.
+    pub fn admit(&self) -> bool {
+        match (&self.limiter, self.throttle) {
+            (Some(limiter), _) => limiter.check().is_ok(),
+            (None, Some(t)) => t.burst > 0 && t.rate > 0.0,
+            (None, None) => true,
+        }
+    }
 }
 
 /// A route that matched a request, with its path parameters.
@@ -17,16 +62,36 @@ pub struct Matched {
     pub route_key: String,
     pub path_parameters: BTreeMap<String, String>,
     pub function: String,
+    pub guard: Arc<Guard>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// The HTTP API's `CorsConfiguration` (the first API that has one).
+    pub cors: Option<CorsSpec>,
 }
 
 impl RouteTable {
     /// The `HttpApi` events of the template's functions, in template order.
     pub fn from_template(template: &crate::template::Template) -> Self {
+        let guard = |route: &crate::template::HttpRoute| {
+            let api = route
+                .auth
+                .api
+                .as_ref()
+                .and_then(|id| template.http_apis.get(id));
+            let authorizer = match route.auth.authorizer.as_deref() {
+                Some("NONE") => None,
+                Some(name) => Some(name),
+                None => api.and_then(|a| a.default_authorizer.as_deref()),
+            };
+            let authorizer = authorizer
+                .zip(route.auth.api.as_deref())
+                .map(|(name, api)| format!("{api}/{name}"));
+            let throttle = route.auth.throttle.or(api.and_then(|a| a.throttle));
+            Arc::new(Guard::new(authorizer, route.auth.scopes.clone(), throttle))
+        };
         Self {
             routes: template
                 .functions
@@ -36,10 +101,19 @@ impl RouteTable {
                         method: r.method.to_ascii_uppercase(),
                         path: r.path.clone(),
                         function: f.logical_id.clone(),
+                        guard: guard(r),
                     })
                 })
                 .collect(),
+            cors: template.http_apis.values().find_map(|a| a.cors.clone()),
         }
+    }
+
+    /// Whether any route matches `path`, whatever its method.
+    pub fn has_path(&self, path: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| match_path(&r.path, path).is_some())
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -69,6 +143,7 @@ impl RouteTable {
                     route_key: format!("{} {}", route.method, route.path),
                     path_parameters,
                     function: route.function.clone(),
+                    guard: Arc::clone(&route.guard),
                 },
             ));
         }

@@ -45,6 +45,8 @@ pub struct Options {
     /// the emulator prepared.
     pub database_url: String,
     pub redis_url: String,
+    /// The keys the HTTP APIs' JWT authorizers trust.
+    pub trust: crate::auth::Trust,
 }
 
 /// The binary whose `LISTEN/NOTIFY` loop the emulator runs (or, with
@@ -65,6 +67,7 @@ const IN_PROCESS_CONNECTIONS: u32 = 10;
 pub struct System {
     pub functions: Arc<Functions>,
     pub routes: RouteTable,
+    pub gate: Arc<crate::auth::Gate>,
     template: Template,
     stop: watch::Sender<bool>,
     tasks: Vec<(String, JoinHandle<()>)>,
@@ -73,12 +76,17 @@ pub struct System {
 impl System {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let routes = RouteTable::from_template(&options.template);
+        let gate = Arc::new(crate::auth::Gate::new(
+            &options.template,
+            options.trust.clone(),
+        )?);
         let functions = build_functions(&options).await?;
         let functions = Arc::new(functions);
         let (stop, _) = watch::channel(false);
         let mut system = Self {
             functions,
             routes,
+            gate,
             template: options.template.clone(),
             stop,
             tasks: Vec::new(),
@@ -166,12 +174,26 @@ impl System {
         let mut out = String::new();
         let _ = writeln!(out, "HTTP API on http://{address}");
         for route in self.routes.routes() {
+            let guard = &route.guard;
+            let auth = match &guard.authorizer {
+                None => "open".to_owned(),
+                Some(_) if guard.scopes.is_empty() => "token".to_owned(),
+                Some(_) => format!("token with {}", guard.scopes.join(" or ")),
+            };
             let _ = writeln!(
                 out,
-                "  {:<6} {:<28} -> {}",
+                "  {:<6} {:<28} -> {} ({auth})",
                 route.method, route.path, route.function
             );
         }
+        if let Some(t) = self.routes.routes().iter().find_map(|r| r.guard.throttle) {
+            let _ = writeln!(
+                out,
+                "  throttled per route: burst {}, {} requests/s",
+                t.burst, t.rate
+            );
+        }
+        out.push_str(&self.gate.describe());
         let _ = writeln!(
             out,
             "Lambda Invoke API on http://{address}/2015-03-31/functions/{{name}}/invocations"

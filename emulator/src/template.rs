@@ -34,6 +34,46 @@ const STREAM_SETTINGS: [&str; 7] = [
     "VISIBILITY_TIMEOUT_SECONDS",
 ];
 
+mod http_api;
+
+use http_api::Conditions;
+pub use http_api::{CorsSpec, HttpApiSpec, JwtAuthorizerSpec, RouteAuthSpec, Throttle};
+
+/// A route's `ApiId` names an HttpApi of the template, and its authorizer one of
+/// that API's.
+fn check_route_auth(
+    function: &str,
+    route: &HttpRoute,
+    apis: &BTreeMap<String, HttpApiSpec>,
+) -> anyhow::Result<()> {
+    let at = format!("{function}: Events.{}", route.event);
+    let Some(api) = &route.auth.api else {
+        if route
+            .auth
+            .authorizer
+            .as_deref()
+            .is_some_and(|a| a != "NONE")
+        {
+            bail!("{at}: an authorizer needs ApiId (an AWS::Serverless::HttpApi of the template)");
+        }
+        return Ok(());
+    };
+    let spec = apis
+        .get(api)
+        .ok_or_else(|| anyhow!("{at}: ApiId: no AWS::Serverless::HttpApi named {api}"))?;
+    let authorizer = route
+        .auth
+        .authorizer
+        .as_deref()
+        .or(spec.default_authorizer.as_deref());
+    if let Some(name) = authorizer.filter(|a| *a != "NONE") {
+        if !spec.authorizers.contains_key(name) {
+            bail!("{at}: no authorizer {name} in {api}.Auth.Authorizers");
+        }
+    }
+    Ok(())
+}
+
 /// The functions of a SAM template, as the emulator runs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -43,6 +83,9 @@ pub struct Template {
     /// the override given to [`parse_with_parameters`] if any, else its
     /// `Default`, else `None`.
     pub parameters: BTreeMap<String, Option<String>>,
+    /// The `AWS::Serverless::HttpApi` resources by logical id: authorizers,
+    /// throttling, CORS.
+    pub http_apis: BTreeMap<String, HttpApiSpec>,
 }
 
 impl Template {
@@ -83,7 +126,7 @@ pub struct FunctionSpec {
 }
 
 /// An `HttpApi` event: a route of the HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
     /// The event's name in the template, e.g. `Orders`.
     pub event: String,
@@ -91,6 +134,8 @@ pub struct HttpRoute {
     pub method: String,
     /// E.g. `/orders/{id}`.
     pub path: String,
+    /// `ApiId`, `Auth` and `RouteSettings`.
+    pub auth: RouteAuthSpec,
 }
 
 /// A `Schedule` event: an EventBridge rule that invokes the function.
@@ -194,8 +239,10 @@ pub fn parse_with_parameters(
     };
 
     let parameters = parameters(mapping(root.get("Parameters"), "Parameters")?, overrides)?;
+    let conditions = mapping(root.get("Conditions"), "Conditions")?;
     let resolver = Resolver {
         parameters: &parameters,
+        conditions,
     };
     let globals = mapping(
         mapping(root.get("Globals"), "Globals")?.and_then(|g| g.get("Function")),
@@ -219,9 +266,16 @@ pub fn parse_with_parameters(
         check_stream_variables(&function)?;
         functions.push(function);
     }
+    let http_apis = http_api::http_apis(resources, &Conditions::of(&resolver))?;
+    for function in &functions {
+        for route in &function.http_routes {
+            check_route_auth(&function.logical_id, route, &http_apis)?;
+        }
+    }
     Ok(Template {
         functions,
         parameters,
+        http_apis,
     })
 }
 
@@ -528,6 +582,7 @@ fn http_route(
         event: event.to_owned(),
         method,
         path,
+        auth: http_api::route_auth(props, at, &Conditions::of(resolver))?,
     })
 }
 
@@ -687,6 +742,10 @@ fn kebab_binary_name(logical_id: &str) -> String {
 #[derive(Debug)]
 struct Resolver<'a> {
     parameters: &'a BTreeMap<String, Option<String>>,
+    /// `Conditions`, for the properties read through [`Conditions`]. Function
+    /// environments do not evaluate them: a branch chosen for AWS (`UseElastiCache`)
+    /// is not the local truth.
+    conditions: Option<&'a Mapping>,
 }
 
 impl Resolver<'_> {
@@ -1241,7 +1300,8 @@ Resources:
             [HttpRoute {
                 event: "Http".to_owned(),
                 method: "GET".to_owned(),
-                path: "/jobs/{id}".to_owned()
+                path: "/jobs/{id}".to_owned(),
+                auth: RouteAuthSpec::default(),
             }]
         );
         assert_eq!(jobs.ignored_events, ["Queue (SQS)", "Rest (Api)"]);

@@ -310,6 +310,7 @@ async fn drive(
         mode: Mode::InProcess,
         database_url: database_url.clone(),
         redis_url: redis_url.clone(),
+        trust: tests::auth::trust(),
     })
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -585,13 +586,14 @@ async fn place_order(
         .iter()
         .map(|sku| json!({"sku": sku, "quantity": 1 + rng.below(3), "unit_price_cents": 250}))
         .collect();
-    let body =
-        json!({"customer_id": format!("cust-{}", rng.below(100)), "items": items}).to_string();
+    let customer = format!("cust-{}", rng.below(100));
+    let body = json!({"items": items}).to_string();
     let key = uuid::Uuid::now_v7().to_string();
     let mut attempt = 0u32;
     let order: Value = loop {
         let response = http
             .post(format!("{base}/orders"))
+            .header("authorization", tests::bearer(&customer))
             .header("content-type", "application/json")
             .header("idempotency-key", &key)
             .body(body.clone())
@@ -623,7 +625,12 @@ async fn place_order(
     }
     let mut attempt = 0u32;
     loop {
-        match http.post(format!("{base}/orders/{id}/cancel")).send().await {
+        let cancel = http
+            .post(format!("{base}/orders/{id}/cancel"))
+            .header("authorization", tests::bearer(&customer))
+            .send()
+            .await;
+        match cancel {
             Ok(r) if r.status().is_success() => {
                 counters.cancels.fetch_add(1, Ordering::Relaxed);
                 return Ok((id, true));

@@ -16,7 +16,7 @@ async fn start(db: &TestDb) -> Result<tests::emulated::RunningEmulator> {
 async fn post_then_get_over_http() -> Result<()> {
     let db = TestDb::fresh().await?;
     let running = start(&db).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("cust-1");
     let body = json!({"customer_id": "cust-1", "items": [{"sku": "A-1", "quantity": 3, "unit_price_cents": 250}]});
     let created = http
         .post(format!("{}/orders", running.base))
@@ -81,7 +81,7 @@ async fn post_then_get_over_http() -> Result<()> {
 async fn inventory_put_then_get_over_http() -> Result<()> {
     let db = TestDb::fresh().await?;
     let running = start(&db).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("cust-1");
     let url = format!("{}/inventory/ns%3AWIDGET-1", running.base);
 
     let set = http
@@ -149,7 +149,7 @@ async fn inventory_put_then_get_over_http() -> Result<()> {
 async fn cancel_over_http() -> Result<()> {
     let db = TestDb::fresh().await?;
     let running = start(&db).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("cust-1");
     let body = json!({"customer_id": "cust-1", "items": [{"sku": "A-1", "quantity": 1, "unit_price_cents": 250}]});
     let order: Value = http
         .post(format!("{}/orders", running.base))
@@ -219,7 +219,7 @@ async fn with_the_real_binaries_the_saga_confirms_rejects_and_compensates() -> R
 async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
     let db = TestDb::fresh().await?;
     let running = tests::emulated::start(&db, mode, &[]).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("c-1");
     let put = http
         .put(format!("{}/inventory/LAMP-1", running.base))
         .json(&json!({"available": 1}))

@@ -55,6 +55,7 @@ async fn serve() -> anyhow::Result<RunningEmulator> {
         },
         database_url: tests::admin_url(),
         redis_url: tests::redis_url(),
+        trust: tests::auth::trust(),
     })
     .await?;
     tests::emulated::serve(system, tests::unique_namespace()).await

@@ -73,8 +73,12 @@ impl Answer {
 }
 
 fn client() -> Result<reqwest::Client> {
-    // A hang fails the test instead of stalling it.
+    // A hang fails the test instead of stalling it. Every request is an
+    // authenticated customer's: the hostile part is the input, not the caller.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", tests::bearer("hostile-1").parse()?);
     Ok(reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .build()?)
 }

@@ -35,7 +35,7 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
     let mut output = emulator::runtime::function_output();
     let db = TestDb::fresh().await?;
     let running = tests::emulated::start(&db, tests::emulated::runtime_api()?, &[]).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("c-trace");
     let put = http
         .put(format!("{}/inventory/DESK-1", running.base))
         .json(&json!({"available": 10}))

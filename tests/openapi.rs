@@ -363,7 +363,7 @@ async fn the_documented_methods_are_the_ones_answered() -> Result<()> {
     let doc = document()?;
     let db = TestDb::fresh().await?;
     let running = start(&db).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("c-1");
     let order = uuid::Uuid::now_v7().to_string();
     let probes: BTreeMap<&str, String> = BTreeMap::from([
         ("/orders", "/orders".to_owned()),
@@ -429,7 +429,7 @@ async fn answers_match_the_document() -> Result<()> {
     let contract = Contract::new()?;
     let db = TestDb::fresh().await?;
     let running = start(&db).await?;
-    let http = reqwest::Client::new();
+    let http = tests::client_as("c-1");
     let c = &contract;
     let r = &running;
     let h = &http;

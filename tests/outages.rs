@@ -117,6 +117,7 @@ async fn drive(
         mode: Mode::InProcess,
         database_url: database_url.clone(),
         redis_url: redis.url.clone(),
+        trust: tests::auth::trust(),
     })
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -150,11 +151,11 @@ async fn drive(
                 n += 1;
                 let sku = if n % 5 == 0 { "SCARCE" } else { "PLENTY" };
                 let body = json!({
-                    "customer_id": format!("cust-{c}"),
                     "items": [{"sku": sku, "quantity": 1, "unit_price_cents": 250}],
                 });
                 let answer = http
                     .post(format!("{base}/orders"))
+                    .header("authorization", tests::bearer(&format!("cust-{c}")))
                     .header("content-type", "application/json")
                     .body(body.to_string())
                     .send()

@@ -72,6 +72,7 @@ pub async fn start(
         mode,
         database_url: db.url(),
         redis_url: crate::redis_url(),
+        trust: crate::auth::trust(),
     })
     .await?;
     serve(system, namespace).await

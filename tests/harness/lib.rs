@@ -4,11 +4,14 @@
 //! Tests talk to the real PostgreSQL at `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); nothing is mocked.
 
+pub mod auth;
 pub mod emulated;
 pub mod forwarder;
 pub mod source;
 
 use std::time::Duration;
+
+pub use auth::{bearer, client_as, token};
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -551,6 +554,7 @@ pub async fn stock_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     for sku in ORDER_SKUS {
         let put = http
             .put(format!("{base}/inventory/{sku}"))
+            .header("authorization", bearer("stock-operator"))
             .header("content-type", "application/json")
             .body(format!(r#"{{"available":{ORDER_STOCK}}}"#))
             .send()
@@ -610,6 +614,7 @@ pub async fn post_order(
 ) -> Result<uuid::Uuid, PostOrderError> {
     let response = http
         .post(url)
+        .header("authorization", bearer(customer))
         .header("content-type", "application/json")
         .body(order_body(customer))
         .send()

@@ -143,9 +143,14 @@ impl DevKey {
         if !request.scopes.is_empty() {
             claims.insert("scope".into(), json!(request.scopes.join(" ")));
         }
+        self.sign(&claims)
+    }
+
+    /// A token with exactly these claims (tests make expired or foreign ones).
+    pub fn sign(&self, claims: &Map<String, Value>) -> anyhow::Result<String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(DEV_KID.to_owned());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).context("signing the token")
+        jsonwebtoken::encode(&header, claims, &self.encoding).context("signing the token")
     }
 }
 
@@ -162,6 +167,40 @@ fn generate_pem() -> anyhow::Result<p256::pkcs8::der::zeroize::Zeroizing<String>
     secret
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| anyhow!("encoding the development key: {e}"))
+}
+
+/// `emulator token`: a token from `key` for `subject`, with `scopes` (space-separated)
+/// or else every scope the template's routes ask for, and the issuer and audience
+/// of the template's authorizer when known locally, else the development ones.
+pub fn dev_token(
+    template: &Template,
+    key: &DevKey,
+    subject: &str,
+    scopes: Option<&str>,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let scopes = match scopes {
+        Some(scopes) => scopes.split_whitespace().map(str::to_owned).collect(),
+        None => {
+            let mut all: Vec<String> = template
+                .functions
+                .iter()
+                .flat_map(|f| f.http_routes.iter())
+                .flat_map(|r| r.auth.scopes.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        }
+    };
+    let (issuer, audience) = Gate::token_audience(template);
+    key.token(&TokenRequest {
+        subject: subject.to_owned(),
+        scopes,
+        ttl,
+        issuer,
+        audience,
+    })
 }
 
 /// What `emulator token` puts in a token.

@@ -504,31 +504,15 @@ fn token(
     ttl: u64,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
-    use emulator::auth::{DevKey, Gate, TokenRequest};
     let template = load_template(args)?;
-    let scopes = match scope {
-        Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
-        None => {
-            let mut all: Vec<String> = template
-                .functions
-                .iter()
-                .flat_map(|f| f.http_routes.iter())
-                .flat_map(|r| r.auth.scopes.iter().cloned())
-                .collect();
-            all.sort();
-            all.dedup();
-            all
-        }
-    };
-    let (issuer, audience) = Gate::token_audience(&template);
-    let key = DevKey::load_or_create(state_dir(env, args)?.path())?;
-    let token = key.token(&TokenRequest {
-        subject,
-        scopes,
-        ttl: Duration::from_secs(ttl),
-        issuer,
-        audience,
-    })?;
+    let key = emulator::auth::DevKey::load_or_create(state_dir(env, args)?.path())?;
+    let token = emulator::auth::dev_token(
+        &template,
+        &key,
+        &subject,
+        scope.as_deref(),
+        Duration::from_secs(ttl),
+    )?;
     writeln!(out, "{token}")?;
     Ok(())
 }

@@ -11,7 +11,8 @@ use emulator::auth::{DevKey, TokenRequest, Trust, DEV_AUDIENCE, DEV_ISSUER};
 /// Every scope a customer's client and a stock operator need, but not `orders:admin`.
 pub const ALL_SCOPES: &str = "orders:read orders:write inventory:read inventory:write";
 
-fn key() -> Arc<DevKey> {
+/// The process's development key.
+pub fn key() -> Arc<DevKey> {
     static KEY: OnceLock<Arc<DevKey>> = OnceLock::new();
     Arc::clone(KEY.get_or_init(|| Arc::new(DevKey::generate().expect("a development key"))))
 }

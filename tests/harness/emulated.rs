@@ -61,21 +61,43 @@ pub async fn start(
     mode: Mode,
     env: &[(&str, &str)],
 ) -> anyhow::Result<RunningEmulator> {
+    start_with(db, mode, env, template()?, crate::auth::trust()).await
+}
+
+/// [`start`] with a template of the test's (say, with parameter overrides) and
+/// the keys its authorizers trust.
+pub async fn start_with(
+    db: &TestDb,
+    mode: Mode,
+    env: &[(&str, &str)],
+    mut template: emulator::template::Template,
+    trust: emulator::auth::Trust,
+) -> anyhow::Result<RunningEmulator> {
     let namespace = crate::unique_namespace();
     let mut parameters: BTreeMap<&str, &str> = env.iter().copied().collect();
     parameters.insert("STREAM_NAMESPACE", &namespace);
     let overrides = serde_json::json!({ "Parameters": parameters });
-    let mut template = template()?;
     emulator::template::apply_env_overrides(&mut template, &overrides.to_string())?;
     let system = System::start(Options {
         template,
         mode,
         database_url: db.url(),
         redis_url: crate::redis_url(),
-        trust: crate::auth::trust(),
+        trust,
     })
     .await?;
     serve(system, namespace).await
+}
+
+/// The repository's `template.yaml` with these parameter values.
+pub fn template_with(
+    parameters: &[(&str, &str)],
+) -> anyhow::Result<emulator::template::Template> {
+    let overrides = parameters
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    emulator::template::parse_with_parameters(include_str!("../../template.yaml"), &overrides)
 }
 
 /// Serves `system` over HTTP on a spare port; `namespace` is the streams

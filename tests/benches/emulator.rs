@@ -35,6 +35,7 @@ use emulator::functions::Runner;
 use emulator::system::Mode;
 use sqlx::PgPool;
 use tests::emulated::RunningEmulator;
+use tests::load::{closed_loop, Load};
 use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
 use time::OffsetDateTime;
 use tokio::io::AsyncBufReadExt as _;
@@ -349,62 +350,6 @@ async fn run_binary(
 // ---------------------------------------------------------------------------
 // 2. Throughput.
 
-/// What a closed-loop phase did.
-struct Load {
-    rate: f64,
-    latencies: Vec<Duration>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-/// Runs `work(task, n)` in `clients` tasks, back to back, for `duration`.
-async fn closed_loop<F, Fut>(clients: usize, duration: Duration, work: F) -> Result<Load>
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let work = Arc::new(work);
-    let deadline = Instant::now() + duration;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..clients {
-        let work = Arc::clone(&work);
-        tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0, None);
-            let mut n = 0;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                match work(task, n).await {
-                    Ok(()) => latencies.push(sent.elapsed()),
-                    Err(e) => {
-                        errors += 1;
-                        first_error.get_or_insert_with(|| format!("{e:#}"));
-                    }
-                }
-                n += 1;
-            }
-            (latencies, errors, first_error)
-        }));
-    }
-    let mut load = Load {
-        rate: 0.0,
-        latencies: Vec::new(),
-        errors: 0,
-        first_error: None,
-    };
-    for task in tasks {
-        let (latencies, errors, first_error) = task.await?;
-        load.latencies.extend(latencies);
-        load.errors += errors;
-        if load.first_error.is_none() {
-            load.first_error = first_error;
-        }
-    }
-    load.rate = load.latencies.len() as f64 / start.elapsed().as_secs_f64();
-    load.latencies.sort();
-    Ok(load)
-}
-
 async fn through_http(
     http: &reqwest::Client,
     running: &RunningEmulator,
@@ -414,9 +359,10 @@ async fn through_http(
 ) -> Result<Load> {
     let url = Arc::new(running.url("/orders"));
     let (http, run) = (http.clone(), run.to_owned());
-    closed_loop(clients, seconds, move |task, n| {
+    closed_loop(clients, seconds, move |task, _| {
         let (http, url) = (http.clone(), Arc::clone(&url));
-        let customer = format!("{run}-{task}-{n}");
+        // One customer (and token) per client, as a client keeps its token.
+        let customer = format!("{run}-{task}");
         async move { Ok(post_order(&http, &url, &customer).await.map(drop)?) }
     })
     .await

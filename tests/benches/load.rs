@@ -1,7 +1,8 @@
 //! Load: `POST /orders` over HTTP at increasing concurrency (issue 7).
 //!
 //! For each level of `--levels` (closed loop: N keep-alive clients, each
-//! posting valid orders back to back, a distinct customer per order), for
+//! posting valid orders back to back as a customer of its own, with its bearer
+//! token), for
 //! `--seconds`: throughput, p50 / p99 / p99.9 latency, errors by kind (non-201
 //! answers by status, transport errors by kind), with one progress line a
 //! second on stderr. Then the backlog the load left (orders still `PENDING`,
@@ -18,6 +19,8 @@
 //! running `emulator up` instead; the backlog, the lost-order check and the raw
 //! phases then need `--database-url` (its database), and the stream lag reads
 //! `--redis-url` (default the local one) under `--namespace` (default `events`).
+//! Its tokens are signed with the development key of `--state-dir` (default the
+//! emulator's own state directory), the key that `emulator up` trusts.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -52,6 +55,7 @@ struct Args {
     database_url: Option<String>,
     redis_url: String,
     namespace: Option<String>,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -64,6 +68,7 @@ fn args() -> Result<Args> {
         database_url: None,
         redis_url: tests::redis_url(),
         namespace: None,
+        state_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +87,7 @@ fn args() -> Result<Args> {
             "--database-url" => parsed.database_url = Some(value()?),
             "--redis-url" => parsed.redis_url = value()?,
             "--namespace" => parsed.namespace = Some(value()?),
+            "--state-dir" => parsed.state_dir = Some(value()?.into()),
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -220,6 +226,11 @@ impl std::fmt::Display for Backlog {
 
 async fn target(args: &Args) -> Result<Target> {
     if let Some(url) = &args.url {
+        let dir = match &args.state_dir {
+            Some(dir) => emulator::servers::StateDir::new(dir)?,
+            None => emulator::servers::StateDir::default_location(&shared::config::Env::from_process())?,
+        };
+        tests::auth::use_state_dir_key(dir.path())?;
         let db = match &args.database_url {
             Some(database_url) => {
                 let pool = PgPoolOptions::new()
@@ -394,9 +405,9 @@ async fn through_http(
     let url = Arc::new(format!("{base}/orders"));
     let (http, run) = (http.clone(), run.to_owned());
     let label = format!("{run} x{clients}");
-    closed_loop(&label, clients, duration, move |task, n| {
+    closed_loop(&label, clients, duration, move |task, _| {
         let (http, url) = (http.clone(), Arc::clone(&url));
-        let customer = format!("{run}-{task}-{n}");
+        let customer = format!("{run}-{task}");
         async move {
             post_order(&http, &url, &customer)
                 .await

@@ -11,10 +11,19 @@ use emulator::auth::{DevKey, TokenRequest, Trust, DEV_AUDIENCE, DEV_ISSUER};
 /// Every scope a customer's client and a stock operator need, but not `orders:admin`.
 pub const ALL_SCOPES: &str = "orders:read orders:write inventory:read inventory:write";
 
-/// The process's development key.
+static KEY: OnceLock<Arc<DevKey>> = OnceLock::new();
+
+/// The process's development key: a new one, unless [`use_state_dir_key`] chose one.
 pub fn key() -> Arc<DevKey> {
-    static KEY: OnceLock<Arc<DevKey>> = OnceLock::new();
     Arc::clone(KEY.get_or_init(|| Arc::new(DevKey::generate().expect("a development key"))))
+}
+
+/// Signs with the key of an emulator's state directory (a running `emulator up`'s),
+/// before any token is made.
+pub fn use_state_dir_key(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let key = Arc::new(DevKey::load_or_create(state_dir)?);
+    KEY.set(key)
+        .map_err(|_| anyhow::anyhow!("a development key is already in use"))
 }
 
 /// What the harness's emulators trust: the process's development key.

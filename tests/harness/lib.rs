@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod emulated;
 pub mod forwarder;
+pub mod load;
 pub mod source;
 
 use std::time::Duration;

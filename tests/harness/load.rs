@@ -1,0 +1,65 @@
+//! Closed-loop load for the benchmarks: N tasks, each sending its next request as
+//! soon as the last one is answered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+/// What a closed-loop phase did.
+#[derive(Debug)]
+pub struct Load {
+    pub rate: f64,
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// Runs `work(task, n)` in `clients` tasks, back to back, for `duration`.
+pub async fn closed_loop<F, Fut>(clients: usize, duration: Duration, work: F) -> Result<Load>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let work = Arc::new(work);
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..clients {
+        let work = Arc::clone(&work);
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0, None);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match work(task, n).await {
+                    Ok(()) => latencies.push(sent.elapsed()),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+                n += 1;
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut load = Load {
+        rate: 0.0,
+        latencies: Vec::new(),
+        errors: 0,
+        first_error: None,
+    };
+    for task in tasks {
+        let (latencies, errors, first_error) = task.await?;
+        load.latencies.extend(latencies);
+        load.errors += errors;
+        if load.first_error.is_none() {
+            load.first_error = first_error;
+        }
+    }
+    load.rate = load.latencies.len() as f64 / start.elapsed().as_secs_f64();
+    load.latencies.sort();
+    Ok(load)
+}
+

@@ -612,6 +612,22 @@ fn context(claims: &Map<String, Value>, scopes: &[String]) -> Value {
     })
 }
 
+/// The `requestContext.authorizer` a valid development token for `subject` with
+/// `scopes` produces (`emulator generate-event http --sub`).
+pub fn claims_context(subject: &str, scopes: &[String]) -> Value {
+    let now = now_secs();
+    let mut claims = Map::new();
+    claims.insert("sub".into(), json!(subject));
+    claims.insert("iss".into(), json!(DEV_ISSUER));
+    claims.insert("aud".into(), json!(DEV_AUDIENCE));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + 3600));
+    if !scopes.is_empty() {
+        claims.insert("scope".into(), json!(scopes.join(" ")));
+    }
+    context(&claims, scopes)
+}
+
 /// `--no-auth`: the token's claims read without any check, or, without a token,
 /// [`NO_AUTH_SUBJECT`] with the route's scopes.
 fn unverified(token: Option<&str>, scopes: &[String]) -> Value {

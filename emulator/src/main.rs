@@ -78,7 +78,7 @@ known locally, else the development ones.")]
     },
     /// Invoke one function once with an event and print its response.
     #[command(after_help = "Examples:
-  emulator generate-event http --method POST --path /orders --body '{\"customer_id\":\"c-1\",\"items\":[{\"sku\":\"A-1\",\"quantity\":1,\"unit_price_cents\":250}]}' > event.json
+  emulator generate-event http --method POST --path /orders --sub c-1 --body '{\"items\":[{\"sku\":\"A-1\",\"quantity\":1,\"unit_price_cents\":250}]}' > event.json
   emulator invoke CreateOrderFunction --event event.json
   emulator generate-event schedule | emulator invoke OutboxRelayFunction --event -
   emulator invoke create-order --event event.json --runtime-api
@@ -98,8 +98,8 @@ The response goes to stdout. A function error prints its error payload and exits
     #[command(
         name = "generate-event",
         after_help = "Examples:
-  emulator generate-event http --method GET --path /orders/0193f6a2-0000-7000-8000-000000000000
-  emulator generate-event http --method POST --path /orders --header 'idempotency-key: k1' --body @order.json
+  emulator generate-event http --method GET --path /orders/0193f6a2-0000-7000-8000-000000000000 --sub c-1
+  emulator generate-event http --method POST --path /orders --sub c-1 --header 'idempotency-key: k1' --body @order.json
   emulator generate-event schedule --rule OutboxRelayFunction-EveryMinute
   emulator generate-event stream-batch --count 3"
     )]
@@ -216,6 +216,13 @@ enum EventKind {
         /// The body; `@file` reads it from a file.
         #[arg(long)]
         body: Option<String>,
+        /// The caller, as the route's JWT authorizer passes it on
+        /// (`requestContext.authorizer.jwt`); without it the function sees no caller.
+        #[arg(long)]
+        sub: Option<String>,
+        /// The caller's scopes, space-separated (default: the route's).
+        #[arg(long, requires = "sub")]
+        scope: Option<String>,
         #[arg(long, default_value = "template.yaml")]
         template: std::path::PathBuf,
     },
@@ -647,6 +654,8 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
             path,
             headers,
             body,
+            sub,
+            scope,
             template,
         } => {
             let body = match body {
@@ -658,7 +667,20 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
                 None => String::new(),
             };
             let template = emulator::template::load(&template)?;
-            emulator::cli::http_event(&template, &method, &path, &headers, body.as_bytes())?
+            let mut event =
+                emulator::cli::http_event(&template, &method, &path, &headers, body.as_bytes())?;
+            if let Some(subject) = sub {
+                let scopes: Vec<String> = match scope {
+                    Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
+                    None => emulator::routes::RouteTable::from_template(&template)
+                        .find(&method.to_ascii_uppercase(), path.split('?').next().unwrap_or_default())
+                        .map(|m| m.guard.scopes.clone())
+                        .unwrap_or_default(),
+                };
+                event["requestContext"]["authorizer"] =
+                    emulator::auth::claims_context(&subject, &scopes);
+            }
+            event
         }
         EventKind::Schedule { rule } => {
             emulator::schedule::scheduled_event(&rule, chrono::Utc::now())

@@ -55,6 +55,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     let namespace = format!("emu{}", uuid::Uuid::now_v7().simple());
     let vars = env_vars(&namespace)?;
     let port = spare_port()?;
+    let state = std::env::temp_dir().join(&namespace);
     let started = Instant::now();
     let mut child = Command::new(BIN)
         .args([
@@ -66,6 +67,8 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
             "--env-vars",
         ])
         .arg(&vars.0)
+        .arg("--state-dir")
+        .arg(&state)
         .env("DATABASE_URL", &database_url)
         // Logs at info share stdout with the banner (a held stdout lock once hung it).
         .env("RUST_LOG", "info")
@@ -100,6 +103,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         "MigrateFunction (migrate, in-process",
         "deploy-time: applies the migrations at deploy; the emulator applied them on start",
         "/2015-03-31/functions/{name}/invocations",
+        "Tokens: the emulator's development key",
     ] {
         assert!(
             banner.contains(expected),
@@ -109,7 +113,23 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     eprintln!("ready after {ready_after:?}:\n{banner}");
 
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    // `emulator token` signs with the key `up` trusts: the state directory's.
+    let token = Command::new(BIN)
+        .args(["token", "--sub", "c-1", "--template", TEMPLATE, "--state-dir"])
+        .arg(&state)
+        .output()?;
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse()?);
+    let anonymous = reqwest::Client::new()
+        .get(format!("{base}/inventory/LAMP-9"))
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), 401, "a request without a token");
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let put = http
         .put(format!("{base}/inventory/LAMP-9"))
         .json(&json!({"available": 1}))
@@ -118,7 +138,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     assert_eq!(put.status(), 200);
     let order: Value = http
         .post(format!("{base}/orders"))
-        .json(&json!({"customer_id":"c-1","items":[{"sku":"LAMP-9","quantity":1,"unit_price_cents":100}]}))
+        .json(&json!({"items":[{"sku":"LAMP-9","quantity":1,"unit_price_cents":100}]}))
         .send()
         .await?
         .json()
@@ -165,6 +185,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     let rest: Vec<String> = lines.try_iter().collect();
     assert_eq!(status.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
+    let _ = std::fs::remove_dir_all(&state);
     delete_streams(&namespace).await
 }
 
@@ -195,12 +216,18 @@ async fn generate_event_feeds_invoke_and_errors_are_one_line() -> anyhow::Result
             "GET",
             "--path",
             "/orders/0193f6a2-0000-7000-8000-000000000000?verbose=1",
+            "--sub",
+            "c-1",
             "--template",
             TEMPLATE,
         ])
         .output()?;
     assert!(generated.status.success(), "{generated:?}");
     let event: Value = serde_json::from_slice(&generated.stdout)?;
+    assert_eq!(
+        event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"],
+        "c-1"
+    );
     assert_eq!(event["routeKey"], "ANY /orders/{id}");
     assert_eq!(
         event["pathParameters"]["id"],

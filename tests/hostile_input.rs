@@ -197,9 +197,10 @@ fn refused(what: &str, answer: &Answer) -> Result<()> {
     Ok(())
 }
 
-fn order(customer: &Value, sku: &Value, quantity: &Value, price: &Value) -> Vec<u8> {
+/// An order body (the customer is the caller: the token's subject).
+fn order(sku: &Value, quantity: &Value, price: &Value) -> Vec<u8> {
     format!(
-        r#"{{"customer_id":{customer},"items":[{{"sku":{sku},"quantity":{quantity},"unit_price_cents":{price}}}]}}"#
+        r#"{{"items":[{{"sku":{sku},"quantity":{quantity},"unit_price_cents":{price}}}]}}"#
     )
     .into_bytes()
 }
@@ -254,7 +255,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         &[],
         Some((
             JSON,
-            order(&json!("c-1"), &json!("WIDGET-1"), &json!(1), &json!(100)),
+            order(&json!("WIDGET-1"), &json!(1), &json!(100)),
         )),
     )
     .await?;
@@ -278,7 +279,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
     // Sizes: just over the functions' limit, and over API Gateway's.
     let limit = create_order::MAX_BODY_BYTES;
     let padded = |n: usize| {
-        let mut body = b"{\"customer_id\":\"c\",\"items\":[]}".to_vec();
+        let mut body = b"{\"items\":[]}".to_vec();
         body.resize(n, b' ');
         body
     };
@@ -316,11 +317,11 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         ),
         (
             "deep items",
-            format!(r#"{{"customer_id":"c","items":{deep}}}"#),
+            format!(r#"{{"items":{deep}}}"#),
         ),
         (
             "deep sku",
-            format!(r#"{{"customer_id":"c","items":[{{"sku":{deep_open}"#),
+            format!(r#"{{"items":[{{"sku":{deep_open}"#),
         ),
     ] {
         add(
@@ -346,9 +347,9 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         Some((JSON, format!(r#"{{"available":{deep}}}"#).into_bytes())),
     );
     // Invalid UTF-8: in a string, as the whole body, behind a JSON content type.
-    let mut bad_utf8 = br#"{"customer_id":""#.to_vec();
+    let mut bad_utf8 = br#"{"items":[{"sku":""#.to_vec();
     bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
-    bad_utf8.extend_from_slice(br#"","items":[{"sku":"A","quantity":1,"unit_price_cents":1}]}"#);
+    bad_utf8.extend_from_slice(br#"","quantity":1,"unit_price_cents":1}]}"#);
     add(
         "invalid UTF-8 in a string".into(),
         "POST",
@@ -382,7 +383,10 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         "POST",
         "/orders".into(),
         vec![],
-        Some((JSON, b"{\"customer_id\":\"a\0b\",\"items\":[]}".to_vec())),
+        Some((
+            JSON,
+            b"{\"items\":[{\"sku\":\"a\0b\",\"quantity\":1,\"unit_price_cents\":1}]}".to_vec(),
+        )),
     );
     // Numbers: huge, negative, fractional, as strings, where integers are expected.
     for number in [
@@ -411,7 +415,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
     ] {
         // Written into the body as is (not as a JSON string), malformed or not.
         let body = |quantity: &str, price: &str| {
-            format!(r#"{{"customer_id":"c","items":[{{"sku":"A","quantity":{quantity},"unit_price_cents":{price}}}]}}"#).into_bytes()
+            format!(r#"{{"items":[{{"sku":"A","quantity":{quantity},"unit_price_cents":{price}}}]}}"#).into_bytes()
         };
         // 0 is a valid price and stock level (and -0 is 0); no quantity here is valid.
         let valid_amount = matches!(number, "0" | "-0");
@@ -446,7 +450,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         vec![],
         Some((
             JSON,
-            order(&json!("c"), &ok(), &one(), &json!(10_000_000_001_i64)),
+            order(&ok(), &one(), &json!(10_000_000_001_i64)),
         )),
     );
     add(
@@ -456,24 +460,35 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         vec![],
         Some((JSON, br#"{"available":1000000001}"#.to_vec())),
     );
-    add("101 lines".into(), "POST", "/orders".into(), vec![], Some((JSON, json!({"customer_id": "c", "items": (0..101).map(|i| json!({"sku": format!("S{i}"), "quantity": 1, "unit_price_cents": 1})).collect::<Vec<_>>()}).to_string().into_bytes())));
+    add("101 lines".into(), "POST", "/orders".into(), vec![], Some((JSON, json!({"items": (0..101).map(|i| json!({"sku": format!("S{i}"), "quantity": 1, "unit_price_cents": 1})).collect::<Vec<_>>()}).to_string().into_bytes())));
     // Hostile strings in every string field: body fields, path ids, headers.
     for s in hostile_strings() {
         let label = abbreviate(&s);
         let hostile = json!(s);
+        // As the token's subject (the customer): the function refuses it (401).
+        add(
+            format!("subject {label}"),
+            "POST",
+            "/orders".into(),
+            vec![("authorization", tests::bearer(&s).into_bytes())],
+            Some((JSON, order(&ok(), &one(), &one()))),
+        );
         add(
             format!("customer_id {label}"),
             "POST",
             "/orders".into(),
             vec![],
-            Some((JSON, order(&hostile, &ok(), &one(), &one()))),
+            Some((
+                JSON,
+                format!(r#"{{"customer_id":{hostile},"items":[]}}"#).into_bytes(),
+            )),
         );
         add(
             format!("sku {label}"),
             "POST",
             "/orders".into(),
             vec![],
-            Some((JSON, order(&json!("c"), &hostile, &one(), &one()))),
+            Some((JSON, order(&hostile, &one(), &one()))),
         );
         add(
             format!("field name {label}"),
@@ -482,7 +497,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
             vec![],
             Some((
                 JSON,
-                json!({"customer_id": "c", "items": [], s.clone(): 1})
+                json!({"items": [], s.clone(): 1})
                     .to_string()
                     .into_bytes(),
             )),
@@ -537,7 +552,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
                 "POST",
                 "/orders".into(),
                 vec![("idempotency-key", s.clone().into_bytes())],
-                Some((JSON, order(&json!("c-key"), &ok(), &one(), &one()))),
+                Some((JSON, order(&ok(), &one(), &one()))),
             );
         }
     }
@@ -546,35 +561,35 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         "POST",
         "/orders".into(),
         vec![("idempotency-key", vec![b'k'; 256])],
-        Some((JSON, order(&json!("c"), &ok(), &one(), &one()))),
+        Some((JSON, order(&ok(), &one(), &one()))),
     );
     add(
         "Idempotency-Key 64 KiB".into(),
         "POST",
         "/orders".into(),
         vec![("idempotency-key", vec![b'k'; 64 * 1024])],
-        Some((JSON, order(&json!("c"), &ok(), &one(), &one()))),
+        Some((JSON, order(&ok(), &one(), &one()))),
     );
     add(
         "Idempotency-Key obs-text".into(),
         "POST",
         "/orders".into(),
         vec![("idempotency-key", vec![b'k', 0xff, 0xfe])],
-        Some((JSON, order(&json!("c"), &ok(), &one(), &one()))),
+        Some((JSON, order(&ok(), &one(), &one()))),
     );
     add(
         "Idempotency-Key bad quoting".into(),
         "POST",
         "/orders".into(),
         vec![("idempotency-key", b"\"a\\x\"".to_vec())],
-        Some((JSON, order(&json!("c"), &ok(), &one(), &one()))),
+        Some((JSON, order(&ok(), &one(), &one()))),
     );
     add(
         "Idempotency-Key empty quoted".into(),
         "POST",
         "/orders".into(),
         vec![("idempotency-key", b"\"\"".to_vec())],
-        Some((JSON, order(&json!("c"), &ok(), &one(), &one()))),
+        Some((JSON, order(&ok(), &one(), &one()))),
     );
     add(
         "order id 8 KiB".into(),
@@ -630,7 +645,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
 
     // Bytes no client library sends: CR, LF and NUL in header values, and in
     // the request line. HTTP itself refuses them.
-    let body = String::from_utf8(order(&json!("c"), &ok(), &one(), &one()))?;
+    let body = String::from_utf8(order(&ok(), &one(), &one()))?;
     for (what, header) in [
         (
             "Idempotency-Key CRLF FLUSHALL",
@@ -648,8 +663,9 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         ("traceparent NUL", "traceparent: 00-\0".to_owned()),
     ] {
         let request = format!(
-            "POST /orders HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{header}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+            "POST /orders HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nconnection: close\r\ncontent-type: application/json\r\n{header}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len(),
+            auth = tests::bearer("hostile-1"),
         );
         match send_raw(&running, request.as_bytes()).await {
             Ok(answer) => {
@@ -675,7 +691,10 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
             "GET /inventory/\u{FFFD} HTTP/1.1".to_owned(),
         ),
     ] {
-        let request = format!("{line}\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let request = format!(
+            "{line}\r\nhost: x\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
+            tests::bearer("hostile-1")
+        );
         match send_raw(&running, request.as_bytes()).await {
             Ok(answer) => {
                 eprintln!("{what}: {} {:?}", answer.status, answer.text());
@@ -791,13 +810,15 @@ async fn hostile_looking_valid_strings_are_stored_verbatim() -> Result<()> {
         "00-{}-{}",
         "'; DROP TABLE orders.outbox; --", "*1 $8 FLUSHALL"
     );
-    let body = order(&json!(customer), &json!(sku), &json!(2), &json!(7));
+    let body = order(&json!(sku), &json!(2), &json!(7));
+    let as_customer = tests::bearer(customer);
     let created = send(
         &http,
         &running,
         "POST",
         "/orders",
         &[
+            ("authorization", as_customer.as_bytes()),
             ("idempotency-key", key.as_bytes()),
             ("traceparent", hostile_trace.as_bytes()),
         ],
@@ -831,7 +852,10 @@ async fn hostile_looking_valid_strings_are_stored_verbatim() -> Result<()> {
         &running,
         "POST",
         "/orders",
-        &[("idempotency-key", key.as_bytes())],
+        &[
+            ("authorization", as_customer.as_bytes()),
+            ("idempotency-key", key.as_bytes()),
+        ],
         Some((JSON, body)),
     )
     .await?;
@@ -840,7 +864,15 @@ async fn hostile_looking_valid_strings_are_stored_verbatim() -> Result<()> {
         serde_json::from_slice::<Value>(&replayed.body)?["id"],
         id.as_str()
     );
-    let fetched = send(&http, &running, "GET", &format!("/orders/{id}"), &[], None).await?;
+    let fetched = send(
+        &http,
+        &running,
+        "GET",
+        &format!("/orders/{id}"),
+        &[("authorization", as_customer.as_bytes())],
+        None,
+    )
+    .await?;
     assert_eq!(
         serde_json::from_slice::<Value>(&fetched.body)?["customer_id"],
         customer

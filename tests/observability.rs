@@ -43,7 +43,7 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
         .await?;
     assert_eq!(put.status(), 200);
 
-    let order = json!({"customer_id":"c-trace","items":[{"sku":"DESK-1","quantity":1,"unit_price_cents":9900}]});
+    let order = json!({"items":[{"sku":"DESK-1","quantity":1,"unit_price_cents":9900}]});
     let w3c_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let xray_trace = "5759e988bd862e3fe1be46a994272793";
     let mut orders: Vec<(&str, String)> = Vec::new();

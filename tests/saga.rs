@@ -109,7 +109,7 @@ impl System {
     }
 
     async fn post_order(&self, items: Value) -> anyhow::Result<String> {
-        let body = json!({"customer_id": "c-1", "items": items}).to_string();
+        let body = json!({"items": items}).to_string();
         let answer = Answer::from(
             create_order::handle(&self.api, ApiRequest::post_orders(&body).build()).await,
         );

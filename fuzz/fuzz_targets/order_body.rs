@@ -5,10 +5,13 @@
 
 use create_order::CreateOrder;
 use libfuzzer_sys::fuzz_target;
+use shared::domain::CustomerId;
 use time::OffsetDateTime;
 
 fuzz_target!(|data: &[u8]| {
-    let parsed = match CreateOrder::parse(data, OffsetDateTime::UNIX_EPOCH) {
+    // The customer is the caller (the token's subject), never the body.
+    let customer = CustomerId::parse("fuzz-1").expect("a valid customer id");
+    let parsed = match CreateOrder::parse(data, customer.clone(), OffsetDateTime::UNIX_EPOCH) {
         Ok(parsed) => parsed,
         Err(problem) => {
             assert!(
@@ -20,7 +23,6 @@ fuzz_target!(|data: &[u8]| {
     };
     let order = &parsed.order;
     let body = serde_json::json!({
-        "customer_id": order.customer_id().as_str(),
         "items": order.lines().iter().map(|l| serde_json::json!({
             "sku": l.sku.as_str(),
             "quantity": l.quantity.get(),
@@ -28,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         })).collect::<Vec<_>>(),
     });
     let bytes = serde_json::to_vec(&body).expect("JSON of strings and integers");
-    let again = CreateOrder::parse(&bytes, OffsetDateTime::UNIX_EPOCH).expect("re-parses");
+    let again = CreateOrder::parse(&bytes, customer, OffsetDateTime::UNIX_EPOCH).expect("re-parses");
     assert_eq!(again.canonical_bytes(), parsed.canonical_bytes());
     assert_eq!(again.order.lines(), order.lines());
     assert_eq!(again.order.total(), order.total());

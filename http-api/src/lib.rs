@@ -5,6 +5,7 @@
 //!   is wrong and, for a body, which field.
 //! - [`body`]: JSON request bodies: content type, size limit, strict parsing with
 //!   field-named errors.
+//! - [`caller`]: who is calling: the verified token's subject and scopes, or `401`.
 //! - [`request`]: the path as sent, the request id, the `traceparent` to continue,
 //!   path segments.
 //! - [`response`]: JSON answers, and storage failures as `503` (retryable) or `500`.
@@ -13,10 +14,12 @@
 //! one function's resources; it never touches a database table.
 
 pub mod body;
+pub mod caller;
 pub mod problem;
 pub mod request;
 pub mod response;
 
+pub use caller::{Caller, ADMIN_SCOPE};
 pub use body::{check_body_size, check_content_type, json_body, parse_json, MAX_BODY_BYTES};
 pub use problem::{FieldError, Problem};
 pub use request::{

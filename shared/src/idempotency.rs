@@ -14,7 +14,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::InvalidValue;
+use crate::domain::{CustomerId, InvalidValue};
 use crate::error::StoreError;
 
 /// Advisory-lock namespace (the first key of the two-key form) for idempotency
@@ -121,16 +121,22 @@ pub enum Lookup {
     InFlight,
 }
 
-/// Takes the key's lock and looks it up. `conn` must be inside the transaction
-/// that will also make the request's changes and [`record`] its response.
+/// Takes the lock of `owner`'s key and looks it up. `conn` must be inside the
+/// transaction that will also make the request's changes and [`record`] its
+/// response. Keys are per customer: another customer's use of the same key is
+/// another key.
 pub async fn begin(
     conn: &mut PgConnection,
+    owner: &CustomerId,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
 ) -> Result<Lookup, StoreError> {
+    // Customer ids are printable ASCII without control characters, so the
+    // (owner, key) pairs joined by chr(1) hash apart.
     let locked = sqlx::query_scalar!(
-        r#"SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS "locked!""#,
+        r#"SELECT pg_try_advisory_xact_lock($1, hashtext($2 || chr(1) || $3)) AS "locked!""#,
         LOCK_NAMESPACE,
+        owner.as_str(),
         key.as_str(),
     )
     .fetch_one(&mut *conn)
@@ -143,7 +149,8 @@ pub async fn begin(
     let row = sqlx::query!(
         r#"SELECT fingerprint, response_status, response_headers, response_body
            FROM orders.idempotency_keys
-           WHERE key = $1 AND expires_at > now()"#,
+           WHERE customer_id = $1 AND key = $2 AND expires_at > now()"#,
+        owner.as_str(),
         key.as_str(),
     )
     .fetch_optional(&mut *conn)
@@ -164,9 +171,11 @@ pub async fn begin(
     }))
 }
 
-/// Stores the response for `key` until `ttl` from now, in the request's transaction.
+/// Stores the response for `owner`'s `key` until `ttl` from now, in the request's
+/// transaction.
 pub async fn record(
     conn: &mut PgConnection,
+    owner: &CustomerId,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
     response: &StoredResponse,
@@ -179,9 +188,9 @@ pub async fn record(
     // because `begin` saw none while holding the key's lock.
     let stored = sqlx::query!(
         r#"INSERT INTO orders.idempotency_keys
-               (key, fingerprint, response_status, response_headers, response_body, expires_at)
-           VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::bigint / 1000.0))
-           ON CONFLICT (key) DO UPDATE
+               (customer_id, key, fingerprint, response_status, response_headers, response_body, expires_at)
+           VALUES ($7, $1, $2, $3, $4, $5, now() + make_interval(secs => $6::bigint / 1000.0))
+           ON CONFLICT (customer_id, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint,
                response_status = EXCLUDED.response_status,
                response_headers = EXCLUDED.response_headers,
@@ -195,6 +204,7 @@ pub async fn record(
         headers,
         &response.body,
         ttl_ms,
+        owner.as_str(),
     )
     .execute(conn)
     .await
@@ -215,7 +225,7 @@ pub async fn record(
 pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, StoreError> {
     sqlx::query!(
         r#"DELETE FROM orders.idempotency_keys
-           WHERE key IN (SELECT key FROM orders.idempotency_keys
+           WHERE (customer_id, key) IN (SELECT customer_id, key FROM orders.idempotency_keys
                          WHERE expires_at <= now()
                          ORDER BY expires_at
                          LIMIT $1

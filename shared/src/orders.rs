@@ -123,10 +123,12 @@ pub async fn find(db: impl PgExecutor<'_>, id: OrderId) -> Result<Option<Order>,
 /// `CANCELLED`, `updated_at` the event's time), on `conn`, which should be the
 /// transaction that also appends `cancelled`, its `OrderCancelled` event; the order
 /// then awaits the inventory's `InventoryReleased` (see [`confirm_released`]). Any
-/// other status changes nothing.
+/// other status changes nothing. With `owner`, another customer's order is
+/// [`Cancellation::NotFound`], as if it did not exist.
 pub async fn cancel(
     conn: &mut PgConnection,
     id: OrderId,
+    owner: Option<&CustomerId>,
     cancelled: &EventEnvelope,
 ) -> Result<Cancellation, StoreError> {
     const CONTEXT: &str = "cancelling an order";
@@ -140,6 +142,7 @@ pub async fn cancel(
                SET status = 'CANCELLED', updated_at = $2, cancel_event_id = $3,
                    awaiting_release_since = $2
                WHERE id = $1 AND status IN ('PENDING', 'CONFIRMED')
+                 AND ($4::text IS NULL OR customer_id = $4)
                RETURNING id, customer_id, status, status_reason, total_cents, created_at, updated_at
            )
            SELECT c.id AS "id!", c.customer_id AS "customer_id!", c.status AS "status!",
@@ -152,6 +155,7 @@ pub async fn cancel(
         id.as_uuid(),
         cancelled.occurred_at,
         cancelled.event_id.as_uuid(),
+        owner.map(CustomerId::as_str),
     )
     .fetch_all(&mut *conn)
     .await
@@ -161,8 +165,9 @@ pub async fn cancel(
     }
     // Nothing was updated: say why.
     let status = sqlx::query_scalar!(
-        "SELECT status FROM orders.orders WHERE id = $1",
+        "SELECT status FROM orders.orders WHERE id = $1 AND ($2::text IS NULL OR customer_id = $2)",
         id.as_uuid(),
+        owner.map(CustomerId::as_str),
     )
     .fetch_optional(&mut *conn)
     .await

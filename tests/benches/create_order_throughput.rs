@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use create_order::Deps;
 use tests::{ApiRequest, TestDb};
 
-const BODY: &str = r#"{"customer_id":"cust-42","items":[{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999},{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}]}"#;
+const BODY: &str = r#"{"items":[{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999},{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}]}"#;
 
 struct Args {
     concurrency: usize,

@@ -152,6 +152,25 @@ impl ApiRequest {
         self
     }
 
+    /// The caller as API Gateway's JWT authorizer passes it on: the token's
+    /// subject and scopes (the fixtures' caller is `cust-42` with every scope but
+    /// `orders:admin`).
+    pub fn caller(mut self, subject: &str, scopes: &[&str]) -> Self {
+        let jwt = &mut self.event["requestContext"]["authorizer"]["jwt"];
+        jwt["claims"]["sub"] = json!(subject);
+        jwt["claims"]["scope"] = json!(scopes.join(" "));
+        jwt["scopes"] = json!(scopes);
+        self
+    }
+
+    /// As if the route had no authorizer: no claims reach the function.
+    pub fn without_authorizer(mut self) -> Self {
+        if let Some(context) = self.event["requestContext"].as_object_mut() {
+            context.remove("authorizer");
+        }
+        self
+    }
+
     pub fn path(mut self, path: &str) -> Self {
         self.event["rawPath"] = json!(path);
         self.event["requestContext"]["http"]["path"] = json!(path);
@@ -528,7 +547,7 @@ pub async fn raw_create_order(pool: &PgPool, customer: &str) -> anyhow::Result<(
 // ---------------------------------------------------------------------------
 // HTTP load on the emulator's API, shared by the benchmarks.
 
-/// The SKUs of every benchmark order ([`order_body`]); [`stock_up`] sets their
+/// The SKUs of every benchmark order ([`ORDER_BODY`]); [`stock_up`] sets their
 /// stock far above what a run takes.
 pub const ORDER_SKUS: [&str; 2] = ["WIDGET-1", "GADGET-7"];
 pub const ORDER_STOCK: i64 = 1_000_000_000;
@@ -542,14 +561,11 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// A valid `POST /orders` body: two lines of [`ORDER_SKUS`] for `customer`.
-pub fn order_body(customer: &str) -> String {
-    format!(
-        r#"{{"customer_id":"{customer}","items":[{{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999}},{{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}}]}}"#
-    )
-}
+/// A valid `POST /orders` body: two lines of [`ORDER_SKUS`] (the customer is
+/// the caller: the token's subject).
+pub const ORDER_BODY: &str = r#"{"items":[{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1999},{"sku":"GADGET-7","quantity":1,"unit_price_cents":500}]}"#;
 
-/// `PUT /inventory/{sku}` with [`ORDER_STOCK`] for every SKU of [`order_body`],
+/// `PUT /inventory/{sku}` with [`ORDER_STOCK`] for every SKU of [`ORDER_BODY`],
 /// against the API at `base` (`http://host:port`).
 pub async fn stock_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     for sku in ORDER_SKUS {
@@ -607,7 +623,7 @@ impl std::fmt::Display for PostOrderError {
 
 impl std::error::Error for PostOrderError {}
 
-/// `POST /orders` to `url` with [`order_body`]; the new order's id.
+/// `POST /orders` to `url` with [`ORDER_BODY`] as `customer`; the new order's id.
 pub async fn post_order(
     http: &reqwest::Client,
     url: &str,
@@ -617,7 +633,7 @@ pub async fn post_order(
         .post(url)
         .header("authorization", bearer(customer))
         .header("content-type", "application/json")
-        .body(order_body(customer))
+        .body(ORDER_BODY)
         .send()
         .await
         .map_err(PostOrderError::Transport)?;

@@ -1,5 +1,6 @@
-//! The `POST /orders` body: parsed once at the edge into a [`NewOrder`], with every
-//! rule it breaks reported against the field that breaks it.
+//! The `POST /orders` body: parsed once at the edge into a [`NewOrder`] for the
+//! authenticated customer, with every rule it breaks reported against the field
+//! that breaks it.
 
 use http_api::{FieldError, Problem};
 use serde::{Deserialize, Serialize};
@@ -9,11 +10,12 @@ use shared::domain::{
 use time::OffsetDateTime;
 
 /// The body as sent. Every field is optional here so that a missing one is
-/// reported by name; unknown fields are refused.
+/// reported by name; unknown fields are refused. `customer_id` is read only to
+/// refuse it by name: the customer is the caller.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateOrderBody {
-    customer_id: Option<String>,
+    customer_id: Option<serde_json::Value>,
     items: Option<Vec<ItemBody>>,
 }
 
@@ -41,11 +43,16 @@ pub struct CreateOrder {
 }
 
 impl CreateOrder {
-    /// Parses and validates `bytes`: malformed JSON is a `400`, valid JSON that
-    /// breaks a rule a `422` listing every broken rule.
-    pub fn parse(bytes: &[u8], now: OffsetDateTime) -> Result<Self, Problem> {
+    /// Parses and validates `bytes`, an order of `customer` (the caller):
+    /// malformed JSON is a `400`, valid JSON that breaks a rule a `422` listing
+    /// every broken rule.
+    pub fn parse(
+        bytes: &[u8],
+        customer: CustomerId,
+        now: OffsetDateTime,
+    ) -> Result<Self, Problem> {
         let body: CreateOrderBody = http_api::parse_json(bytes)?;
-        validate(body, now).map(|order| Self { order })
+        validate(body, customer, now).map(|order| Self { order })
     }
 
     /// A digest input that is equal for equal requests.
@@ -64,13 +71,18 @@ impl CreateOrder {
     }
 }
 
-fn validate(body: CreateOrderBody, now: OffsetDateTime) -> Result<NewOrder, Problem> {
+fn validate(
+    body: CreateOrderBody,
+    customer_id: CustomerId,
+    now: OffsetDateTime,
+) -> Result<NewOrder, Problem> {
     let mut errors = Vec::new();
-    let customer_id = checked(
-        &mut errors,
-        "customer_id".into(),
-        body.customer_id.as_deref().map(CustomerId::parse),
-    );
+    if body.customer_id.is_some() {
+        errors.push(FieldError::new(
+            "customer_id",
+            "is not accepted: the customer is the authenticated caller (the token's subject)",
+        ));
+    }
     let mut lines = Vec::new();
     match body.items {
         None => errors.push(FieldError::new("items", "is required")),
@@ -104,10 +116,9 @@ fn validate(body: CreateOrderBody, now: OffsetDateTime) -> Result<NewOrder, Prob
             ));
         }
     }
-    let customer_id = match customer_id {
-        Some(c) if errors.is_empty() => c,
-        _ => return Err(Problem::invalid_fields(errors)),
-    };
+    if !errors.is_empty() {
+        return Err(Problem::invalid_fields(errors));
+    }
     NewOrder::new(
         customer_id,
         lines.into_iter().map(|(_, l)| l).collect(),
@@ -173,9 +184,13 @@ fn validate_item(errors: &mut Vec<FieldError>, i: usize, item: ItemBody) -> Opti
 mod tests {
     use super::*;
 
+    fn parse(body: &str) -> Result<CreateOrder, Problem> {
+        let customer = CustomerId::parse("c1").expect("valid");
+        CreateOrder::parse(body.as_bytes(), customer, OffsetDateTime::UNIX_EPOCH)
+    }
+
     fn problem(body: &str) -> Problem {
-        CreateOrder::parse(body.as_bytes(), OffsetDateTime::UNIX_EPOCH)
-            .expect_err("must be refused")
+        parse(body).expect_err("must be refused")
     }
 
     fn fields(p: &Problem) -> Vec<&str> {
@@ -184,10 +199,18 @@ mod tests {
 
     #[test]
     fn a_valid_body_becomes_an_order_with_a_server_side_total() {
-        let body = r#"{"customer_id":"c1","items":[{"sku":"A","quantity":2,"unit_price_cents":1999},{"sku":"B","quantity":1,"unit_price_cents":2}]}"#;
-        let parsed =
-            CreateOrder::parse(body.as_bytes(), OffsetDateTime::UNIX_EPOCH).expect("valid");
+        let body = r#"{"items":[{"sku":"A","quantity":2,"unit_price_cents":1999},{"sku":"B","quantity":1,"unit_price_cents":2}]}"#;
+        let parsed = parse(body).expect("valid");
         assert_eq!(parsed.order.total().cents(), 4000);
+        assert_eq!(parsed.order.customer_id().as_str(), "c1");
+    }
+
+    #[test]
+    fn a_customer_id_in_the_body_is_refused_by_name() {
+        let p = problem(r#"{"customer_id":"c2","items":[{"sku":"A","quantity":1,"unit_price_cents":1}]}"#);
+        assert_eq!(p.status, 422);
+        assert_eq!(fields(&p), ["customer_id"]);
+        assert!(p.errors[0].detail.contains("authenticated caller"), "{p:?}");
     }
 
     #[test]
@@ -195,19 +218,19 @@ mod tests {
         assert_eq!(problem("{").status, 400);
         assert_eq!(problem("").status, 400);
         assert_eq!(
-            problem(r#"{"customer_id":"c1","items":[]} trailing"#).status,
+            problem(r#"{"items":[]} trailing"#).status,
             400
         );
         assert_eq!(problem("[1,2]").status, 422);
         let p = problem(r#"{"items":[]}"#);
         assert_eq!(p.status, 422);
-        assert_eq!(fields(&p), ["customer_id", "items"]);
+        assert_eq!(fields(&p), ["items"]);
     }
 
     #[test]
     fn every_broken_line_rule_is_named() {
         let p = problem(
-            r#"{"customer_id":"c1","items":[
+            r#"{"items":[
                 {"sku":"A","quantity":0,"unit_price_cents":1},
                 {"sku":"B","quantity":1001,"unit_price_cents":-5},
                 {"quantity":1,"unit_price_cents":1},
@@ -223,7 +246,7 @@ mod tests {
             ]
         );
         let p = problem(
-            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":1,"unit_price_cents":1},{"sku":"A","quantity":2,"unit_price_cents":1}]}"#,
+            r#"{"items":[{"sku":"A","quantity":1,"unit_price_cents":1},{"sku":"A","quantity":2,"unit_price_cents":1}]}"#,
         );
         assert_eq!(fields(&p), ["items[1].sku"]);
         assert_eq!(p.errors[0].pointer, "/items/1/sku");
@@ -231,33 +254,29 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_wrong_types_are_422_at_their_path() {
-        let p = problem(r#"{"customer_id":"c1","total_cents":1,"items":[]}"#);
+        let p = problem(r#"{"total_cents":1,"items":[]}"#);
         assert_eq!(p.status, 422);
         assert!(p.detail.contains("total_cents"), "{}", p.detail);
         let p = problem(
-            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":"2","unit_price_cents":1}]}"#,
+            r#"{"items":[{"sku":"A","quantity":"2","unit_price_cents":1}]}"#,
         );
         assert_eq!(fields(&p), ["items[0].quantity"]);
         let p = problem(
-            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":1,"unit_price_cents":19.99}]}"#,
+            r#"{"items":[{"sku":"A","quantity":1,"unit_price_cents":19.99}]}"#,
         );
         assert_eq!(fields(&p), ["items[0].unit_price_cents"]);
         let p = problem(
-            r#"{"customer_id":"c1","items":[{"sku":"A","quantity":99999999999999999999999,"unit_price_cents":1}]}"#,
+            r#"{"items":[{"sku":"A","quantity":99999999999999999999999,"unit_price_cents":1}]}"#,
         );
         assert_eq!(p.status, 422, "{p:?}");
     }
 
     #[test]
     fn equal_requests_have_equal_canonical_forms() {
-        let a = r#"{"customer_id":"c1","items":[{"sku":"A","quantity":2,"unit_price_cents":5}]}"#;
-        let b = r#"{ "items" : [ {"unit_price_cents":5, "quantity":2, "sku":"A"} ], "customer_id":"c1" }"#;
-        let c = r#"{"customer_id":"c1","items":[{"sku":"A","quantity":3,"unit_price_cents":5}]}"#;
-        let canon = |s: &str| {
-            CreateOrder::parse(s.as_bytes(), OffsetDateTime::UNIX_EPOCH)
-                .expect("valid")
-                .canonical_bytes()
-        };
+        let a = r#"{"items":[{"sku":"A","quantity":2,"unit_price_cents":5}]}"#;
+        let b = r#"{ "items" : [ {"unit_price_cents":5, "quantity":2, "sku":"A"} ] }"#;
+        let c = r#"{"items":[{"sku":"A","quantity":3,"unit_price_cents":5}]}"#;
+        let canon = |s: &str| parse(s).expect("valid").canonical_bytes();
         assert_eq!(canon(a), canon(b));
         assert_ne!(canon(a), canon(c));
     }

@@ -1,6 +1,11 @@
 //! The create-order function: `POST /orders`, `GET /orders/{id}` and
 //! `POST /orders/{id}/cancel` behind an API Gateway HTTP API (payload format 2.0).
 //!
+//! The caller is the verified token's subject ([`http_api::Caller`]): orders are
+//! created for it, and only its own orders can be read or cancelled (another
+//! customer's answer `404`, as a missing order does), unless its token has
+//! `orders:admin`. Its idempotency keys are its own.
+//!
 //! [`handle`] is the whole function; `main.rs` only builds its [`Deps`] once and
 //! hands it to the Lambda runtime. The emulator and the tests call [`handle`]
 //! directly. Every answer, success or failure, is an HTTP response: the function
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use http_api::{
     check_body_size, check_content_type, decode_path_segment, end_transaction, json_response,
-    request_id, request_path, store_failure,
+    request_id, request_path, store_failure, Caller,
 };
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -135,12 +140,26 @@ async fn answer(deps: &Deps, request: Request) -> Response<Body> {
         order_id = tracing::field::Empty,
     );
     async move {
+        // Before anything is read or written: who is calling.
+        let caller = match Caller::of(&request) {
+            Ok(caller) => caller,
+            Err(problem) => {
+                let response = problem.into_response();
+                info!(status = response.status().as_u16(), "answered");
+                return response;
+            }
+        };
+        let caller = &caller;
         let response = match (route(&path), request.method()) {
-            (Some(Route::Orders), &Method::POST) => create(deps, &request, traceparent).await,
+            (Some(Route::Orders), &Method::POST) => {
+                create(deps, caller, &request, traceparent).await
+            }
             (Some(Route::Orders), _) => Problem::method_not_allowed("POST").into_response(),
-            (Some(Route::Order(id)), &Method::GET) => get(deps, &id).await,
+            (Some(Route::Order(id)), &Method::GET) => get(deps, caller, &id).await,
             (Some(Route::Order(_)), _) => Problem::method_not_allowed("GET").into_response(),
-            (Some(Route::Cancel(id)), &Method::POST) => cancel(deps, &id, traceparent).await,
+            (Some(Route::Cancel(id)), &Method::POST) => {
+                cancel(deps, caller, &id, traceparent).await
+            }
             (Some(Route::Cancel(_)), _) => Problem::method_not_allowed("POST").into_response(),
             (None, _) => Problem::not_found(format!("no route for {path}")).into_response(),
         };
@@ -151,8 +170,13 @@ async fn answer(deps: &Deps, request: Request) -> Response<Body> {
     .await
 }
 
-async fn create(deps: &Deps, request: &Request, traceparent: TraceParent) -> Response<Body> {
-    match create_order(deps, request, traceparent).await {
+async fn create(
+    deps: &Deps,
+    caller: &Caller,
+    request: &Request,
+    traceparent: TraceParent,
+) -> Response<Body> {
+    match create_order(deps, caller, request, traceparent).await {
         Ok(response) | Err(response) => response,
     }
 }
@@ -160,6 +184,7 @@ async fn create(deps: &Deps, request: &Request, traceparent: TraceParent) -> Res
 /// `POST /orders`. `Err` holds the (error) response too; it only lets `?` stop early.
 async fn create_order(
     deps: &Deps,
+    caller: &Caller,
     request: &Request,
     traceparent: TraceParent,
 ) -> Result<Response<Body>, Response<Body>> {
@@ -173,7 +198,8 @@ async fn create_order(
                 .map_err(|e| Problem::bad_request(e.to_string()).into_response())?,
         ),
     };
-    let command = CreateOrder::parse(bytes, now_utc()).map_err(Problem::into_response)?;
+    let command = CreateOrder::parse(bytes, caller.subject.clone(), now_utc())
+        .map_err(Problem::into_response)?;
     let order = &command.order;
     let fingerprint = Fingerprint::of(&command.canonical_bytes());
 
@@ -234,7 +260,7 @@ async fn write_order(
     traceparent: TraceParent,
 ) -> Result<Written, Response<Body>> {
     if let Some(key) = key {
-        match idempotency::begin(tx, key, fingerprint)
+        match idempotency::begin(tx, order_owner(command), key, fingerprint)
             .await
             .map_err(store_failure)?
         {
@@ -257,7 +283,14 @@ async fn write_order(
         .map_err(store_failure)?;
     let response = created_response(&OrderView::from(&stored));
     if let Some(key) = key {
-        idempotency::record(tx, key, fingerprint, &response, deps.idempotency_ttl)
+        idempotency::record(
+            tx,
+            order_owner(command),
+            key,
+            fingerprint,
+            &response,
+            deps.idempotency_ttl,
+        )
             .await
             .map_err(store_failure)?;
     }
@@ -267,21 +300,34 @@ async fn write_order(
     })
 }
 
-/// `GET /orders/{id}`.
-async fn get(deps: &Deps, id: &str) -> Response<Body> {
+/// The customer whose idempotency keys a create uses: the order's, the caller.
+fn order_owner(command: &CreateOrder) -> &shared::domain::CustomerId {
+    command.order.customer_id()
+}
+
+/// `GET /orders/{id}`: the caller's own order, or any for an admin.
+async fn get(deps: &Deps, caller: &Caller, id: &str) -> Response<Body> {
     let Ok(id) = parse_order_id(id) else {
         return invalid_order_id().into_response();
     };
     tracing::Span::current().record("order_id", tracing::field::display(id));
     match orders::find(&deps.pool, id).await {
-        Ok(Some(order)) => json_response(StatusCode::OK, &OrderView::from(&order)),
-        Ok(None) => no_such_order(id).into_response(),
+        Ok(Some(order)) if caller.may_act_for(&order.customer_id) => {
+            json_response(StatusCode::OK, &OrderView::from(&order))
+        }
+        // Another customer's order does not exist for this caller.
+        Ok(Some(_) | None) => no_such_order(id).into_response(),
         Err(e) => store_failure(e),
     }
 }
 
-async fn cancel(deps: &Deps, id: &str, traceparent: TraceParent) -> Response<Body> {
-    match cancel_order(deps, id, traceparent).await {
+async fn cancel(
+    deps: &Deps,
+    caller: &Caller,
+    id: &str,
+    traceparent: TraceParent,
+) -> Response<Body> {
+    match cancel_order(deps, caller, id, traceparent).await {
         Ok(response) | Err(response) => response,
     }
 }
@@ -290,6 +336,7 @@ async fn cancel(deps: &Deps, id: &str, traceparent: TraceParent) -> Response<Bod
 /// one transaction. `Err` holds the (error) response too; it only lets `?` stop early.
 async fn cancel_order(
     deps: &Deps,
+    caller: &Caller,
     id: &str,
     traceparent: TraceParent,
 ) -> Result<Response<Body>, Response<Body>> {
@@ -300,7 +347,9 @@ async fn cancel_order(
         .begin()
         .await
         .map_err(|e| store_failure(StoreError::database("starting a transaction", e)))?;
-    match write_cancellation(&mut tx, id, traceparent).await {
+    // An admin cancels any order; anyone else only their own.
+    let owner = (!caller.has_scope(http_api::ADMIN_SCOPE)).then_some(&caller.subject);
+    match write_cancellation(&mut tx, id, owner, traceparent).await {
         Ok((order, event_id)) => {
             tx.commit().await.map_err(|e| {
                 store_failure(StoreError::database("committing the cancellation", e))
@@ -319,13 +368,14 @@ async fn cancel_order(
 async fn write_cancellation(
     tx: &mut PgConnection,
     id: OrderId,
+    owner: Option<&shared::domain::CustomerId>,
     traceparent: TraceParent,
 ) -> Result<(Order, EventId), Response<Body>> {
     let event = OrderCancelledV1::envelope(id, Some(traceparent)).map_err(|e| {
         error!(error = %e, "could not build the OrderCancelled event");
         Problem::internal().into_response()
     })?;
-    match orders::cancel(tx, id, &event)
+    match orders::cancel(tx, id, owner, &event)
         .await
         .map_err(store_failure)?
     {

@@ -7,14 +7,20 @@ use create_order::CreateOrder;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use shared::domain::Money;
+use shared::domain::{CustomerId, Money};
 use time::OffsetDateTime;
 
-fn parse(bytes: &[u8]) -> Result<CreateOrder, create_order::Problem> {
-    CreateOrder::parse(bytes, OffsetDateTime::UNIX_EPOCH)
+/// Parses a body for `customer` (the caller).
+fn parse_for(customer: &str, bytes: &[u8]) -> Result<CreateOrder, create_order::Problem> {
+    let customer = CustomerId::parse(customer).expect("a valid customer id");
+    CreateOrder::parse(bytes, customer, OffsetDateTime::UNIX_EPOCH)
 }
 
-/// A valid order: a customer id and 1 to 100 lines with distinct SKUs.
+fn parse(bytes: &[u8]) -> Result<CreateOrder, create_order::Problem> {
+    parse_for("c-1", bytes)
+}
+
+/// A valid order: the caller's customer id and 1 to 100 lines with distinct SKUs.
 fn valid_order() -> impl Strategy<Value = (String, BTreeMap<String, (u16, i64)>)> {
     (
         "[A-Za-z0-9._:@-]{1,64}",
@@ -28,9 +34,8 @@ fn valid_order() -> impl Strategy<Value = (String, BTreeMap<String, (u16, i64)>)
     )
 }
 
-fn body(customer_id: &str, lines: &[(String, u16, i64)]) -> Value {
+fn body(lines: &[(String, u16, i64)]) -> Value {
     json!({
-        "customer_id": customer_id,
         "items": lines.iter().map(|(sku, quantity, price)| json!({
             "sku": sku, "quantity": quantity, "unit_price_cents": price,
         })).collect::<Vec<_>>(),
@@ -89,14 +94,14 @@ proptest! {
     ) {
         let lines: Vec<(String, u16, i64)> =
             lines.into_iter().map(|(sku, (q, p))| (sku, q, p)).collect();
-        let value = body(&customer_id, &lines);
+        let value = body(&lines);
         let text = if pretty {
             serde_json::to_string_pretty(&value)
         } else {
             serde_json::to_string(&value)
         }
         .expect("JSON");
-        let parsed = parse(text.as_bytes())
+        let parsed = parse_for(&customer_id, text.as_bytes())
             .map_err(|p| TestCaseError::fail(format!("{p:?}")))?;
         let order = &parsed.order;
         prop_assert_eq!(order.customer_id().as_str(), customer_id.as_str());
@@ -111,7 +116,7 @@ proptest! {
 
         // The canonical bytes are those of the same lines, re-parsed from a body
         // written from the parsed order.
-        let again = parse(body(order.customer_id().as_str(), &got).to_string().as_bytes());
+        let again = parse_for(order.customer_id().as_str(), body(&got).to_string().as_bytes());
         prop_assert_eq!(
             again.map(|o| o.canonical_bytes()).ok(),
             Some(parsed.canonical_bytes())

@@ -97,9 +97,12 @@ async fn answer(deps: &Deps, request: Request) -> Response<Body> {
         sku = tracing::field::Empty,
     );
     async move {
-        let response = match route(&path) {
-            None => Problem::not_found(format!("no route for {path}")).into_response(),
-            Some(segment) => match (request.method(), parse_sku(segment)) {
+        // The route's authorizer checked the token and its scope; a request
+        // without its claims came through a route without one: refused.
+        let response = match (http_api::Caller::of(&request), route(&path)) {
+            (Err(problem), _) => problem.into_response(),
+            (Ok(_), None) => Problem::not_found(format!("no route for {path}")).into_response(),
+            (Ok(_), Some(segment)) => match (request.method(), parse_sku(segment)) {
                 (&Method::GET, Ok(sku)) => get(deps, &sku).await,
                 (&Method::PUT, Ok(sku)) => put(deps, &request, &sku).await,
                 (&Method::GET | &Method::PUT, Err(problem)) => problem.into_response(),

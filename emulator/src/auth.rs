@@ -186,7 +186,9 @@ pub fn dev_token(
                 .functions
                 .iter()
                 .flat_map(|f| f.http_routes.iter())
-                .flat_map(|r| r.auth.scopes.iter().cloned())
+                // A route's first scope: the others are other spellings of it
+                // (Cognito's `orders/read` beside `orders:read`).
+                .filter_map(|r| r.auth.scopes.first().cloned())
                 .collect();
             all.sort();
             all.dedup();

@@ -193,7 +193,10 @@ mod tests {
     fn matches_templates_and_extracts_parameters() {
         let table = standard();
         let m = table.find("GET", "/orders/abc%20d").expect("matches");
-        assert_eq!(m.route_key, "ANY /orders/{id}");
+        assert_eq!(m.route_key, "GET /orders/{id}");
+        assert_eq!(m.guard.authorizer.as_deref(), Some("OrdersApi/OrdersJwt"));
+        assert_eq!(m.guard.scopes, ["orders:read", "orders/read"]);
+        assert!(table.find("DELETE", "/orders/abc").is_none(), "no route: 404");
         assert_eq!(
             m.path_parameters.get("id").map(String::as_str),
             Some("abc d")
@@ -212,7 +215,7 @@ mod tests {
         assert_eq!(m.function, "CreateOrderFunction");
         assert!(table.find("GET", "/orders/abc/cancel").is_none());
         let m = table.find("PUT", "/inventory/A%3A1").expect("matches");
-        assert_eq!(m.route_key, "ANY /inventory/{sku}");
+        assert_eq!(m.route_key, "PUT /inventory/{sku}");
         assert_eq!(m.function, "InventoryApiFunction");
         assert_eq!(
             m.path_parameters.get("sku").map(String::as_str),

@@ -896,11 +896,26 @@ mod tests {
         assert_eq!(
             routes,
             [
-                ("ANY", "/orders"),
-                ("ANY", "/orders/{id}"),
+                ("POST", "/orders"),
+                ("GET", "/orders/{id}"),
                 ("POST", "/orders/{id}/cancel")
             ]
         );
+        // Every route is behind the API's JWT authorizer, with its scopes.
+        let api = &template.http_apis["OrdersApi"];
+        assert_eq!(api.default_authorizer.as_deref(), Some("OrdersJwt"));
+        assert_eq!(
+            api.authorizers["OrdersJwt"].issuer, None,
+            "the user pool's issuer is known only to AWS"
+        );
+        assert!(api.throttle.is_some());
+        assert_eq!(api.cors, None, "no CORS without AllowedOrigins");
+        let scopes: Vec<&str> = create_order
+            .http_routes
+            .iter()
+            .map(|r| r.auth.scopes[0].as_str())
+            .collect();
+        assert_eq!(scopes, ["orders:write", "orders:read", "orders:write"]);
         assert_eq!(create_order.timeout, Duration::from_secs(10));
         assert_eq!(create_order.memory_mb, 256);
         assert_eq!(create_order.environment["IDEMPOTENCY_TTL_SECS"], "86400");

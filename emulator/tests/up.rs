@@ -95,7 +95,8 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     for expected in [
         "POST   /orders/{id}/cancel",
         "-> CreateOrderFunction",
-        "ANY    /inventory/{sku}",
+        "GET    /inventory/{sku}",
+        "(token with inventory:write or inventory/write)",
         "schedule EveryMinute: rate(1 minute)",
         "stream source: group inventory on Order",
         "stream source: group order-saga on Reservation",
@@ -228,7 +229,7 @@ async fn generate_event_feeds_invoke_and_errors_are_one_line() -> anyhow::Result
         event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"],
         "c-1"
     );
-    assert_eq!(event["routeKey"], "ANY /orders/{id}");
+    assert_eq!(event["routeKey"], "GET /orders/{id}");
     assert_eq!(
         event["pathParameters"]["id"],
         "0193f6a2-0000-7000-8000-000000000000"

@@ -147,6 +147,17 @@ async fn every_route_refuses_what_api_gateway_refuses_and_writes_nothing() -> Re
         },
     ];
     let stranger = DevKey::generate()?;
+    // Once the saga has answered the order, nothing moves unless a request writes.
+    tests::source::wait_until(Duration::from_secs(20), "the order is answered", || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM orders.orders WHERE status = 'PENDING')
+                  + (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox)",
+        )
+        .fetch_one(&db.pool)
+        .await?;
+        Ok(pending == 0)
+    })
+    .await?;
     let before = written(&db).await?;
     for route in &routes {
         let at = format!("{} {}", route.method, route.path);
@@ -236,6 +247,13 @@ async fn customers_see_only_their_own_orders_and_an_admin_sees_all() -> Result<(
     let db = TestDb::fresh().await?;
     let running = tests::emulated::start(&db, Mode::InProcess, &[]).await?;
     let (alice, bob) = (tests::client_as("alice"), tests::client_as("bob"));
+    let stocked = alice
+        .put(running.url("/inventory/LAMP-1"))
+        .header("content-type", "application/json")
+        .body(r#"{"available": 10, "price_cents": 2500}"#)
+        .send()
+        .await?;
+    assert_eq!(stocked.status(), 200);
     let body = r#"{"items":[{"sku":"LAMP-1","quantity":1,"unit_price_cents":2500}]}"#;
     let post = |client: &reqwest::Client, key: &str| {
         client

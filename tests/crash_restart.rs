@@ -248,7 +248,8 @@ async fn drive(
         initial.insert(sku.into(), i64::try_from(plan.orders / 20)?.max(20));
     }
     for (sku, available) in &initial {
-        sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ($1, $2)")
+        // At the catalog price the clients' orders carry (250).
+        sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ($1, $2, 250)")
             .bind(sku)
             .bind(i32::try_from(*available)?)
             .execute(&pool)

@@ -13,7 +13,7 @@ use tests::{redis_url, Answer, ApiRequest, TestDb};
 #[tokio::test]
 async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<()> {
     let db = TestDb::fresh().await?;
-    sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('LAMP-1', 5)")
+    sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('LAMP-1', 5, 10)")
         .execute(&db.pool)
         .await?;
     // The inventory database fails every write for now, retryably, and the

@@ -87,7 +87,7 @@ async fn inventory_put_then_get_over_http() -> Result<()> {
     let set = http
         .put(&url)
         .header("content-type", "application/json")
-        .body(r#"{"available": 12}"#)
+        .body(r#"{"available": 12, "price_cents": 1999}"#)
         .send()
         .await?;
     assert_eq!(set.status(), 200);
@@ -95,7 +95,7 @@ async fn inventory_put_then_get_over_http() -> Result<()> {
     let stock: Value = set.json().await?;
     assert_eq!(
         stock,
-        json!({"sku": "ns:WIDGET-1", "available": 12, "reserved": 0})
+        json!({"sku": "ns:WIDGET-1", "available": 12, "reserved": 0, "price_cents": 1999})
     );
     let stored: i32 =
         sqlx::query_scalar("SELECT available FROM inventory.stock WHERE sku = 'ns:WIDGET-1'")
@@ -226,7 +226,7 @@ async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
     let http = tests::client_as("c-1");
     let put = http
         .put(format!("{}/inventory/LAMP-1", running.base))
-        .json(&json!({"available": 1}))
+        .json(&json!({"available": 1, "price_cents": 2500}))
         .send()
         .await?;
     assert_eq!(put.status(), 200);

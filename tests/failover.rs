@@ -136,7 +136,7 @@ impl System {
             redis_url,
             generation: 0,
         };
-        sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('P-1', 1000000)")
+        sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('P-1', 1000000, 100)")
             .execute(&system.db.pool)
             .await?;
         system.start_consumers().await?;

@@ -243,7 +243,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         "PUT",
         "/inventory/WIDGET-1",
         &[],
-        Some((JSON, br#"{"available":5}"#.to_vec())),
+        Some((JSON, br#"{"available":5,"price_cents":100}"#.to_vec())),
     )
     .await?;
     ensure!(put.status == 200, "{}", put.text());
@@ -794,7 +794,7 @@ async fn hostile_looking_valid_strings_are_stored_verbatim() -> Result<()> {
         "PUT",
         &format!("/inventory/{}", percent_encode(sku)),
         &[],
-        Some((JSON, br#"{"available":5}"#.to_vec())),
+        Some((JSON, br#"{"available":5,"price_cents":7}"#.to_vec())),
     )
     .await?;
     ensure!(put.status == 200, "{}", put.text());

@@ -28,8 +28,9 @@ async fn stock_rows(db: &TestDb) -> Result<Vec<(String, i32, i32)>> {
     )
 }
 
-/// PUT creates a SKU with nothing reserved, GET shows it, and a second PUT
-/// replaces (not adds to) the available units.
+/// PUT creates a SKU with nothing reserved at its catalog price, GET shows it,
+/// and a second PUT replaces (not adds to) the available units and keeps the
+/// price unless it gives one.
 #[tokio::test]
 async fn put_sets_the_available_units_and_get_shows_them() -> Result<()> {
     let db = TestDb::fresh().await?;
@@ -37,14 +38,14 @@ async fn put_sets_the_available_units_and_get_shows_them() -> Result<()> {
 
     let set = call(
         &deps,
-        ApiRequest::put_inventory("WIDGET-1", r#"{"available": 10}"#),
+        ApiRequest::put_inventory("WIDGET-1", r#"{"available": 10, "price_cents": 1999}"#),
     )
     .await;
     assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
     assert_eq!(set.header("content-type"), Some("application/json"));
     assert_eq!(
         set.json(),
-        json!({"sku": "WIDGET-1", "available": 10, "reserved": 0})
+        json!({"sku": "WIDGET-1", "available": 10, "reserved": 0, "price_cents": 1999})
     );
     assert_eq!(stock_rows(&db).await?, [("WIDGET-1".to_owned(), 10, 0)]);
 
@@ -58,7 +59,38 @@ async fn put_sets_the_available_units_and_get_shows_them() -> Result<()> {
     )
     .await;
     assert_eq!(again.json()["available"], 3);
+    assert_eq!(again.json()["price_cents"], 1999, "the price stays");
     assert_eq!(stock_rows(&db).await?, [("WIDGET-1".to_owned(), 3, 0)]);
+    let repriced = call(
+        &deps,
+        ApiRequest::put_inventory("WIDGET-1", r#"{"available": 3, "price_cents": 2100}"#),
+    )
+    .await;
+    assert_eq!(repriced.json()["price_cents"], 2100);
+    Ok(())
+}
+
+/// A SKU the inventory does not know needs its price: without one, 422 naming
+/// `price_cents`, and nothing written.
+#[tokio::test]
+async fn a_new_sku_needs_a_price() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let answer = call(
+        &deps,
+        ApiRequest::put_inventory("NEW-1", r#"{"available": 10}"#),
+    )
+    .await;
+    let problem = tests::problem(&answer, 422);
+    assert_eq!(problem["errors"][0]["field"], "price_cents", "{problem}");
+    assert_eq!(db.count("inventory.stock").await?, 0);
+    for bad in ["-1", "10000000001", "1.5", "\"5\""] {
+        let body = format!(r#"{{"available": 1, "price_cents": {bad}}}"#);
+        let answer = call(&deps, ApiRequest::put_inventory("NEW-1", &body)).await;
+        let problem = tests::problem(&answer, 422);
+        assert!(problem.to_string().contains("price_cents"), "{bad}: {problem}");
+    }
+    assert_eq!(db.count("inventory.stock").await?, 0);
     Ok(())
 }
 
@@ -82,7 +114,8 @@ async fn put_keeps_the_reserved_units() -> Result<()> {
     assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
     assert_eq!(
         set.json(),
-        json!({"sku": "GADGET-7", "available": 40, "reserved": 5})
+        json!({"sku": "GADGET-7", "available": 40, "reserved": 5, "price_cents": null}),
+        "a SKU stocked before prices has none until a PUT gives it one"
     );
     assert_eq!(stock_rows(&db).await?, [("GADGET-7".to_owned(), 40, 5)]);
     let fresh: bool = sqlx::query_scalar(
@@ -95,7 +128,7 @@ async fn put_keeps_the_reserved_units() -> Result<()> {
         call(&deps, ApiRequest::get_inventory("GADGET-7"))
             .await
             .json(),
-        json!({"sku": "GADGET-7", "available": 40, "reserved": 5})
+        json!({"sku": "GADGET-7", "available": 40, "reserved": 5, "price_cents": null})
     );
     Ok(())
 }
@@ -109,7 +142,7 @@ async fn the_bounds_and_encoded_skus_are_accepted() -> Result<()> {
     for n in [0, MAX_AVAILABLE] {
         let set = call(
             &deps,
-            ApiRequest::put_inventory("A", &format!(r#"{{"available":{n}}}"#)),
+            ApiRequest::put_inventory("A", &format!(r#"{{"available":{n},"price_cents":0}}"#)),
         )
         .await;
         assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
@@ -117,7 +150,7 @@ async fn the_bounds_and_encoded_skus_are_accepted() -> Result<()> {
     }
     let encoded = call(
         &deps,
-        ApiRequest::put_inventory("ns%3Apart%40v2", r#"{"available":1}"#),
+        ApiRequest::put_inventory("ns%3Apart%40v2", r#"{"available":1,"price_cents":5}"#),
     )
     .await;
     assert_eq!(encoded.json()["sku"], "ns:part@v2");
@@ -270,7 +303,7 @@ async fn malformed_unsupported_and_oversized_bodies_are_refused() -> Result<()> 
         .await,
         415,
     );
-    let body = r#"{"available":1}"#;
+    let body = r#"{"available":1,"price_cents":1}"#;
     let oversized = format!("{body}{}", " ".repeat(MAX_BODY_BYTES));
     tests::problem(
         &call(&deps, ApiRequest::put_inventory("WIDGET-1", &oversized)).await,

@@ -38,7 +38,7 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
     let http = tests::client_as("c-trace");
     let put = http
         .put(format!("{}/inventory/DESK-1", running.base))
-        .json(&json!({"available": 10}))
+        .json(&json!({"available": 10, "price_cents": 9900}))
         .send()
         .await?;
     assert_eq!(put.status(), 200);

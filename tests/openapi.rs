@@ -435,23 +435,32 @@ async fn answers_match_the_document() -> Result<()> {
     let h = &http;
 
     // The document's request schemas agree with the cases below.
-    let order_body = |customer: &str, sku: &str, quantity: i64| json!({"customer_id": customer, "items": [{"sku": sku, "quantity": quantity, "unit_price_cents": 1999}]});
-    c.check_request("POST", "/orders", &order_body("c-1", "WIDGET-1", 2), true)?;
+    // The customer is the caller (the token's subject), never the body.
+    let order_body = |sku: &str, quantity: i64| json!({"items": [{"sku": sku, "quantity": quantity, "unit_price_cents": 1999}]});
+    c.check_request("POST", "/orders", &order_body("WIDGET-1", 2), true)?;
     for invalid in [
-        order_body("c 1", "WIDGET-1", 2),
-        order_body("c-1", "WIDGET-1", 0),
-        order_body("c-1", "WIDGET-1", 1001),
-        order_body("c-1", &"S".repeat(65), 1),
-        json!({"customer_id": "c-1", "items": []}),
-        json!({"customer_id": "c-1"}),
-        json!({"customer_id": "c-1", "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}], "total_cents": 1}),
+        json!({"customer_id": "c-1", "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
+        order_body("WIDGET-1", 0),
+        order_body("WIDGET-1", 1001),
+        order_body(&"S".repeat(65), 1),
+        json!({"items": []}),
+        json!({}),
+        json!({"items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}], "total_cents": 1}),
         json!({"customer_id": null, "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
-        json!({"customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 10_000_000_001_i64}]}),
+        json!({"items": [{"sku": "A", "quantity": 1, "unit_price_cents": 10_000_000_001_i64}]}),
     ] {
         c.check_request("POST", "/orders", &invalid, false)?;
     }
     c.check_request("PUT", "/inventory/{sku}", &json!({"available": 10}), true)?;
+    c.check_request(
+        "PUT",
+        "/inventory/{sku}",
+        &json!({"available": 10, "price_cents": 1999}),
+        true,
+    )?;
     for invalid in [
+        json!({"available": 1, "price_cents": -1}),
+        json!({"available": 1, "price_cents": 10_000_000_001_i64}),
         json!({"available": -1}),
         json!({"available": 1_000_000_001}),
         json!({"available": "10"}),
@@ -469,14 +478,22 @@ async fn answers_match_the_document() -> Result<()> {
         c,
         h,
         r,
-        put("/inventory/WIDGET-1", 200).json(&json!({"available": 1000})),
+        put("/inventory/WIDGET-1", 200).json(&json!({"available": 1000, "price_cents": 1999})),
     )
     .await?;
     run(
         c,
         h,
         r,
-        put("/inventory/a%3Ab%40c", 200).json(&json!({"available": 0})),
+        put("/inventory/a%3Ab%40c", 200).json(&json!({"available": 0, "price_cents": 0})),
+    )
+    .await?;
+    // A SKU the inventory does not know needs its price.
+    run(
+        c,
+        h,
+        r,
+        put("/inventory/NEW-1", 422).json(&json!({"available": 1})),
     )
     .await?;
     run(
@@ -537,7 +554,7 @@ async fn answers_match_the_document() -> Result<()> {
     let stock = run(c, h, r, get_inv("/inventory/WIDGET-1", 200)).await?;
     assert_eq!(
         stock.json(),
-        json!({"sku": "WIDGET-1", "available": 1000, "reserved": 0})
+        json!({"sku": "WIDGET-1", "available": 1000, "reserved": 0, "price_cents": 1999})
     );
     run(c, h, r, get_inv("/inventory/a:b@c", 200)).await?;
     run(c, h, r, get_inv("/inventory/NO-SUCH-SKU", 404)).await?;
@@ -546,7 +563,7 @@ async fn answers_match_the_document() -> Result<()> {
 
     // POST /orders
     let orders = |expect| Case::new(Method::POST, "/orders", "/orders", expect);
-    let created = run(c, h, r, orders(201).json(&order_body("c-1", "WIDGET-1", 2))).await?;
+    let created = run(c, h, r, orders(201).json(&order_body("WIDGET-1", 2))).await?;
     let id = created.json()["id"].as_str().context("no id")?.to_owned();
     let keyed = run(
         c,
@@ -558,7 +575,7 @@ async fn answers_match_the_document() -> Result<()> {
                 "traceparent",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             )
-            .json(&order_body("c-2", "WIDGET-1", 1)),
+            .json(&order_body("WIDGET-1", 1)),
     )
     .await?;
     let replayed = run(
@@ -567,7 +584,7 @@ async fn answers_match_the_document() -> Result<()> {
         r,
         orders(201)
             .header("idempotency-key", "\"key-1\"")
-            .json(&order_body("c-2", "WIDGET-1", 1)),
+            .json(&order_body("WIDGET-1", 1)),
     )
     .await?;
     assert_eq!(replayed.headers["idempotent-replayed"], "true");
@@ -578,7 +595,7 @@ async fn answers_match_the_document() -> Result<()> {
         r,
         orders(422)
             .header("idempotency-key", "\"key-1\"")
-            .json(&order_body("c-2", "WIDGET-1", 3)),
+            .json(&order_body("WIDGET-1", 3)),
     )
     .await?;
     run(
@@ -587,7 +604,7 @@ async fn answers_match_the_document() -> Result<()> {
         r,
         orders(400)
             .header("idempotency-key", "a b")
-            .json(&order_body("c-3", "WIDGET-1", 1)),
+            .json(&order_body("WIDGET-1", 1)),
     )
     .await?;
     run(
@@ -596,7 +613,7 @@ async fn answers_match_the_document() -> Result<()> {
         r,
         orders(400)
             .header("idempotency-key", "x".repeat(256))
-            .json(&order_body("c-3", "WIDGET-1", 1)),
+            .json(&order_body("WIDGET-1", 1)),
     )
     .await?;
     run(
@@ -605,14 +622,14 @@ async fn answers_match_the_document() -> Result<()> {
         r,
         orders(201)
             .header("traceparent", "garbage")
-            .json(&order_body("c-3", "WIDGET-1", 1)),
+            .json(&order_body("WIDGET-1", 1)),
     )
     .await?;
     run(
         c,
         h,
         r,
-        orders(400).raw("application/json", b"{\"customer_id\":".to_vec()),
+        orders(400).raw("application/json", b"{\"items\":".to_vec()),
     )
     .await?;
     run(c, h, r, orders(400).raw("application/json", Vec::new())).await?;
@@ -622,7 +639,7 @@ async fn answers_match_the_document() -> Result<()> {
         r,
         orders(415).raw(
             "text/plain",
-            order_body("c", "A", 1).to_string().into_bytes(),
+            order_body("A", 1).to_string().into_bytes(),
         ),
     )
     .await?;
@@ -637,17 +654,17 @@ async fn answers_match_the_document() -> Result<()> {
     for body in [
         json!({}),
         json!([]),
-        json!({"customer_id": "c 1", "items": []}),
-        order_body("c-1", "WIDGET-1", 0),
-        json!({"customer_id": "c", "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}, {"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
-        json!({"customer_id": "c", "total_cents": 5, "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"customer_id": "c-1", "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
+        order_body("WIDGET-1", 0),
+        json!({"items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}, {"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"total_cents": 5, "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
     ] {
         run(c, h, r, orders(422).json(&body)).await?;
     }
     let big = format!(
         "{}{}",
         " ".repeat(http_api_limit() + 1),
-        order_body("c", "A", 1)
+        order_body("A", 1)
     );
     run(
         c,
@@ -663,6 +680,23 @@ async fn answers_match_the_document() -> Result<()> {
     // GET /orders/{id}
     let get = |path: String, expect| Case::new(Method::GET, path, "/orders/{id}", expect);
     run(c, h, r, get(format!("/orders/{id}"), 200)).await?;
+    // The authorizer's answers, as documented: no token, a token without the scope.
+    let anonymous = reqwest::Client::new();
+    let no_token = run(c, &anonymous, r, get(format!("/orders/{id}"), 401)).await?;
+    assert_eq!(no_token.json(), json!({"message": "Unauthorized"}));
+    let reader_only = format!("Bearer {}", tests::token("c-1", "inventory:read"));
+    run(
+        c,
+        &anonymous,
+        r,
+        orders(403)
+            .header("authorization", reader_only)
+            .json(&order_body("WIDGET-1", 1)),
+    )
+    .await?;
+    // Another customer's order does not exist for them.
+    let stranger = tests::client_as("c-2");
+    run(c, &stranger, r, get(format!("/orders/{id}"), 404)).await?;
     run(
         c,
         h,

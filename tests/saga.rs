@@ -90,8 +90,9 @@ impl System {
         Ok(())
     }
 
+    /// Stocks `sku` at the catalog price every order of these tests carries (100).
     async fn set_stock(&self, sku: &str, available: i32) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO UPDATE SET available = $2")
+        sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ($1, $2, 100) ON CONFLICT (sku) DO UPDATE SET available = $2")
             .bind(sku)
             .bind(available)
             .execute(&self.db.pool)
@@ -186,6 +187,76 @@ async fn an_order_in_stock_is_confirmed_and_one_out_of_stock_is_rejected_with_th
         .await?;
     let rejected = system.wait_for_status(&unknown, "REJECTED").await?;
     assert_eq!(rejected["status_reason"], "unknown SKU NOPE-1");
+    system.stop().await
+}
+
+/// Prices come from the catalog: an order line at another price is rejected
+/// with the SKU, the price sent and the catalog's; nothing is reserved.
+#[tokio::test]
+async fn an_order_at_a_price_the_catalog_does_not_hold_is_rejected_with_the_reason(
+) -> anyhow::Result<()> {
+    let system = System::start(1, 1).await?;
+    system.set_stock("WIDGET-1", 5).await?;
+    system.set_stock("GADGET-7", 5).await?;
+    let cheap = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":1,"unit_price_cents":100},{"sku":"GADGET-7","quantity":1,"unit_price_cents":0}]))
+        .await?;
+    let rejected = system.wait_for_status(&cheap, "REJECTED").await?;
+    assert_eq!(
+        rejected["status_reason"],
+        "price of GADGET-7 is 100 cents in the catalog, not 0 as ordered"
+    );
+    assert_eq!(system.stock("WIDGET-1").await?, (5, 0), "all or nothing");
+    // A SKU stocked before prices existed takes no order until it has one.
+    sqlx::query("UPDATE inventory.stock SET price_cents = NULL WHERE sku = 'WIDGET-1'")
+        .execute(&system.db.pool)
+        .await?;
+    let unpriced = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":1,"unit_price_cents":100}]))
+        .await?;
+    let rejected = system.wait_for_status(&unpriced, "REJECTED").await?;
+    assert_eq!(
+        rejected["status_reason"],
+        "WIDGET-1 has no price in the catalog (ordered at 100 cents)"
+    );
+    system.stop().await
+}
+
+/// A price changed after an order was created does not change that order: it
+/// stays confirmed at its own price, and its OrderCreated sent again gets the
+/// answer recorded then, not a new decision at today's price.
+#[tokio::test]
+async fn a_price_changed_after_an_order_does_not_change_that_order() -> anyhow::Result<()> {
+    let mut system = System::start(1, 0).await?;
+    system.start_inventory("inv-0").await?;
+    system.set_stock("WIDGET-1", 10).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":3,"unit_price_cents":100}]))
+        .await?;
+    // The inventory reserves and answers; the answer is lost.
+    let lost = lose_entries(&system.streams("Reservation")[0], 1).await?;
+    assert_eq!(lost[0].1["event_type"], "InventoryReserved");
+    sqlx::query("UPDATE inventory.stock SET price_cents = 150 WHERE sku = 'WIDGET-1'")
+        .execute(&system.db.pool)
+        .await?;
+    system.start_saga("saga-0").await?;
+    let run = system.reconcile(Duration::from_secs(61)).await?;
+    assert_eq!(run.created_resent, 1, "{run:?}");
+    let confirmed = system.wait_for_status(&id, "CONFIRMED").await?;
+    assert_eq!(confirmed["items"][0]["unit_price_cents"], 100);
+    assert_eq!(confirmed["total_cents"], 300);
+    let answers = entries(&system.streams("Reservation")[0]).await?;
+    assert_eq!(answers[0].1["payload"], lost[0].1["payload"], "the recorded answer");
+    assert_eq!(system.stock("WIDGET-1").await?, (7, 3));
+    // A new order at the old price is refused; at the new one it is confirmed.
+    let old = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":1,"unit_price_cents":100}]))
+        .await?;
+    system.wait_for_status(&old, "REJECTED").await?;
+    let new = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":1,"unit_price_cents":150}]))
+        .await?;
+    system.wait_for_status(&new, "CONFIRMED").await?;
     system.stop().await
 }
 
@@ -360,7 +431,7 @@ async fn the_same_event_delivered_twice_takes_effect_once() -> anyhow::Result<()
 async fn an_order_created_event_after_its_cancellation_reserves_nothing() -> anyhow::Result<()> {
     // As when an OrderCreated is redriven from the dead-letter stream late.
     let db = TestDb::fresh().await?;
-    sqlx::query("INSERT INTO inventory.stock (sku, available) VALUES ('W-1', 5)")
+    sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('W-1', 5, 100)")
         .execute(&db.pool)
         .await?;
     let order = shared::domain::OrderId::new();
@@ -374,10 +445,11 @@ async fn an_order_created_event_after_its_cancellation_reserves_nothing() -> any
         traceparent: None,
         command: inventory_consumer::Command::Reserve {
             order_id: order,
-            lines: vec![(
-                shared::domain::Sku::parse("W-1")?,
-                shared::domain::Quantity::try_from(2_i64)?,
-            )],
+            lines: vec![inventory_consumer::Line {
+                sku: shared::domain::Sku::parse("W-1")?,
+                quantity: shared::domain::Quantity::try_from(2_i64)?,
+                unit_price_cents: 100,
+            }],
         },
     };
     inventory_consumer::apply(&db.pool, &[cancel]).await?;

@@ -133,7 +133,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         .build()?;
     let put = http
         .put(format!("{base}/inventory/LAMP-9"))
-        .json(&json!({"available": 1}))
+        .json(&json!({"available": 1, "price_cents": 100}))
         .send()
         .await?;
     assert_eq!(put.status(), 200);

@@ -89,8 +89,8 @@ fn job(e: &EventEnvelope) -> Result<Job> {
 async fn database() -> Result<TestDb> {
     let db = TestDb::fresh().await?;
     sqlx::query(
-        "INSERT INTO inventory.stock (sku, available)
-         SELECT 'SKU-' || g, 100000000 FROM generate_series(0, $1 - 1) AS g",
+        "INSERT INTO inventory.stock (sku, available, price_cents)
+         SELECT 'SKU-' || g, 100000000, 100 FROM generate_series(0, $1 - 1) AS g",
     )
     .bind(SKUS as i32)
     .execute(&db.pool)

@@ -550,6 +550,8 @@ pub async fn raw_create_order(pool: &PgPool, customer: &str) -> anyhow::Result<(
 /// The SKUs of every benchmark order ([`ORDER_BODY`]); [`stock_up`] sets their
 /// stock far above what a run takes.
 pub const ORDER_SKUS: [&str; 2] = ["WIDGET-1", "GADGET-7"];
+/// Their catalog prices, the ones [`ORDER_BODY`] carries.
+pub const ORDER_PRICES: [i64; 2] = [1999, 500];
 pub const ORDER_STOCK: i64 = 1_000_000_000;
 
 /// A keep-alive HTTP client for load: no Nagle, idle connections kept, 30 s per request.
@@ -568,12 +570,14 @@ pub const ORDER_BODY: &str = r#"{"items":[{"sku":"WIDGET-1","quantity":2,"unit_p
 /// `PUT /inventory/{sku}` with [`ORDER_STOCK`] for every SKU of [`ORDER_BODY`],
 /// against the API at `base` (`http://host:port`).
 pub async fn stock_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    for sku in ORDER_SKUS {
+    for (sku, price) in ORDER_SKUS.into_iter().zip(ORDER_PRICES) {
         let put = http
             .put(format!("{base}/inventory/{sku}"))
             .header("authorization", bearer("stock-operator"))
             .header("content-type", "application/json")
-            .body(format!(r#"{{"available":{ORDER_STOCK}}}"#))
+            .body(format!(
+                r#"{{"available":{ORDER_STOCK},"price_cents":{price}}}"#
+            ))
             .send()
             .await?;
         anyhow::ensure!(

@@ -1,20 +1,22 @@
-//! The `PUT /inventory/{sku}` body, `{"available": 10}`: parsed once at the edge,
-//! every broken rule reported against its field.
+//! The `PUT /inventory/{sku}` body, `{"available": 10, "price_cents": 1999}`:
+//! parsed once at the edge, every broken rule reported against its field.
 
 use http_api::{FieldError, Problem};
 use lambda_http::Request;
 use serde::Deserialize;
+use shared::domain::Money;
 
 /// The most units a SKU may have available (well inside the `integer` column).
 pub const MAX_AVAILABLE: i32 = 1_000_000_000;
 
-/// The body as sent. The field is optional here so that a missing one is reported
-/// by name; unknown fields are refused.
+/// The body as sent. The fields are optional here so that a missing one is
+/// reported by name; unknown fields are refused.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetAvailableBody {
     // i64, not i32: a negative or oversized number gets our message, not serde's.
     available: Option<i64>,
+    price_cents: Option<i64>,
 }
 
 /// A valid `PUT /inventory/{sku}` body.
@@ -22,6 +24,9 @@ struct SetAvailableBody {
 pub struct SetAvailable {
     /// 0 to [`MAX_AVAILABLE`].
     pub available: i32,
+    /// The catalog's unit price, 0 to [`Money::MAX_UNIT_PRICE`] cents: required for
+    /// a new SKU, optional afterwards (the price stays as it is).
+    pub price_cents: Option<i64>,
 }
 
 impl SetAvailable {
@@ -38,19 +43,48 @@ impl SetAvailable {
 }
 
 fn validate(body: SetAvailableBody) -> Result<SetAvailable, Problem> {
-    let invalid =
-        |detail: String| Problem::invalid_fields(vec![FieldError::new("available", detail)]);
-    match body.available {
-        None => Err(invalid("is required".into())),
+    let mut errors = Vec::new();
+    let available = match body.available {
+        None => {
+            errors.push(FieldError::new("available", "is required"));
+            None
+        }
         Some(n) => match i32::try_from(n) {
-            Ok(available) if (0..=MAX_AVAILABLE).contains(&available) => {
-                Ok(SetAvailable { available })
+            Ok(available) if (0..=MAX_AVAILABLE).contains(&available) => Some(available),
+            _ => {
+                errors.push(FieldError::new(
+                    "available",
+                    format!("available units must be an integer from 0 to {MAX_AVAILABLE} (got {n})"),
+                ));
+                None
             }
-            _ => Err(invalid(format!(
-                "available units must be an integer from 0 to {MAX_AVAILABLE} (got {n})"
-            ))),
         },
+    };
+    let price_cents = match body.price_cents {
+        None => None,
+        Some(cents) => match Money::unit_price(cents) {
+            Ok(price) => Some(price.cents()),
+            Err(e) => {
+                errors.push(FieldError::new("price_cents", e.to_string()));
+                None
+            }
+        },
+    };
+    match available {
+        Some(available) if errors.is_empty() => Ok(SetAvailable {
+            available,
+            price_cents,
+        }),
+        _ => Err(Problem::invalid_fields(errors)),
     }
+}
+
+/// `422`: a SKU the inventory does not know needs its price.
+pub fn price_required(sku: &shared::domain::Sku) -> Problem {
+    Problem::invalid_fields(vec![FieldError::new(
+        "price_cents",
+        format!("is required for {sku}, a SKU the inventory does not know yet"),
+    )])
 }
 
 #[cfg(test)]
@@ -76,6 +110,27 @@ mod tests {
             let p = refused(&format!(r#"{{"available":{n}}}"#));
             assert_eq!((p.status, p.errors[0].field.as_str()), (422, "available"));
             assert!(p.detail.contains(&n.to_string()), "{}", p.detail);
+        }
+    }
+
+    #[test]
+    fn a_price_is_optional_here_and_checked_when_given() {
+        let parsed = SetAvailable::parse(br#"{"available":3,"price_cents":1999}"#).expect("valid");
+        assert_eq!(parsed.price_cents, Some(1999));
+        let parsed = SetAvailable::parse(br#"{"available":3}"#).expect("valid");
+        assert_eq!(parsed.price_cents, None);
+        for body in [
+            r#"{"available":3,"price_cents":-1}"#,
+            r#"{"available":3,"price_cents":10000000001}"#,
+            r#"{"available":3,"price_cents":19.99}"#,
+            r#"{"available":3,"price_cents":null}"#,
+        ] {
+            let p = refused(body);
+            assert_eq!(p.status, 422, "{body}");
+            assert!(
+                p.errors.iter().any(|e| e.field == "price_cents") || p.detail.contains("price_cents"),
+                "{body}: {p:?}"
+            );
         }
     }
 

@@ -58,6 +58,8 @@ pub struct StockView {
     pub sku: String,
     pub available: i32,
     pub reserved: i32,
+    /// The catalog's unit price; `null` for a SKU stocked before prices existed.
+    pub price_cents: Option<i64>,
 }
 
 impl From<&StockLevel> for StockView {
@@ -66,6 +68,7 @@ impl From<&StockLevel> for StockView {
             sku: stock.sku.to_string(),
             available: stock.available,
             reserved: stock.reserved,
+            price_cents: stock.price_cents,
         }
     }
 }
@@ -145,15 +148,17 @@ async fn put(deps: &Deps, request: &Request, sku: &Sku) -> Response<Body> {
         Ok(command) => command,
         Err(problem) => return problem.into_response(),
     };
-    match inventory::set_available(&deps.pool, sku, command.available).await {
-        Ok(stock) => {
+    match inventory::set_stock(&deps.pool, sku, command.available, command.price_cents).await {
+        Ok(Some(stock)) => {
             info!(
                 available = stock.available,
                 reserved = stock.reserved,
-                "available stock set"
+                price_cents = stock.price_cents,
+                "stock set"
             );
             json_response(StatusCode::OK, &StockView::from(&stock))
         }
+        Ok(None) => body::price_required(sku).into_response(),
         Err(e) => store_failure(e),
     }
 }

@@ -43,12 +43,18 @@ pub const SERVICE: &str = "inventory-consumer";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Reserve every line of a new order, or none.
-    Reserve {
-        order_id: OrderId,
-        lines: Vec<(Sku, Quantity)>,
-    },
+    Reserve { order_id: OrderId, lines: Vec<Line> },
     /// Give back what an order holds: it was cancelled.
     Release { order_id: OrderId },
+}
+
+/// One line of an order to reserve: the SKU, how many, and the unit price the
+/// customer saw (which must be the catalog's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price_cents: i64,
 }
 
 impl Command {
@@ -91,7 +97,11 @@ pub fn decode(record: &StreamRecord) -> Result<Job, String> {
                 let sku = Sku::parse(&item.sku).map_err(|e| format!("invalid item: {e}"))?;
                 let quantity = Quantity::try_from(i64::from(item.quantity))
                     .map_err(|e| format!("invalid item: {e}"))?;
-                lines.push((sku, quantity));
+                lines.push(Line {
+                    sku,
+                    quantity,
+                    unit_price_cents: item.unit_price_cents,
+                });
             }
             if lines.is_empty() {
                 return Err(format!("invalid {ORDER_CREATED} payload: no items"));

@@ -314,6 +314,29 @@ async fn write_answers(
     Ok(())
 }
 
+/// The lines whose price is not the catalog's, as reasons: the SKU, the price
+/// the order says and the catalog's. A SKU without a price takes no order; an
+/// unknown SKU is a shortage, not a price question.
+fn price_mismatches(lines: &[crate::Line], catalog: &BTreeMap<String, Option<i64>>) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let sku = line.sku.as_str();
+            match catalog.get(sku)? {
+                Some(price) if *price == line.unit_price_cents => None,
+                Some(price) => Some(format!(
+                    "price of {sku} is {price} cents in the catalog, not {} as ordered",
+                    line.unit_price_cents
+                )),
+                None => Some(format!(
+                    "{sku} has no price in the catalog (ordered at {} cents)",
+                    line.unit_price_cents
+                )),
+            }
+        })
+        .collect()
+}
+
 /// Decides the new requests `jobs`, in order, and writes their effects; their
 /// answers go to `out`.
 async fn decide(
@@ -328,7 +351,7 @@ async fn decide(
     let skus: BTreeSet<String> = jobs
         .iter()
         .flat_map(|j| match &j.command {
-            Command::Reserve { lines, .. } => lines.iter().map(|(s, _)| s.to_string()).collect(),
+            Command::Reserve { lines, .. } => lines.iter().map(|l| l.sku.to_string()).collect(),
             Command::Release { .. } => Vec::new(),
         })
         .collect();
@@ -355,8 +378,9 @@ async fn decide(
     let mut all_skus: BTreeSet<String> = skus;
     all_skus.extend(held.values().flatten().map(|h| h.sku.clone()));
     let sku_list: Vec<String> = all_skus.into_iter().collect();
+    let mut prices: BTreeMap<String, Option<i64>> = BTreeMap::new();
     let mut stock: BTreeMap<String, (i32, i32)> = sqlx::query!(
-        r#"SELECT sku, available, reserved FROM inventory.stock
+        r#"SELECT sku, available, reserved, price_cents FROM inventory.stock
            WHERE sku = ANY($1) ORDER BY sku FOR UPDATE"#,
         &sku_list,
     )
@@ -364,7 +388,10 @@ async fn decide(
     .await
     .map_err(|e| StoreError::database("locking stock", e))?
     .into_iter()
-    .map(|r| (r.sku, (r.available, r.reserved)))
+    .map(|r| {
+        prices.insert(r.sku.clone(), r.price_cents);
+        (r.sku, (r.available, r.reserved))
+    })
     .collect();
     let mut cancelled: HashSet<Uuid> = sqlx::query_scalar!(
         "SELECT order_id FROM inventory.cancelled_orders WHERE order_id = ANY($1)",
@@ -405,7 +432,8 @@ async fn decide(
                 }
                 let shortages: Vec<ShortageV1> = lines
                     .iter()
-                    .filter_map(|(sku, q)| {
+                    .filter_map(|line| {
+                        let (sku, q) = (&line.sku, line.quantity);
                         let available = stock.get(sku.as_str()).map_or(0, |s| s.0);
                         (available < i32::from(q.get())).then(|| ShortageV1 {
                             sku: sku.to_string(),
@@ -414,10 +442,11 @@ async fn decide(
                         })
                     })
                     .collect();
-                if shortages.is_empty() {
+                let mispriced = price_mismatches(lines, &prices);
+                if shortages.is_empty() && mispriced.is_empty() {
                     let mut items = Vec::with_capacity(lines.len());
                     let mut rows = Vec::with_capacity(lines.len());
-                    for (sku, quantity) in lines {
+                    for crate::Line { sku, quantity, .. } in lines {
                         let q = i32::from(quantity.get());
                         if let Some(s) = stock.get_mut(sku.as_str()) {
                             s.0 -= q;
@@ -446,9 +475,9 @@ async fn decide(
                     )?;
                 } else {
                     applied.rejected += 1;
-                    let reason = shortages
-                        .iter()
-                        .map(|s| {
+                    let reason = mispriced
+                        .into_iter()
+                        .chain(shortages.iter().map(|s| {
                             if stock.contains_key(&s.sku) {
                                 format!(
                                     "insufficient stock for {}: requested {}, available {}",
@@ -457,7 +486,7 @@ async fn decide(
                             } else {
                                 format!("unknown SKU {}", s.sku)
                             }
-                        })
+                        }))
                         .collect::<Vec<_>>()
                         .join("; ");
                     out.answer(
@@ -562,4 +591,42 @@ async fn decide(
         .map_err(|e| StoreError::database("recording cancellations", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::domain::{Quantity, Sku};
+
+    fn line(sku: &str, price: i64) -> crate::Line {
+        crate::Line {
+            sku: Sku::parse(sku).expect("a SKU"),
+            quantity: Quantity::try_from(1_i64).expect("a quantity"),
+            unit_price_cents: price,
+        }
+    }
+
+    #[test]
+    fn only_the_catalogs_price_passes() {
+        let catalog: BTreeMap<String, Option<i64>> = [
+            ("LAMP-1".to_owned(), Some(2500)),
+            ("DESK-1".to_owned(), Some(0)),
+            ("OLD-1".to_owned(), None),
+        ]
+        .into_iter()
+        .collect();
+        assert!(price_mismatches(&[line("LAMP-1", 2500), line("DESK-1", 0)], &catalog).is_empty());
+        assert_eq!(
+            price_mismatches(&[line("LAMP-1", 2499)], &catalog),
+            ["price of LAMP-1 is 2500 cents in the catalog, not 2499 as ordered"]
+        );
+        assert_eq!(
+            price_mismatches(&[line("OLD-1", 10)], &catalog),
+            ["OLD-1 has no price in the catalog (ordered at 10 cents)"]
+        );
+        assert!(
+            price_mismatches(&[line("NOPE-1", 10)], &catalog).is_empty(),
+            "an unknown SKU is a shortage"
+        );
+    }
 }

@@ -106,9 +106,11 @@ proptest! {
             return Err(TestCaseError::fail("not a reservation"));
         };
         prop_assert_eq!(got.as_uuid(), order_id);
-        let lines: Vec<(String, u16)> =
-            lines.iter().map(|(s, q)| (s.to_string(), q.get())).collect();
-        let want: Vec<(String, u16)> = items.into_iter().map(|(s, q, _)| (s, q)).collect();
+        let lines: Vec<(String, u16, i64)> = lines
+            .iter()
+            .map(|l| (l.sku.to_string(), l.quantity.get(), l.unit_price_cents))
+            .collect();
+        let want: Vec<(String, u16, i64)> = items;
         prop_assert_eq!(lines, want);
     }
 

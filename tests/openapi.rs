@@ -128,18 +128,35 @@ fn the_paths_are_the_templates_routes() -> Result<()> {
         doc_paths, route_paths,
         "openapi.yaml's paths vs template.yaml's routes"
     );
+    // Per path, the template's methods are the document's operations (ANY: the
+    // function decides, checked over HTTP below).
+    let mut by_path: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for (method, path) in &routes {
+        by_path.entry(path).or_default().insert(method.clone());
+    }
+    for (path, methods) in &by_path {
         let documented = methods_of(&doc, path)?;
-        if method == "ANY" {
-            // Which methods the function answers is checked over HTTP below.
+        if methods.contains("ANY") {
             ensure!(!documented.is_empty(), "{path} has no operation");
         } else {
-            assert_eq!(
-                documented,
-                BTreeSet::from([method.clone()]),
-                "template.yaml routes only {method} {path}"
-            );
+            assert_eq!(&documented, methods, "template.yaml's methods of {path}");
         }
+    }
+    // Each operation declares the scopes of its route's authorizer.
+    let template = tests::emulated::template()?;
+    for route in emulator::routes::RouteTable::from_template(&template).routes() {
+        let op = &doc["paths"][&route.path][route.method.to_ascii_lowercase()];
+        let declared: Vec<&str> = op["security"][0]["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            declared, route.guard.scopes,
+            "{} {}: the scopes of openapi.yaml vs template.yaml",
+            route.method, route.path
+        );
     }
     for (method, path) in operations(&doc)? {
         assert_eq!(

@@ -199,10 +199,8 @@ fn refused(what: &str, answer: &Answer) -> Result<()> {
 
 /// An order body (the customer is the caller: the token's subject).
 fn order(sku: &Value, quantity: &Value, price: &Value) -> Vec<u8> {
-    format!(
-        r#"{{"items":[{{"sku":{sku},"quantity":{quantity},"unit_price_cents":{price}}}]}}"#
-    )
-    .into_bytes()
+    format!(r#"{{"items":[{{"sku":{sku},"quantity":{quantity},"unit_price_cents":{price}}}]}}"#)
+        .into_bytes()
 }
 
 async fn start(db: &TestDb) -> Result<RunningEmulator> {
@@ -253,10 +251,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         "POST",
         "/orders",
         &[],
-        Some((
-            JSON,
-            order(&json!("WIDGET-1"), &json!(1), &json!(100)),
-        )),
+        Some((JSON, order(&json!("WIDGET-1"), &json!(1), &json!(100)))),
     )
     .await?;
     ensure!(created.status == 201, "{}", created.text());
@@ -315,14 +310,8 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
             "deep customer_id",
             format!(r#"{{"customer_id":{deep},"items":[]}}"#),
         ),
-        (
-            "deep items",
-            format!(r#"{{"items":{deep}}}"#),
-        ),
-        (
-            "deep sku",
-            format!(r#"{{"items":[{{"sku":{deep_open}"#),
-        ),
+        ("deep items", format!(r#"{{"items":{deep}}}"#)),
+        ("deep sku", format!(r#"{{"items":[{{"sku":{deep_open}"#)),
     ] {
         add(
             name.into(),
@@ -415,7 +404,10 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
     ] {
         // Written into the body as is (not as a JSON string), malformed or not.
         let body = |quantity: &str, price: &str| {
-            format!(r#"{{"items":[{{"sku":"A","quantity":{quantity},"unit_price_cents":{price}}}]}}"#).into_bytes()
+            format!(
+                r#"{{"items":[{{"sku":"A","quantity":{quantity},"unit_price_cents":{price}}}]}}"#
+            )
+            .into_bytes()
         };
         // 0 is a valid price and stock level (and -0 is 0); no quantity here is valid.
         let valid_amount = matches!(number, "0" | "-0");
@@ -448,10 +440,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
         "POST",
         "/orders".into(),
         vec![],
-        Some((
-            JSON,
-            order(&ok(), &one(), &json!(10_000_000_001_i64)),
-        )),
+        Some((JSON, order(&ok(), &one(), &json!(10_000_000_001_i64)))),
     );
     add(
         "available 10^9 + 1".into(),
@@ -497,9 +486,7 @@ async fn hostile_requests_are_refused_and_write_nothing() -> Result<()> {
             vec![],
             Some((
                 JSON,
-                json!({"items": [], s.clone(): 1})
-                    .to_string()
-                    .into_bytes(),
+                json!({"items": [], s.clone(): 1}).to_string().into_bytes(),
             )),
         );
         add(
@@ -838,13 +825,14 @@ async fn hostile_looking_valid_strings_are_stored_verbatim() -> Result<()> {
             .fetch_one(&db.pool)
             .await?;
     assert_eq!(stored.0, customer);
-    let keys: Vec<(String,)> = sqlx::query_as("SELECT key FROM orders.idempotency_keys")
-        .fetch_all(&db.pool)
-        .await?;
+    let keys: Vec<(String, String)> =
+        sqlx::query_as("SELECT customer_id, key FROM orders.idempotency_keys")
+            .fetch_all(&db.pool)
+            .await?;
     assert_eq!(
         keys,
-        vec![(SQL.to_owned(),)],
-        "the key is stored unquoted, verbatim"
+        vec![(customer.to_owned(), format!("{customer}\u{1f}{SQL}"))],
+        "the key is stored unquoted, verbatim, scoped to its customer"
     );
     // The same key and body replay; the key is a key, not SQL.
     let replayed = send(

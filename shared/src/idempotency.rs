@@ -124,20 +124,18 @@ pub enum Lookup {
 /// Takes the lock of `owner`'s key and looks it up. `conn` must be inside the
 /// transaction that will also make the request's changes and [`record`] its
 /// response. Keys are per customer: another customer's use of the same key is
-/// another key.
+/// another key ([`scoped_key`]).
 pub async fn begin(
     conn: &mut PgConnection,
     owner: &CustomerId,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
 ) -> Result<Lookup, StoreError> {
-    // Customer ids are printable ASCII without control characters, so the
-    // (owner, key) pairs joined by chr(1) hash apart.
+    let scoped = scoped_key(owner, key);
     let locked = sqlx::query_scalar!(
-        r#"SELECT pg_try_advisory_xact_lock($1, hashtext($2 || chr(1) || $3)) AS "locked!""#,
+        r#"SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS "locked!""#,
         LOCK_NAMESPACE,
-        owner.as_str(),
-        key.as_str(),
+        scoped,
     )
     .fetch_one(&mut *conn)
     .await
@@ -149,9 +147,9 @@ pub async fn begin(
     let row = sqlx::query!(
         r#"SELECT fingerprint, response_status, response_headers, response_body
            FROM orders.idempotency_keys
-           WHERE customer_id = $1 AND key = $2 AND expires_at > now()"#,
+           WHERE key = $1 AND customer_id = $2 AND expires_at > now()"#,
+        scoped,
         owner.as_str(),
-        key.as_str(),
     )
     .fetch_optional(&mut *conn)
     .await
@@ -188,9 +186,9 @@ pub async fn record(
     // because `begin` saw none while holding the key's lock.
     let stored = sqlx::query!(
         r#"INSERT INTO orders.idempotency_keys
-               (customer_id, key, fingerprint, response_status, response_headers, response_body, expires_at)
-           VALUES ($7, $1, $2, $3, $4, $5, now() + make_interval(secs => $6::bigint / 1000.0))
-           ON CONFLICT (customer_id, key) DO UPDATE
+               (key, customer_id, fingerprint, response_status, response_headers, response_body, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::bigint / 1000.0))
+           ON CONFLICT (key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint,
                response_status = EXCLUDED.response_status,
                response_headers = EXCLUDED.response_headers,
@@ -198,13 +196,13 @@ pub async fn record(
                created_at = now(),
                expires_at = EXCLUDED.expires_at
            WHERE orders.idempotency_keys.expires_at <= now()"#,
-        key.as_str(),
+        scoped_key(owner, key),
+        owner.as_str(),
         &fingerprint.0[..],
         i16::try_from(response.status).unwrap_or(i16::MAX),
         headers,
         &response.body,
         ttl_ms,
-        owner.as_str(),
     )
     .execute(conn)
     .await
@@ -219,13 +217,24 @@ pub async fn record(
     }
 }
 
+/// The table's key for `owner`'s `key`: the customer id, the unit separator
+/// (U+001F), the client's key. Customer ids never contain the separator, so two
+/// customers' uses of one key are two rows; and since a client's key is printable
+/// ASCII, these never meet the raw keys that code from before per-customer keys
+/// stored (with `customer_id` `''`). The migration
+/// `20261128000008_idempotency_per_customer.sql` explains why `key` stays the
+/// primary key.
+pub fn scoped_key(owner: &CustomerId, key: &IdempotencyKey) -> String {
+    format!("{}\u{1f}{}", owner.as_str(), key.as_str())
+}
+
 /// Deletes up to `limit` expired records, oldest first (through the
 /// `expires_at` index); returns how many. One short statement: a retention run
 /// ([`crate::retention::purge_order_service`]) calls it a bounded number of times.
 pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, StoreError> {
     sqlx::query!(
         r#"DELETE FROM orders.idempotency_keys
-           WHERE (customer_id, key) IN (SELECT customer_id, key FROM orders.idempotency_keys
+           WHERE key IN (SELECT key FROM orders.idempotency_keys
                          WHERE expires_at <= now()
                          ORDER BY expires_at
                          LIMIT $1
@@ -241,6 +250,23 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_scoped_to_their_customer() {
+        let customer = |c: &str| CustomerId::parse(c).expect("valid");
+        let key = |k: &str| IdempotencyKey::parse_header(k.as_bytes()).expect("valid");
+        let a = scoped_key(&customer("cust-a"), &key("k-1"));
+        assert_eq!(a, "cust-a\u{1f}k-1");
+        assert_ne!(a, scoped_key(&customer("cust-b"), &key("k-1")));
+        // No pair of (customer, key) runs into another: customer ids have no separator.
+        assert_ne!(
+            scoped_key(&customer("a"), &key("b.c")),
+            scoped_key(&customer("a.b"), &key("c"))
+        );
+        // Never a key that code from before per-customer keys stored (printable ASCII).
+        assert!(a.bytes().any(|b| !(0x20..=0x7e).contains(&b)));
+        assert!(scoped_key(&customer(&"c".repeat(64)), &key(&"k".repeat(255))).len() <= 320);
+    }
 
     #[test]
     fn keys_parse_as_sf_strings_or_bare_tokens() {

@@ -34,7 +34,9 @@ impl Caller {
             return Err(unauthenticated("the request carries no authorizer context"));
         };
         let Some(jwt) = context.authorizer.as_ref().and_then(|a| a.jwt.as_ref()) else {
-            return Err(unauthenticated("the request carries no verified token claims"));
+            return Err(unauthenticated(
+                "the request carries no verified token claims",
+            ));
         };
         let subject = jwt
             .claims
@@ -51,7 +53,10 @@ impl Caller {
             }
         }
         // Cognito spells a resource server's scope `orders/admin`; others `orders:admin`.
-        let scopes = scopes.into_iter().map(|s| s.replacen('/', ":", 1)).collect();
+        let scopes = scopes
+            .into_iter()
+            .map(|s| s.replacen('/', ":", 1))
+            .collect();
         Ok(Self { subject, scopes })
     }
 
@@ -62,7 +67,13 @@ impl Caller {
     /// Whether the caller may see and change a resource that `owner` owns:
     /// the owner, or an `orders:admin`.
     pub fn may_act_for(&self, owner: &CustomerId) -> bool {
-        &self.subject == owner || self.has_scope(ADMIN_SCOPE)
+        self.only_owner().is_none_or(|subject| subject == owner)
+    }
+
+    /// The same decision for a query that filters by owner: `None` for an
+    /// `orders:admin` (any customer's orders), else `Some(subject)` (only its own).
+    pub fn only_owner(&self) -> Option<&CustomerId> {
+        (!self.has_scope(ADMIN_SCOPE)).then_some(&self.subject)
     }
 }
 
@@ -152,5 +163,14 @@ mod tests {
         assert!(caller("cust-1", &[]).may_act_for(&owner));
         assert!(!caller("cust-1", &["orders:read"]).may_act_for(&other));
         assert!(caller("ops", &[ADMIN_SCOPE]).may_act_for(&other));
+        assert!(caller("ops", &["orders:read", ADMIN_SCOPE]).may_act_for(&owner));
+        // A scope that merely looks like the admin's is not it.
+        assert!(!caller("cust-2", &["orders:admin2", "orders"]).may_act_for(&owner));
+        // The filter a query applies says the same.
+        assert_eq!(
+            caller("cust-1", &["orders:read"]).only_owner(),
+            Some(&owner)
+        );
+        assert_eq!(caller("ops", &[ADMIN_SCOPE]).only_owner(), None);
     }
 }

@@ -46,11 +46,7 @@ impl CreateOrder {
     /// Parses and validates `bytes`, an order of `customer` (the caller):
     /// malformed JSON is a `400`, valid JSON that breaks a rule a `422` listing
     /// every broken rule.
-    pub fn parse(
-        bytes: &[u8],
-        customer: CustomerId,
-        now: OffsetDateTime,
-    ) -> Result<Self, Problem> {
+    pub fn parse(bytes: &[u8], customer: CustomerId, now: OffsetDateTime) -> Result<Self, Problem> {
         let body: CreateOrderBody = http_api::parse_json(bytes)?;
         validate(body, customer, now).map(|order| Self { order })
     }
@@ -207,7 +203,9 @@ mod tests {
 
     #[test]
     fn a_customer_id_in_the_body_is_refused_by_name() {
-        let p = problem(r#"{"customer_id":"c2","items":[{"sku":"A","quantity":1,"unit_price_cents":1}]}"#);
+        let p = problem(
+            r#"{"customer_id":"c2","items":[{"sku":"A","quantity":1,"unit_price_cents":1}]}"#,
+        );
         assert_eq!(p.status, 422);
         assert_eq!(fields(&p), ["customer_id"]);
         assert!(p.errors[0].detail.contains("authenticated caller"), "{p:?}");
@@ -217,10 +215,7 @@ mod tests {
     fn syntax_errors_are_400_and_rule_breaks_422() {
         assert_eq!(problem("{").status, 400);
         assert_eq!(problem("").status, 400);
-        assert_eq!(
-            problem(r#"{"items":[]} trailing"#).status,
-            400
-        );
+        assert_eq!(problem(r#"{"items":[]} trailing"#).status, 400);
         assert_eq!(problem("[1,2]").status, 422);
         let p = problem(r#"{"items":[]}"#);
         assert_eq!(p.status, 422);
@@ -257,13 +252,9 @@ mod tests {
         let p = problem(r#"{"total_cents":1,"items":[]}"#);
         assert_eq!(p.status, 422);
         assert!(p.detail.contains("total_cents"), "{}", p.detail);
-        let p = problem(
-            r#"{"items":[{"sku":"A","quantity":"2","unit_price_cents":1}]}"#,
-        );
+        let p = problem(r#"{"items":[{"sku":"A","quantity":"2","unit_price_cents":1}]}"#);
         assert_eq!(fields(&p), ["items[0].quantity"]);
-        let p = problem(
-            r#"{"items":[{"sku":"A","quantity":1,"unit_price_cents":19.99}]}"#,
-        );
+        let p = problem(r#"{"items":[{"sku":"A","quantity":1,"unit_price_cents":19.99}]}"#);
         assert_eq!(fields(&p), ["items[0].unit_price_cents"]);
         let p = problem(
             r#"{"items":[{"sku":"A","quantity":99999999999999999999999,"unit_price_cents":1}]}"#,

@@ -291,8 +291,8 @@ async fn write_order(
             &response,
             deps.idempotency_ttl,
         )
-            .await
-            .map_err(store_failure)?;
+        .await
+        .map_err(store_failure)?;
     }
     Ok(Written::Created {
         response,
@@ -348,8 +348,7 @@ async fn cancel_order(
         .await
         .map_err(|e| store_failure(StoreError::database("starting a transaction", e)))?;
     // An admin cancels any order; anyone else only their own.
-    let owner = (!caller.has_scope(http_api::ADMIN_SCOPE)).then_some(&caller.subject);
-    match write_cancellation(&mut tx, id, owner, traceparent).await {
+    match write_cancellation(&mut tx, id, caller.only_owner(), traceparent).await {
         Ok((order, event_id)) => {
             tx.commit().await.map_err(|e| {
                 store_failure(StoreError::database("committing the cancellation", e))

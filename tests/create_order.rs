@@ -200,11 +200,7 @@ async fn rule_breaking_bodies_are_422_naming_the_field() -> Result<()> {
             "customer_id",
         ),
         ("missing items", json!({}), "items"),
-        (
-            "empty items",
-            json!({"items": []}),
-            "items",
-        ),
+        ("empty items", json!({"items": []}), "items"),
         (
             "quantity 0",
             json!({"items": [line("A", json!(0), json!(1))]}),
@@ -978,4 +974,239 @@ async fn the_status_reason_is_shown_only_when_set() -> Result<()> {
     expected["status_reason"] = json!(reason);
     assert_eq!(fetched, expected, "nothing else changes");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Who is calling: the authorizer's claims.
+
+/// A body for a failure message.
+fn text(answer: &Answer) -> String {
+    String::from_utf8_lossy(&answer.body).into_owned()
+}
+
+const READ_WRITE: &[&str] = &["orders:read", "orders:write"];
+const ADMIN: &[&str] = &["orders:read", "orders:write", "orders:admin"];
+
+/// Creates an order as `customer`, returns its id.
+async fn create_as(deps: &Deps, customer: &str) -> String {
+    let created = call(
+        deps,
+        ApiRequest::post_orders(ORDER).caller(customer, READ_WRITE),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", text(&created));
+    let order = created.json();
+    assert_eq!(order["customer_id"], customer, "the customer is the caller");
+    order["id"].as_str().expect("id").to_owned()
+}
+
+/// `(type, title, status)` of a problem: what a client can tell answers apart by.
+fn problem_kind(answer: &Answer) -> (u16, Option<String>, Value, Value) {
+    let problem = answer.json();
+    (
+        answer.status,
+        answer.header("content-type").map(str::to_owned),
+        problem["type"].clone(),
+        problem["title"].clone(),
+    )
+}
+
+/// Another customer's order is answered like a missing one, to read and to
+/// cancel: its existence does not leak, and nothing changes.
+#[tokio::test]
+async fn another_customers_order_is_404_to_read_and_to_cancel() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let id = create_as(&deps, "cust-a").await;
+    let missing = "0193a3e2-7c1a-7000-8000-00000000dead";
+    let missing_get = call(
+        &deps,
+        ApiRequest::get_order(missing).caller("cust-b", READ_WRITE),
+    )
+    .await;
+    let missing_cancel = call(
+        &deps,
+        ApiRequest::cancel_order(missing).caller("cust-b", READ_WRITE),
+    )
+    .await;
+    assert_eq!(missing_get.status, 404);
+
+    let read = call(
+        &deps,
+        ApiRequest::get_order(&id).caller("cust-b", READ_WRITE),
+    )
+    .await;
+    assert_eq!(problem_kind(&read), problem_kind(&missing_get));
+    assert_eq!(
+        read.json()["detail"]
+            .as_str()
+            .map(|d| d.replace(&id, missing)),
+        missing_get.json()["detail"].as_str().map(str::to_owned),
+        "the same words as for a missing order"
+    );
+    let cancel = call(
+        &deps,
+        ApiRequest::cancel_order(&id).caller("cust-b", READ_WRITE),
+    )
+    .await;
+    assert_eq!(problem_kind(&cancel), problem_kind(&missing_cancel));
+    assert_eq!(
+        cancel.json()["detail"]
+            .as_str()
+            .map(|d| d.replace(&id, missing)),
+        missing_cancel.json()["detail"].as_str().map(str::to_owned),
+    );
+    assert_eq!(stored_status(&db, &id).await?.0, "PENDING");
+    assert!(cancelled_events(&db).await?.is_empty());
+
+    // The owner still reads and cancels it.
+    let own = call(
+        &deps,
+        ApiRequest::get_order(&id).caller("cust-a", &["orders:read"]),
+    )
+    .await;
+    assert_eq!(own.status, 200);
+    assert_eq!(own.json()["id"], id.as_str());
+    let cancelled = call(
+        &deps,
+        ApiRequest::cancel_order(&id).caller("cust-a", READ_WRITE),
+    )
+    .await;
+    assert_eq!(cancelled.status, 200, "{}", text(&cancelled));
+    Ok(())
+}
+
+/// `orders:admin` reads and cancels any customer's order.
+#[tokio::test]
+async fn an_admin_reads_and_cancels_any_order() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let id = create_as(&deps, "cust-a").await;
+    let read = call(&deps, ApiRequest::get_order(&id).caller("ops-1", ADMIN)).await;
+    assert_eq!(read.status, 200, "{}", text(&read));
+    assert_eq!(read.json()["customer_id"], "cust-a");
+    let cancelled = call(&deps, ApiRequest::cancel_order(&id).caller("ops-1", ADMIN)).await;
+    assert_eq!(cancelled.status, 200, "{}", text(&cancelled));
+    assert_eq!(cancelled.json()["status"], "CANCELLED");
+    assert_eq!(
+        cancelled.json()["customer_id"],
+        "cust-a",
+        "still the owner's"
+    );
+    assert_eq!(stored_status(&db, &id).await?.0, "CANCELLED");
+    assert_eq!(cancelled_events(&db).await?.len(), 1);
+    Ok(())
+}
+
+/// The same Idempotency-Key from two customers is two keys: B's request creates
+/// B's order instead of replaying A's stored response, and each replays its own.
+#[tokio::test]
+async fn idempotency_keys_belong_to_their_customer() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let post = |customer: &str| {
+        ApiRequest::post_orders(ORDER)
+            .caller(customer, READ_WRITE)
+            .header("idempotency-key", "\"shared-key\"")
+    };
+    let a = call(&deps, post("cust-a")).await;
+    assert_eq!(a.status, 201, "{}", text(&a));
+    let b = call(&deps, post("cust-b")).await;
+    assert_eq!(b.status, 201, "{}", text(&b));
+    assert_eq!(b.header("idempotent-replayed"), None, "not A's response");
+    assert_ne!(b.json()["id"], a.json()["id"]);
+    assert_eq!(b.json()["customer_id"], "cust-b");
+    assert_eq!(db.count("orders.orders").await?, 2);
+    assert_eq!(db.count("orders.idempotency_keys").await?, 2);
+
+    for (customer, first) in [("cust-a", &a), ("cust-b", &b)] {
+        let again = call(&deps, post(customer)).await;
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.body, first.body, "{customer} replays its own order");
+    }
+    assert_eq!(db.count("orders.orders").await?, 2);
+    Ok(())
+}
+
+/// A request without the authorizer's claims (a route without an authorizer), or
+/// with claims but no subject, is 401 with a Bearer challenge on every route,
+/// and reads and writes nothing: never a default customer.
+#[tokio::test]
+async fn without_claims_every_route_is_401_and_writes_nothing() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let unknown = "0193a3e2-7c1a-7000-8000-000000000001";
+    let no_subject = |request: ApiRequest| {
+        let mut event: Value = serde_json::from_str(&request.build_event_json()).expect("json");
+        if let Some(claims) = event["requestContext"]["authorizer"]["jwt"]["claims"].as_object_mut()
+        {
+            claims.remove("sub");
+        }
+        event
+    };
+    let mut events: Vec<String> = Vec::new();
+    for request in [
+        ApiRequest::post_orders(ORDER).header("idempotency-key", "k-1"),
+        ApiRequest::get_order(unknown),
+        ApiRequest::cancel_order(unknown),
+        // Even a request that would be refused for its body or method.
+        ApiRequest::post_orders("{not json"),
+        ApiRequest::get_order(unknown).method("DELETE"),
+    ] {
+        events.push(request.clone().without_authorizer().build_event_json());
+        events.push(no_subject(request).to_string());
+    }
+    for event in events {
+        let request = lambda_http::request::from_str(&event).expect("an API Gateway event");
+        let answer = Answer::from(handle(&deps, request).await);
+        assert_eq!(answer.status, 401, "{event}: {}", text(&answer));
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(answer.json()["status"], 401);
+    }
+    assert_nothing_written(&db).await
+}
+
+/// A claimless request cannot cancel an existing order either.
+#[tokio::test]
+async fn without_claims_an_existing_order_is_not_cancelled() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let id = create_as(&deps, "cust-42").await;
+    let answer = call(&deps, ApiRequest::cancel_order(&id).without_authorizer()).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(stored_status(&db, &id).await?.0, "PENDING");
+    assert!(cancelled_events(&db).await?.is_empty());
+    Ok(())
+}
+
+/// `customer_id` in the body is 422 naming the field, with a message that says
+/// why, even when it names the caller itself; nothing is written.
+#[tokio::test]
+async fn a_customer_id_in_the_body_is_422_naming_it() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    for customer in ["cust-42", "someone-else"] {
+        let body = json!({"customer_id": customer, "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]});
+        let answer = call(
+            &deps,
+            ApiRequest::post_orders(&body.to_string()).header("idempotency-key", "k-2"),
+        )
+        .await;
+        assert_eq!(answer.status, 422, "{}", text(&answer));
+        let problem = answer.json();
+        let errors = problem["errors"].as_array().expect("errors");
+        assert_eq!(errors.len(), 1, "{problem}");
+        assert_eq!(errors[0]["field"], "customer_id");
+        assert!(
+            errors[0]["detail"]
+                .as_str()
+                .is_some_and(|m| m.contains("authenticated caller")),
+            "{problem}"
+        );
+    }
+    assert_nothing_written(&db).await
 }

@@ -153,8 +153,8 @@ impl ApiRequest {
     }
 
     /// The caller as API Gateway's JWT authorizer passes it on: the token's
-    /// subject and scopes (the fixtures' caller is `cust-42` with every scope but
-    /// `orders:admin`).
+    /// subject and scopes (the fixtures' caller is `cust-42` with the scopes of
+    /// the fixture's route: `orders:write`, `orders:read`, or both inventory ones).
     pub fn caller(mut self, subject: &str, scopes: &[&str]) -> Self {
         let jwt = &mut self.event["requestContext"]["authorizer"]["jwt"];
         jwt["claims"]["sub"] = json!(subject);

@@ -106,7 +106,7 @@ async fn drive(
             .execute(&pool)
             .await?;
     }
-    let mut template = emulator::template::parse(include_str!("../template.yaml"))?;
+    let mut template = tests::emulated::unthrottled_template()?;
     let overrides = json!({ "Parameters": {
         "STREAM_NAMESPACE": NAMESPACE,
         "STREAM_PARTITIONS": "2",

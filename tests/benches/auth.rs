@@ -86,9 +86,9 @@ fn line(name: &str, load: &Load) -> String {
 async fn main() -> Result<()> {
     let args = args()?;
     let db = TestDb::fresh().await?;
-    let running = tests::emulated::start(&db, Mode::InProcess, &[]).await?;
+    let running = tests::emulated::start_unthrottled(&db, Mode::InProcess, &[]).await?;
     let system = running.system.as_ref().context("the system")?;
-    let template = tests::emulated::template()?;
+    let template = tests::emulated::unthrottled_template()?;
 
     // The same system behind a second listener whose authorizers check nothing.
     let open = emulator::Emulator {

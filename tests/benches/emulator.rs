@@ -194,7 +194,7 @@ async fn start_once(mode: Mode, env: &[(&str, &str)]) -> Result<Start> {
     let db = TestDb::fresh().await?;
     let http = http_client()?;
     let began = Instant::now();
-    let running = tests::emulated::start(&db, mode, env).await?;
+    let running = tests::emulated::start_unthrottled(&db, mode, env).await?;
     let started = began.elapsed();
     first_answer(&http, &running.base).await?;
     let answered = began.elapsed();
@@ -390,7 +390,7 @@ struct Throughput {
 
 async fn throughput(which: Which, mode: Mode, args: &Args) -> Result<Throughput> {
     let db = TestDb::fresh().await?;
-    let running = tests::emulated::start(&db, mode, &args.env()).await?;
+    let running = tests::emulated::start_unthrottled(&db, mode, &args.env()).await?;
     let http = http_client()?;
     stock_up(&http, &running.base).await?;
     let seconds = Duration::from_secs(args.seconds);
@@ -628,7 +628,7 @@ async fn steady_rate(
 
 async fn end_to_end(mode: Mode, args: &Args) -> Result<EndToEnd> {
     let db = TestDb::fresh().await?;
-    let running = tests::emulated::start(&db, mode, &args.env()).await?;
+    let running = tests::emulated::start_unthrottled(&db, mode, &args.env()).await?;
     let http = http_client()?;
     stock_up(&http, &running.base).await?;
     // One second at the rate first: consumers have their groups, instances

@@ -251,7 +251,7 @@ async fn target(args: &Args) -> Result<Target> {
         });
     }
     let db = TestDb::fresh().await?;
-    let running = tests::emulated::start(&db, emulator::system::Mode::InProcess, &[]).await?;
+    let running = tests::emulated::start_unthrottled(&db, emulator::system::Mode::InProcess, &[]).await?;
     let database = Database::new(
         db.pool.clone(),
         &tests::redis_url(),

@@ -64,6 +64,16 @@ pub async fn start(
     start_with(db, mode, env, template()?, crate::auth::trust()).await
 }
 
+/// [`start`] with the routes' throttling lifted ([`unthrottled_template`]): the
+/// benchmarks' and load tests' emulator.
+pub async fn start_unthrottled(
+    db: &TestDb,
+    mode: Mode,
+    env: &[(&str, &str)],
+) -> anyhow::Result<RunningEmulator> {
+    start_with(db, mode, env, unthrottled_template()?, crate::auth::trust()).await
+}
+
 /// [`start`] with a template of the test's (say, with parameter overrides) and
 /// the keys its authorizers trust.
 pub async fn start_with(
@@ -87,6 +97,15 @@ pub async fn start_with(
     })
     .await?;
     serve(system, namespace).await
+}
+
+/// The repository's `template.yaml` with the routes' throttling lifted: for load
+/// that measures the system, not API Gateway's limits (`tests/auth.rs` tests those).
+pub fn unthrottled_template() -> anyhow::Result<emulator::template::Template> {
+    template_with(&[
+        ("ApiThrottlingBurstLimit", "1000000"),
+        ("ApiThrottlingRateLimit", "1000000"),
+    ])
 }
 
 /// The repository's `template.yaml` with these parameter values.

@@ -16,7 +16,8 @@ pub const MAX_AVAILABLE: i32 = 1_000_000_000;
 struct SetAvailableBody {
     // i64, not i32: a negative or oversized number gets our message, not serde's.
     available: Option<i64>,
-    price_cents: Option<i64>,
+    // A JSON value, so that `null`, `1.5` and `"5"` get our message.
+    price_cents: Option<serde_json::Value>,
 }
 
 /// A valid `PUT /inventory/{sku}` body.
@@ -62,10 +63,20 @@ fn validate(body: SetAvailableBody) -> Result<SetAvailable, Problem> {
     };
     let price_cents = match body.price_cents {
         None => None,
-        Some(cents) => match Money::unit_price(cents) {
-            Ok(price) => Some(price.cents()),
-            Err(e) => {
+        Some(value) => match value.as_i64().map(Money::unit_price) {
+            Some(Ok(price)) => Some(price.cents()),
+            Some(Err(e)) => {
                 errors.push(FieldError::new("price_cents", e.to_string()));
+                None
+            }
+            None => {
+                errors.push(FieldError::new(
+                    "price_cents",
+                    format!(
+                        "a price must be an integer number of cents from 0 to {} (got {value})",
+                        Money::MAX_UNIT_PRICE
+                    ),
+                ));
                 None
             }
         },

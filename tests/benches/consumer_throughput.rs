@@ -80,7 +80,11 @@ fn job(e: &EventEnvelope) -> Result<Job> {
         traceparent: e.traceparent,
         command: Command::Reserve {
             order_id: OrderId::from(o.order_id),
-            lines: vec![(Sku::parse(&o.items[0].sku)?, Quantity::try_from(1_i64)?)],
+            lines: vec![inventory_consumer::Line {
+                sku: Sku::parse(&o.items[0].sku)?,
+                quantity: Quantity::try_from(1_i64)?,
+                unit_price_cents: o.items[0].unit_price_cents,
+            }],
         },
     })
 }

@@ -61,7 +61,9 @@ async fn written(db: &TestDb) -> Result<Value> {
         sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CANCELLED'")
             .fetch_one(&db.pool)
             .await?;
-    Ok(json!({"orders": orders, "outbox": outbox, "keys": keys, "stock": stock, "cancelled": cancelled}))
+    Ok(
+        json!({"orders": orders, "outbox": outbox, "keys": keys, "stock": stock, "cancelled": cancelled}),
+    )
 }
 
 async fn send(
@@ -281,7 +283,11 @@ async fn customers_see_only_their_own_orders_and_an_admin_sees_all() -> Result<(
 
     let path = format!("/orders/{id}");
     let read = bob.get(running.url(&path)).send().await?;
-    assert_eq!(read.status(), 404, "another customer's order does not exist for Bob");
+    assert_eq!(
+        read.status(),
+        404,
+        "another customer's order does not exist for Bob"
+    );
     let cancel = bob
         .post(running.url(&format!("{path}/cancel")))
         .send()
@@ -379,7 +385,11 @@ async fn a_jwks_of_another_librarys_keys_is_trusted_with_the_issuer_given() -> R
         .header("authorization", format!("Bearer {token}"))
         .send()
         .await?;
-    assert_eq!(answer.status(), 404, "the function answered: the token passed");
+    assert_eq!(
+        answer.status(),
+        404,
+        "the function answered: the token passed"
+    );
     let created = reqwest::Client::new()
         .post(running.url("/orders"))
         .header("authorization", format!("Bearer {token}"))
@@ -391,7 +401,10 @@ async fn a_jwks_of_another_librarys_keys_is_trusted_with_the_issuer_given() -> R
     let customer: String = sqlx::query_scalar("SELECT customer_id FROM orders.orders")
         .fetch_one(&db.pool)
         .await?;
-    assert_eq!(customer, "py-customer", "the customer is the token's subject");
+    assert_eq!(
+        customer, "py-customer",
+        "the customer is the token's subject"
+    );
     // The development key is not trusted any more.
     let dev = reqwest::Client::new()
         .get(running.url("/inventory/NOTHING"))
@@ -424,7 +437,11 @@ async fn the_token_command_key_is_the_one_up_trusts() -> Result<()> {
         .header("authorization", format!("Bearer {printed}"))
         .send()
         .await?;
-    assert_eq!(answer.status(), 404, "the token passed and the function answered");
+    assert_eq!(
+        answer.status(),
+        404,
+        "the token passed and the function answered"
+    );
     running.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -453,7 +470,10 @@ async fn past_the_burst_api_gateway_answers_429_and_under_it_everything_passes()
     }
     assert_eq!(statuses, [404, 404, 404, 404, 404, 429, 429, 429]);
     // Each route has its own bucket.
-    let other = http.get(running.url("/orders/0193f6a2-0000-7000-8000-000000000000")).send().await?;
+    let other = http
+        .get(running.url("/orders/0193f6a2-0000-7000-8000-000000000000"))
+        .send()
+        .await?;
     assert_eq!(other.status(), 404);
     running.stop().await
 }
@@ -501,7 +521,10 @@ async fn cors_preflights_are_answered_by_the_gateway_for_allowed_origins() -> Re
         "https://shop.example"
     );
     let exposed = created.headers()["access-control-expose-headers"].to_str()?;
-    assert!(exposed.to_ascii_lowercase().contains("location"), "{exposed}");
+    assert!(
+        exposed.to_ascii_lowercase().contains("location"),
+        "{exposed}"
+    );
     running.stop().await
 }
 

@@ -249,11 +249,13 @@ async fn drive(
     }
     for (sku, available) in &initial {
         // At the catalog price the clients' orders carry (250).
-        sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ($1, $2, 250)")
-            .bind(sku)
-            .bind(i32::try_from(*available)?)
-            .execute(&pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO inventory.stock (sku, available, price_cents) VALUES ($1, $2, 250)",
+        )
+        .bind(sku)
+        .bind(i32::try_from(*available)?)
+        .execute(&pool)
+        .await?;
     }
 
     // The template, with the relay and the consumers taken out of the emulator:

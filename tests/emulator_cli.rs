@@ -13,9 +13,11 @@ use tests::{redis_url, Answer, ApiRequest, TestDb};
 #[tokio::test]
 async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<()> {
     let db = TestDb::fresh().await?;
-    sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('LAMP-1', 5, 10)")
-        .execute(&db.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('LAMP-1', 5, 10)",
+    )
+    .execute(&db.pool)
+    .await?;
     // The inventory database fails every write for now, retryably, and the
     // failure is the record's (a lock not available), not a store outage, which
     // the source would wait out instead of using up attempts.
@@ -38,8 +40,7 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
         pool: db.pool.clone(),
         idempotency_ttl: Duration::from_secs(60),
     };
-    let body =
-        json!({"items":[{"sku":"LAMP-1","quantity":1,"unit_price_cents":10}]});
+    let body = json!({"items":[{"sku":"LAMP-1","quantity":1,"unit_price_cents":10}]});
     let created = Answer::from(
         create_order::handle(&api, ApiRequest::post_orders(&body.to_string()).build()).await,
     );

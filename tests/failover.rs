@@ -192,7 +192,9 @@ impl System {
 
     async fn post_orders(&self, n: usize) -> anyhow::Result<()> {
         for i in 0..n {
-            let body = json!({"items": [{"sku": "P-1", "quantity": 1 + i % 3, "unit_price_cents": 100}]}).to_string();
+            let body =
+                json!({"items": [{"sku": "P-1", "quantity": 1 + i % 3, "unit_price_cents": 100}]})
+                    .to_string();
             let answer = Answer::from(
                 create_order::handle(&self.api, ApiRequest::post_orders(&body).build()).await,
             );

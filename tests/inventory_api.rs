@@ -88,7 +88,10 @@ async fn a_new_sku_needs_a_price() -> Result<()> {
         let body = format!(r#"{{"available": 1, "price_cents": {bad}}}"#);
         let answer = call(&deps, ApiRequest::put_inventory("NEW-1", &body)).await;
         let problem = tests::problem(&answer, 422);
-        assert!(problem.to_string().contains("price_cents"), "{bad}: {problem}");
+        assert!(
+            problem.to_string().contains("price_cents"),
+            "{bad}: {problem}"
+        );
     }
     assert_eq!(db.count("inventory.stock").await?, 0);
     Ok(())

@@ -654,10 +654,7 @@ async fn answers_match_the_document() -> Result<()> {
         c,
         h,
         r,
-        orders(415).raw(
-            "text/plain",
-            order_body("A", 1).to_string().into_bytes(),
-        ),
+        orders(415).raw("text/plain", order_body("A", 1).to_string().into_bytes()),
     )
     .await?;
     run(
@@ -678,11 +675,7 @@ async fn answers_match_the_document() -> Result<()> {
     ] {
         run(c, h, r, orders(422).json(&body)).await?;
     }
-    let big = format!(
-        "{}{}",
-        " ".repeat(http_api_limit() + 1),
-        order_body("A", 1)
-    );
+    let big = format!("{}{}", " ".repeat(http_api_limit() + 1), order_body("A", 1));
     run(
         c,
         h,

@@ -100,11 +100,13 @@ async fn drive(
     shared::db::migrate(&pool).await?;
     // Plenty of one SKU, a little of another: confirmations and rejections.
     for (sku, available) in [("PLENTY", 1_000_000), ("SCARCE", 20)] {
-        sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ($1, $2, 250)")
-            .bind(sku)
-            .bind(available)
-            .execute(&pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO inventory.stock (sku, available, price_cents) VALUES ($1, $2, 250)",
+        )
+        .bind(sku)
+        .bind(available)
+        .execute(&pool)
+        .await?;
     }
     let mut template = tests::emulated::unthrottled_template()?;
     let overrides = json!({ "Parameters": {

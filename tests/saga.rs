@@ -246,7 +246,10 @@ async fn a_price_changed_after_an_order_does_not_change_that_order() -> anyhow::
     assert_eq!(confirmed["items"][0]["unit_price_cents"], 100);
     assert_eq!(confirmed["total_cents"], 300);
     let answers = entries(&system.streams("Reservation")[0]).await?;
-    assert_eq!(answers[0].1["payload"], lost[0].1["payload"], "the recorded answer");
+    assert_eq!(
+        answers[0].1["payload"], lost[0].1["payload"],
+        "the recorded answer"
+    );
     assert_eq!(system.stock("WIDGET-1").await?, (7, 3));
     // A new order at the old price is refused; at the new one it is confirmed.
     let old = system

@@ -673,7 +673,10 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
                 let scopes: Vec<String> = match scope {
                     Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
                     None => emulator::routes::RouteTable::from_template(&template)
-                        .find(&method.to_ascii_uppercase(), path.split('?').next().unwrap_or_default())
+                        .find(
+                            &method.to_ascii_uppercase(),
+                            path.split('?').next().unwrap_or_default(),
+                        )
                         .map(|m| m.guard.scopes.clone())
                         .unwrap_or_default(),
                 };

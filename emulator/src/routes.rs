@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(m.route_key, "GET /orders/{id}");
         assert_eq!(m.guard.authorizer.as_deref(), Some("OrdersApi/OrdersJwt"));
         assert_eq!(m.guard.scopes, ["orders:read", "orders/read"]);
-        assert!(table.find("DELETE", "/orders/abc").is_none(), "no route: 404");
+        assert!(
+            table.find("DELETE", "/orders/abc").is_none(),
+            "no route: 404"
+        );
         assert_eq!(
             m.path_parameters.get("id").map(String::as_str),
             Some("abc d")

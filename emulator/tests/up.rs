@@ -116,7 +116,14 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     let base = format!("http://127.0.0.1:{port}");
     // `emulator token` signs with the key `up` trusts: the state directory's.
     let token = Command::new(BIN)
-        .args(["token", "--sub", "c-1", "--template", TEMPLATE, "--state-dir"])
+        .args([
+            "token",
+            "--sub",
+            "c-1",
+            "--template",
+            TEMPLATE,
+            "--state-dir",
+        ])
         .arg(&state)
         .output()?;
     assert!(token.status.success(), "{token:?}");

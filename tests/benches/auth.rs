@@ -144,7 +144,9 @@ async fn main() -> Result<()> {
             let mut h = reqwest::header::HeaderMap::new();
             h.insert(
                 "authorization",
-                tests::bearer(&format!("micro-{i}")).parse().expect("a header"),
+                tests::bearer(&format!("micro-{i}"))
+                    .parse()
+                    .expect("a header"),
             );
             h
         })

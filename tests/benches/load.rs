@@ -228,7 +228,9 @@ async fn target(args: &Args) -> Result<Target> {
     if let Some(url) = &args.url {
         let dir = match &args.state_dir {
             Some(dir) => emulator::servers::StateDir::new(dir)?,
-            None => emulator::servers::StateDir::default_location(&shared::config::Env::from_process())?,
+            None => {
+                emulator::servers::StateDir::default_location(&shared::config::Env::from_process())?
+            }
         };
         tests::auth::use_state_dir_key(dir.path())?;
         let db = match &args.database_url {
@@ -251,7 +253,8 @@ async fn target(args: &Args) -> Result<Target> {
         });
     }
     let db = TestDb::fresh().await?;
-    let running = tests::emulated::start_unthrottled(&db, emulator::system::Mode::InProcess, &[]).await?;
+    let running =
+        tests::emulated::start_unthrottled(&db, emulator::system::Mode::InProcess, &[]).await?;
     let database = Database::new(
         db.pool.clone(),
         &tests::redis_url(),

@@ -109,9 +109,7 @@ pub fn unthrottled_template() -> anyhow::Result<emulator::template::Template> {
 }
 
 /// The repository's `template.yaml` with these parameter values.
-pub fn template_with(
-    parameters: &[(&str, &str)],
-) -> anyhow::Result<emulator::template::Template> {
+pub fn template_with(parameters: &[(&str, &str)]) -> anyhow::Result<emulator::template::Template> {
     let overrides = parameters
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

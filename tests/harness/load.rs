@@ -62,4 +62,3 @@ where
     load.latencies.sort();
     Ok(load)
 }
-

@@ -50,16 +50,18 @@ fn validate(body: SetAvailableBody) -> Result<SetAvailable, Problem> {
             errors.push(FieldError::new("available", "is required"));
             None
         }
-        Some(n) => match i32::try_from(n) {
-            Ok(available) if (0..=MAX_AVAILABLE).contains(&available) => Some(available),
-            _ => {
-                errors.push(FieldError::new(
+        Some(n) => {
+            match i32::try_from(n) {
+                Ok(available) if (0..=MAX_AVAILABLE).contains(&available) => Some(available),
+                _ => {
+                    errors.push(FieldError::new(
                     "available",
                     format!("available units must be an integer from 0 to {MAX_AVAILABLE} (got {n})"),
                 ));
-                None
+                    None
+                }
             }
-        },
+        }
     };
     let price_cents = match body.price_cents {
         None => None,
@@ -139,7 +141,8 @@ mod tests {
             let p = refused(body);
             assert_eq!(p.status, 422, "{body}");
             assert!(
-                p.errors.iter().any(|e| e.field == "price_cents") || p.detail.contains("price_cents"),
+                p.errors.iter().any(|e| e.field == "price_cents")
+                    || p.detail.contains("price_cents"),
                 "{body}: {p:?}"
             );
         }

@@ -314,6 +314,59 @@ async fn write_answers(
     Ok(())
 }
 
+/// Why an order cannot be reserved: the reason its `InventoryRejected` gives,
+/// and the lines short of stock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    reason: String,
+    shortages: Vec<ShortageV1>,
+}
+
+/// The decision on one order, pure: `None` when every line can be reserved from
+/// `stock` (SKU: available, reserved) at the catalog's price in `prices`;
+/// otherwise the refusal, naming every wrong price (the SKU, the catalog's price
+/// and the one sent, or that the SKU has no price), every unknown SKU and every
+/// shortage. Prices are checked only here, when an order is first decided: a
+/// request answered before is answered from `inventory.answers`, so a price
+/// changed since never changes an order.
+fn refusal(
+    lines: &[crate::Line],
+    stock: &BTreeMap<String, (i32, i32)>,
+    prices: &BTreeMap<String, Option<i64>>,
+) -> Option<Refusal> {
+    let shortages: Vec<ShortageV1> = lines
+        .iter()
+        .filter_map(|line| {
+            let (sku, q) = (&line.sku, line.quantity);
+            let available = stock.get(sku.as_str()).map_or(0, |s| s.0);
+            (available < i32::from(q.get())).then(|| ShortageV1 {
+                sku: sku.to_string(),
+                requested: q.get(),
+                available: i64::from(available),
+            })
+        })
+        .collect();
+    let mispriced = price_mismatches(lines, prices);
+    if shortages.is_empty() && mispriced.is_empty() {
+        return None;
+    }
+    let reason = mispriced
+        .into_iter()
+        .chain(shortages.iter().map(|s| {
+            if stock.contains_key(&s.sku) {
+                format!(
+                    "insufficient stock for {}: requested {}, available {}",
+                    s.sku, s.requested, s.available
+                )
+            } else {
+                format!("unknown SKU {}", s.sku)
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Refusal { reason, shortages })
+}
+
 /// The lines whose price is not the catalog's, as reasons: the SKU, the price
 /// the order says and the catalog's. A SKU without a price takes no order; an
 /// unknown SKU is a shortage, not a price question.
@@ -430,20 +483,18 @@ async fn decide(
                     )?;
                     continue;
                 }
-                let shortages: Vec<ShortageV1> = lines
-                    .iter()
-                    .filter_map(|line| {
-                        let (sku, q) = (&line.sku, line.quantity);
-                        let available = stock.get(sku.as_str()).map_or(0, |s| s.0);
-                        (available < i32::from(q.get())).then(|| ShortageV1 {
-                            sku: sku.to_string(),
-                            requested: q.get(),
-                            available: i64::from(available),
-                        })
-                    })
-                    .collect();
-                let mispriced = price_mismatches(lines, &prices);
-                if shortages.is_empty() && mispriced.is_empty() {
+                if let Some(Refusal { reason, shortages }) = refusal(lines, &stock, &prices) {
+                    applied.rejected += 1;
+                    out.answer(
+                        job,
+                        InventoryRejectedV1 {
+                            order_id: id,
+                            reason,
+                            shortages,
+                        }
+                        .envelope(traceparent),
+                    )?;
+                } else {
                     let mut items = Vec::with_capacity(lines.len());
                     let mut rows = Vec::with_capacity(lines.len());
                     for crate::Line { sku, quantity, .. } in lines {
@@ -470,31 +521,6 @@ async fn decide(
                         InventoryReservedV1 {
                             order_id: id,
                             items,
-                        }
-                        .envelope(traceparent),
-                    )?;
-                } else {
-                    applied.rejected += 1;
-                    let reason = mispriced
-                        .into_iter()
-                        .chain(shortages.iter().map(|s| {
-                            if stock.contains_key(&s.sku) {
-                                format!(
-                                    "insufficient stock for {}: requested {}, available {}",
-                                    s.sku, s.requested, s.available
-                                )
-                            } else {
-                                format!("unknown SKU {}", s.sku)
-                            }
-                        }))
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    out.answer(
-                        job,
-                        InventoryRejectedV1 {
-                            order_id: id,
-                            reason,
-                            shortages,
                         }
                         .envelope(traceparent),
                     )?;
@@ -628,5 +654,105 @@ mod tests {
             price_mismatches(&[line("NOPE-1", 10)], &catalog).is_empty(),
             "an unknown SKU is a shortage"
         );
+    }
+
+    /// LAMP-1: 5 available at 2500; OLD-1: 5 available, no price (stocked
+    /// before prices existed).
+    fn shop() -> (BTreeMap<String, (i32, i32)>, BTreeMap<String, Option<i64>>) {
+        let stock = [("LAMP-1".to_owned(), (5, 0)), ("OLD-1".to_owned(), (5, 0))];
+        let prices = [
+            ("LAMP-1".to_owned(), Some(2500)),
+            ("OLD-1".to_owned(), None),
+        ];
+        (stock.into_iter().collect(), prices.into_iter().collect())
+    }
+
+    fn lines(wanted: &[(&str, i64, i64)]) -> Vec<crate::Line> {
+        wanted
+            .iter()
+            .map(|(sku, quantity, price)| crate::Line {
+                sku: Sku::parse(sku).expect("a SKU"),
+                quantity: Quantity::try_from(*quantity).expect("a quantity"),
+                unit_price_cents: *price,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_order_in_stock_at_the_catalogs_price_is_reserved() {
+        let (stock, prices) = shop();
+        assert_eq!(
+            refusal(&lines(&[("LAMP-1", 5, 2500)]), &stock, &prices),
+            None
+        );
+    }
+
+    #[test]
+    fn a_price_that_is_not_the_catalogs_is_refused_naming_both() {
+        let (stock, prices) = shop();
+        for sent in [0, 2499, 2501] {
+            let refused = refusal(&lines(&[("LAMP-1", 1, sent)]), &stock, &prices);
+            assert_eq!(
+                refused,
+                Some(Refusal {
+                    reason: format!(
+                        "price of LAMP-1 is 2500 cents in the catalog, not {sent} as ordered"
+                    ),
+                    shortages: Vec::new(),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_sku_without_a_price_takes_no_order() {
+        let (stock, prices) = shop();
+        for sent in [0, 100] {
+            let refused = refusal(&lines(&[("OLD-1", 1, sent)]), &stock, &prices).expect("refused");
+            assert_eq!(
+                refused.reason,
+                format!("OLD-1 has no price in the catalog (ordered at {sent} cents)")
+            );
+            assert!(refused.shortages.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_unknown_sku_is_refused_as_before_whatever_its_price() {
+        let (stock, prices) = shop();
+        let refused = refusal(
+            &lines(&[("LAMP-1", 1, 2500), ("NOPE-1", 2, 10)]),
+            &stock,
+            &prices,
+        );
+        assert_eq!(
+            refused,
+            Some(Refusal {
+                reason: "unknown SKU NOPE-1".to_owned(),
+                shortages: vec![ShortageV1 {
+                    sku: "NOPE-1".to_owned(),
+                    requested: 2,
+                    available: 0,
+                }],
+            })
+        );
+    }
+
+    #[test]
+    fn every_reason_is_given_prices_first() {
+        let (stock, prices) = shop();
+        let refused = refusal(
+            &lines(&[("LAMP-1", 6, 1500), ("OLD-1", 1, 1), ("NOPE-1", 1, 1)]),
+            &stock,
+            &prices,
+        )
+        .expect("refused");
+        assert_eq!(
+            refused.reason,
+            "price of LAMP-1 is 2500 cents in the catalog, not 1500 as ordered; \
+             OLD-1 has no price in the catalog (ordered at 1 cents); \
+             insufficient stock for LAMP-1: requested 6, available 5; unknown SKU NOPE-1"
+        );
+        assert_eq!(refused.shortages.len(), 2);
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -130,11 +131,28 @@ impl Env {
     }
 }
 
+/// The Amazon RDS global CA bundle (every region's root and intermediate CAs), as
+/// published at <https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem>.
+/// `DATABASE_SSL_ROOT_CERT=rds` verifies the server's certificate against it.
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../certs/rds-global-bundle.pem");
+
+/// Which certificate authorities a TLS connection to PostgreSQL trusts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SslRootCert {
+    /// The bundled [`RDS_CA_BUNDLE`].
+    Rds,
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+}
+
 /// How to reach PostgreSQL.
 #[derive(Clone)]
 pub struct DatabaseConfig {
     options: PgConnectOptions,
     password: Option<SecretString>,
+    /// Overrides the URL's user (`DATABASE_USER`): the function's service role.
+    user: Option<String>,
+    ssl_root_cert: Option<SslRootCert>,
     /// Connections per process. One Lambda instance serves one request at a
     /// time, so a small pool suffices there; the emulator runs many at once.
     pub max_connections: u32,
@@ -147,12 +165,16 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     pub const URL: &'static str = "DATABASE_URL";
     pub const PASSWORD: &'static str = "DATABASE_PASSWORD";
+    pub const USER: &'static str = "DATABASE_USER";
+    pub const SSL_ROOT_CERT: &'static str = "DATABASE_SSL_ROOT_CERT";
     pub const MAX_CONNECTIONS: &'static str = "DATABASE_MAX_CONNECTIONS";
     pub const ACQUIRE_TIMEOUT_MS: &'static str = "DATABASE_ACQUIRE_TIMEOUT_MS";
     pub const STATEMENT_TIMEOUT_MS: &'static str = "DATABASE_STATEMENT_TIMEOUT_MS";
 
-    /// Reads `DATABASE_URL` (required), `DATABASE_PASSWORD` (overrides the URL's
-    /// password, e.g. from Secrets Manager), `DATABASE_MAX_CONNECTIONS` (10),
+    /// Reads `DATABASE_URL` (required), `DATABASE_USER` (overrides the URL's user:
+    /// the service's role), `DATABASE_PASSWORD` (overrides the URL's password, e.g.
+    /// from Secrets Manager), `DATABASE_SSL_ROOT_CERT` (`rds`: the bundled RDS CA
+    /// bundle; else a PEM file; for `sslmode=verify-full`), `DATABASE_MAX_CONNECTIONS` (10),
     /// `DATABASE_ACQUIRE_TIMEOUT_MS` (3000), `DATABASE_STATEMENT_TIMEOUT_MS` (5000).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.require(
@@ -178,6 +200,8 @@ impl DatabaseConfig {
         Ok(Self {
             options,
             password: None,
+            user: None,
+            ssl_root_cert: None,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
@@ -188,6 +212,14 @@ impl DatabaseConfig {
         self.password = env
             .get(Self::PASSWORD)?
             .map(|p| SecretString::from(p.to_owned()));
+        self.user = env.get(Self::USER)?.map(str::to_owned);
+        self.ssl_root_cert = env.get(Self::SSL_ROOT_CERT)?.map(|v| {
+            if v.eq_ignore_ascii_case("rds") {
+                SslRootCert::Rds
+            } else {
+                SslRootCert::File(PathBuf::from(v))
+            }
+        });
         self.max_connections = env.parse_or(Self::MAX_CONNECTIONS, self.max_connections)?;
         if self.max_connections == 0 {
             return Err(ConfigError::Malformed {
@@ -203,10 +235,18 @@ impl DatabaseConfig {
 
     /// The options to connect with, including the secret: hand them to sqlx only.
     pub fn connect_options(&self) -> PgConnectOptions {
-        let options = self.options.clone().options([(
+        let mut options = self.options.clone().options([(
             "statement_timeout",
             format!("{}ms", self.statement_timeout.as_millis()),
         )]);
+        if let Some(user) = &self.user {
+            options = options.username(user);
+        }
+        options = match &self.ssl_root_cert {
+            Some(SslRootCert::Rds) => options.ssl_root_cert_from_pem(RDS_CA_BUNDLE.to_vec()),
+            Some(SslRootCert::File(path)) => options.ssl_root_cert(path),
+            None => options,
+        };
         match &self.password {
             Some(p) => options.password(p.expose_secret()),
             None => options,
@@ -217,6 +257,25 @@ impl DatabaseConfig {
     pub fn with_database(mut self, name: &str) -> Self {
         self.options = self.options.database(name);
         self
+    }
+
+    /// The same server and database as another user (e.g. a service role), without
+    /// the password of the previous one.
+    pub fn with_user(mut self, user: &str) -> Self {
+        self.user = Some(user.to_owned());
+        self.password = None;
+        self
+    }
+
+    /// The user connections log in as: `DATABASE_USER`, else the URL's.
+    pub fn user(&self) -> &str {
+        self.user
+            .as_deref()
+            .unwrap_or_else(|| self.options.get_username())
+    }
+
+    pub fn ssl_root_cert(&self) -> Option<&SslRootCert> {
+        self.ssl_root_cert.as_ref()
     }
 
     pub fn database_name(&self) -> Option<&str> {
@@ -230,7 +289,8 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("host", &self.options.get_host())
             .field("port", &self.options.get_port())
-            .field("user", &self.options.get_username())
+            .field("user", &self.user())
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .field("database", &self.options.get_database())
             .field("password", &"[redacted]")
             .field("max_connections", &self.max_connections)
@@ -248,7 +308,13 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     pub const URL: &'static str = "REDIS_URL";
+    /// The AUTH token (ElastiCache) or the ACL user's password (MemoryDB, Redis 6+).
+    pub const PASSWORD: &'static str = "REDIS_PASSWORD";
+    /// The ACL user (MemoryDB, ElastiCache RBAC); unset: Redis's `default` user.
+    pub const USERNAME: &'static str = "REDIS_USERNAME";
 
+    /// Reads `REDIS_URL` (required) and `REDIS_USERNAME` / `REDIS_PASSWORD`, which
+    /// replace the URL's credentials (e.g. resolved from Secrets Manager).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.require(Self::URL, "e.g. redis://127.0.0.1:6379")?;
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -257,14 +323,55 @@ impl RedisConfig {
                 reason: "must start with redis:// or rediss://".into(),
             });
         }
+        let password = env.get(Self::PASSWORD)?;
+        let username = env.get(Self::USERNAME)?;
+        let url = match (username, password) {
+            (None, None) => url.to_owned(),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    var: Self::PASSWORD,
+                    hint: "REDIS_USERNAME needs the user's password",
+                })
+            }
+            (username, Some(password)) => with_credentials(url, username, password),
+        };
         Ok(Self {
-            url: SecretString::from(url.to_owned()),
+            url: SecretString::from(url),
         })
     }
 
     pub fn url(&self) -> &SecretString {
         &self.url
     }
+}
+
+/// `url` with its user info replaced by `username:password`, both percent-encoded
+/// (the redis crate decodes them).
+fn with_credentials(url: &str, username: Option<&str>, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!(
+        "{scheme}://{}:{}@{host}{path}",
+        percent_encode(username.unwrap_or("")),
+        percent_encode(password)
+    )
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 impl fmt::Debug for RedisConfig {
@@ -348,6 +455,78 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_user_and_the_root_certificates_come_from_the_environment() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://master:pw@db.internal/orders"),
+            ("DATABASE_USER", "order_service"),
+            ("DATABASE_SSL_ROOT_CERT", "rds"),
+        ]);
+        let db = DatabaseConfig::from_env(&env).expect("valid");
+        assert_eq!(db.user(), "order_service");
+        assert_eq!(db.connect_options().get_username(), "order_service");
+        assert_eq!(db.ssl_root_cert(), Some(&SslRootCert::Rds));
+
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://master@db/orders"),
+            ("DATABASE_SSL_ROOT_CERT", "/etc/ssl/ca.pem"),
+        ]);
+        let db = DatabaseConfig::from_env(&env).expect("valid");
+        assert_eq!(db.user(), "master");
+        assert_eq!(
+            db.ssl_root_cert(),
+            Some(&SslRootCert::File("/etc/ssl/ca.pem".into()))
+        );
+        assert_eq!(db.clone().with_user("relay").user(), "relay");
+    }
+
+    #[test]
+    fn the_rds_bundle_holds_the_regions_root_certificates() {
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        let certificates: Vec<_> = CertificateDer::pem_slice_iter(RDS_CA_BUNDLE)
+            .collect::<Result<_, _>>()
+            .expect("every block of the bundle is a certificate");
+        // 2024's global bundle: every region's RSA2048, RSA4096 and ECC384 G1 roots,
+        // and the 2019 CAs.
+        assert!(certificates.len() >= 100, "{}", certificates.len());
+        let text = std::str::from_utf8(RDS_CA_BUNDLE).expect("PEM is ASCII");
+        assert_eq!(
+            text.matches("-----BEGIN CERTIFICATE-----").count(),
+            certificates.len()
+        );
+    }
+
+    #[test]
+    fn redis_credentials_replace_the_urls_and_are_encoded() {
+        let env = Env::from_pairs([
+            ("REDIS_URL", "rediss://old:secret@cache.internal:6379/0"),
+            ("REDIS_USERNAME", "order-functions"),
+            ("REDIS_PASSWORD", "p@ss/w:rd"),
+        ]);
+        let redis = RedisConfig::from_env(&env).expect("valid");
+        assert_eq!(
+            redis.url().expose_secret(),
+            "rediss://order-functions:p%40ss%2Fw%3Ard@cache.internal:6379/0"
+        );
+        let env = Env::from_pairs([
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_PASSWORD", "token"),
+        ]);
+        let redis = RedisConfig::from_env(&env).expect("valid");
+        assert_eq!(redis.url().expose_secret(), "redis://:token@127.0.0.1:6379");
+        let info = redis::IntoConnectionInfo::into_connection_info(redis.url().expose_secret())
+            .expect("the redis crate reads it");
+        assert_eq!(info.redis_settings().password(), Some("token"));
+
+        let env = Env::from_pairs([
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_USERNAME", "app"),
+        ]);
+        let err = RedisConfig::from_env(&env).expect_err("a user needs a password");
+        assert!(err.to_string().contains("REDIS_PASSWORD"), "{err}");
+        assert!(!format!("{redis:?}").contains("token"));
     }
 
     #[test]

@@ -656,9 +656,12 @@ mod tests {
         );
     }
 
+    type Stock = BTreeMap<String, (i32, i32)>;
+    type Prices = BTreeMap<String, Option<i64>>;
+
     /// LAMP-1: 5 available at 2500; OLD-1: 5 available, no price (stocked
     /// before prices existed).
-    fn shop() -> (BTreeMap<String, (i32, i32)>, BTreeMap<String, Option<i64>>) {
+    fn shop() -> (Stock, Prices) {
         let stock = [("LAMP-1".to_owned(), (5, 0)), ("OLD-1".to_owned(), (5, 0))];
         let prices = [
             ("LAMP-1".to_owned(), Some(2500)),

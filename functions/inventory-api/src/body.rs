@@ -16,8 +16,18 @@ pub const MAX_AVAILABLE: i32 = 1_000_000_000;
 struct SetAvailableBody {
     // i64, not i32: a negative or oversized number gets our message, not serde's.
     available: Option<i64>,
-    // A JSON value, so that `null`, `1.5` and `"5"` get our message.
+    // A JSON value, so that `null`, `1.5` and `"5"` get our message; `None` only
+    // when the field is missing (a `null` is `Some(Value::Null)`, refused).
+    #[serde(default, deserialize_with = "present")]
     price_cents: Option<serde_json::Value>,
+}
+
+/// Any value that is there, `null` included.
+fn present<'de, D>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// A valid `PUT /inventory/{sku}` body.

@@ -52,7 +52,7 @@ impl Deps {
     }
 }
 
-/// `{"sku","available","reserved"}`.
+/// `{"sku","available","reserved","price_cents"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StockView {
     pub sku: String,

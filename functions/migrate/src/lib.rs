@@ -15,8 +15,13 @@
 //! - Delete: `SUCCESS`, and the database is not touched: migrations are never
 //!   reverted.
 //!
+//! After the migrations it sets the passwords of the services' database roles
+//! given in its environment ([`roles`]).
+//!
 //! It never logs the `ResponseURL`'s query string (its signature lets anyone
-//! answer for the stack) nor the database password.
+//! answer for the stack) nor any database password.
+
+pub mod roles;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -37,6 +42,8 @@ use sqlx::migrate::{Migrate as _, MigrateError};
 use sqlx::{Connection as _, PgPool};
 use tracing::{error, info, warn, Instrument as _};
 
+use crate::roles::RolePassword;
+
 /// The binary's name: the `service` of its logs and metrics.
 pub const SERVICE: &str = "migrate";
 
@@ -49,6 +56,8 @@ pub struct Config {
     pub safety_margin: Duration,
     /// `RESPONSE_TIMEOUT_MS` (5000): one attempt at delivering the answer.
     pub response_timeout: Duration,
+    /// The service roles' passwords (`ORDER_SERVICE_DATABASE_PASSWORD`, ...).
+    pub role_passwords: Vec<RolePassword>,
 }
 
 impl Config {
@@ -57,6 +66,7 @@ impl Config {
             database: DatabaseConfig::from_env(env)?,
             safety_margin: env.millis_or("SAFETY_MARGIN_MS", Duration::from_secs(10))?,
             response_timeout: env.millis_or("RESPONSE_TIMEOUT_MS", Duration::from_secs(5))?,
+            role_passwords: RolePassword::from_env(env)?,
         })
     }
 }
@@ -72,6 +82,7 @@ pub struct Deps {
     database: String,
     /// The physical resource id a Create answers with.
     physical_id: String,
+    role_passwords: Vec<RolePassword>,
 }
 
 impl Deps {
@@ -92,6 +103,7 @@ impl Deps {
             response_timeout: config.response_timeout,
             database: format!("{name} at {}:{}", options.get_host(), options.get_port()),
             physical_id: format!("{name}-migrations"),
+            role_passwords: config.role_passwords.clone(),
         })
     }
 }
@@ -162,6 +174,13 @@ pub enum MigrationError {
         database: String,
         #[source]
         source: MigrateError,
+    },
+    #[error("setting the password of the database role {role} in {database} failed: {source}")]
+    RolePassword {
+        database: String,
+        role: &'static str,
+        #[source]
+        source: sqlx::Error,
     },
     #[error("the migrations did not finish in the {}s left before the function's timeout (less its safety margin); what was in progress is rolled back", .0.as_secs())]
     TimedOut(Duration),
@@ -301,7 +320,7 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Answer, In
         match Request::classify(payload) {
             Request::Direct => {
                 info!(database = %deps.database, "applying the migrations (direct invocation)");
-                let applied = apply_within(&deps.pool, &deps.database, time.for_work()).await?;
+                let applied = apply_within(deps, time.for_work()).await?;
                 info!(applied = ?applied.applied, latest_version = ?applied.latest_version, "migrations applied");
                 Ok(Answer::Direct(applied))
             }
@@ -354,15 +373,29 @@ fn versions(applied: Vec<sqlx::migrate::AppliedMigration>) -> BTreeSet<i64> {
     applied.into_iter().map(|m| m.version).collect()
 }
 
-/// [`apply`] in a task of its own, under `budget`.
-async fn apply_within(
+/// [`apply`] in a task of its own, under `budget`; then the service roles' passwords.
+async fn apply_within(deps: &Deps, budget: Duration) -> Result<Applied, MigrationError> {
+    let pool = deps.pool.clone();
+    let database = deps.database.clone();
+    let applied = guarded(budget, async move { apply(&pool, &database).await }).await?;
+    set_role_passwords(&deps.pool, &deps.database, &deps.role_passwords).await?;
+    Ok(applied)
+}
+
+/// Sets the service roles' passwords (statements of a few milliseconds, under
+/// the pool's statement timeout).
+pub async fn set_role_passwords(
     pool: &PgPool,
     database: &str,
-    budget: Duration,
-) -> Result<Applied, MigrationError> {
-    let pool = pool.clone();
-    let database = database.to_owned();
-    guarded(budget, async move { apply(&pool, &database).await }).await
+    roles: &[RolePassword],
+) -> Result<(), MigrationError> {
+    roles::set_passwords(pool, roles)
+        .await
+        .map_err(|(role, source)| MigrationError::RolePassword {
+            database: database.to_owned(),
+            role,
+            source,
+        })
 }
 
 /// Runs `work` as a task: a panic becomes [`MigrationError::Panicked`], running
@@ -540,7 +573,7 @@ async fn answer(
         .clone()
         .unwrap_or_else(|| deps.physical_id.clone());
     let (status, reason, data) = match action {
-        Action::Apply(_) => match apply_within(&deps.pool, &deps.database, time.for_work()).await {
+        Action::Apply(_) => match apply_within(deps, time.for_work()).await {
             Ok(applied) => {
                 info!(applied = ?applied.applied, latest_version = ?applied.latest_version, "migrations applied");
                 (Status::Success, applied.summary(), applied.data())

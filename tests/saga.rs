@@ -472,6 +472,110 @@ async fn an_order_created_event_after_its_cancellation_reserves_nothing() -> any
     Ok(())
 }
 
+/// A price changed after the inventory decided an order changes nothing for it,
+/// either way: an OrderCreated asked again (under its own event id, as the
+/// reconciler sends it, or another) gets the recorded answer, never a new
+/// decision at today's price.
+#[tokio::test]
+async fn an_order_asked_again_after_a_price_change_gets_its_recorded_answer() -> anyhow::Result<()>
+{
+    let db = TestDb::fresh().await?;
+    sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('W-1', 5, 100)")
+        .execute(&db.pool)
+        .await?;
+    let reserve = |order: shared::domain::OrderId, event_id: uuid::Uuid, price: i64| {
+        anyhow::Ok(inventory_consumer::Job {
+            event_id,
+            traceparent: None,
+            command: inventory_consumer::Command::Reserve {
+                order_id: order,
+                lines: vec![inventory_consumer::Line {
+                    sku: shared::domain::Sku::parse("W-1")?,
+                    quantity: shared::domain::Quantity::try_from(2_i64)?,
+                    unit_price_cents: price,
+                }],
+            },
+        })
+    };
+    let stock = || async {
+        let levels: (i32, i32) =
+            sqlx::query_as("SELECT available, reserved FROM inventory.stock WHERE sku = 'W-1'")
+                .fetch_one(&db.pool)
+                .await?;
+        anyhow::Ok(levels)
+    };
+    let answer = |order: shared::domain::OrderId| {
+        let pool = db.pool.clone();
+        async move {
+            let recorded: (String, String) = sqlx::query_as(
+                "SELECT event_type, payload::text FROM inventory.answers WHERE order_id = $1",
+            )
+            .bind(order.as_uuid())
+            .fetch_one(&pool)
+            .await?;
+            anyhow::Ok(recorded)
+        }
+    };
+    let set_price = |price: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE inventory.stock SET price_cents = $1 WHERE sku = 'W-1'")
+                .bind(price)
+                .execute(&pool)
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+
+    // Reserved at 100; the price goes up to 150.
+    let (reserved, first) = (shared::domain::OrderId::new(), uuid::Uuid::now_v7());
+    let applied = inventory_consumer::apply(&db.pool, &[reserve(reserved, first, 100)?]).await?;
+    assert_eq!(applied.reserved, 1);
+    let recorded = answer(reserved).await?;
+    assert_eq!(recorded.0, "InventoryReserved");
+    set_price(150).await?;
+    for event_id in [first, uuid::Uuid::now_v7()] {
+        let again =
+            inventory_consumer::apply(&db.pool, &[reserve(reserved, event_id, 100)?]).await?;
+        assert_eq!(
+            (again.reserved, again.rejected, again.answered_again),
+            (0, 0, 1)
+        );
+        assert_eq!(answer(reserved).await?, recorded, "the recorded answer");
+    }
+    assert_eq!(stock().await?, (3, 2), "reserved once");
+
+    // Rejected at 100 (the catalog says 150); the price comes down to 100.
+    let (rejected, first) = (shared::domain::OrderId::new(), uuid::Uuid::now_v7());
+    let applied = inventory_consumer::apply(&db.pool, &[reserve(rejected, first, 100)?]).await?;
+    assert_eq!(applied.rejected, 1);
+    let recorded = answer(rejected).await?;
+    assert_eq!(recorded.0, "InventoryRejected");
+    assert!(
+        recorded
+            .1
+            .contains("price of W-1 is 150 cents in the catalog, not 100 as ordered"),
+        "{}",
+        recorded.1
+    );
+    set_price(100).await?;
+    for event_id in [first, uuid::Uuid::now_v7()] {
+        let again =
+            inventory_consumer::apply(&db.pool, &[reserve(rejected, event_id, 100)?]).await?;
+        assert_eq!(
+            (again.reserved, again.rejected, again.answered_again),
+            (0, 0, 1)
+        );
+        assert_eq!(answer(rejected).await?, recorded, "the recorded answer");
+    }
+    assert_eq!(
+        stock().await?,
+        (3, 2),
+        "nothing reserved for the rejected order"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn unknown_event_types_and_invalid_payloads_go_to_the_dead_letter_stream(
 ) -> anyhow::Result<()> {

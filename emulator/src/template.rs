@@ -993,8 +993,28 @@ mod tests {
         assert_eq!(migrate.environment["DATABASE_MAX_CONNECTIONS"], "1");
         assert_eq!(
             migrate.unresolved_environment,
-            ["DATABASE_PASSWORD", "DATABASE_URL"]
+            [
+                "DATABASE_PASSWORD",
+                "DATABASE_URL",
+                "INVENTORY_SERVICE_DATABASE_PASSWORD",
+                "ORDER_SERVICE_DATABASE_PASSWORD",
+                "OUTBOX_RELAY_DATABASE_PASSWORD"
+            ]
         );
+        // Migrations run as the master user (the URL's); every other function
+        // logs in as its service's role, locally too.
+        assert!(!migrate.environment.contains_key("DATABASE_USER"));
+        for (id, role) in [
+            ("CreateOrderFunction", "order_service"),
+            ("OrderSagaFunction", "order_service"),
+            ("OrderReconcilerFunction", "order_service"),
+            ("InventoryApiFunction", "inventory_service"),
+            ("InventoryConsumerFunction", "inventory_service"),
+            ("InventoryRetentionFunction", "inventory_service"),
+            ("OutboxRelayFunction", "outbox_relay"),
+        ] {
+            assert_eq!(function(&template, id).environment["DATABASE_USER"], role, "{id}");
+        }
         assert!(migrate.stream_source().is_none());
 
         // What the deployment chooses: empty means "create it" and resolves to

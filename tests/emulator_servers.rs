@@ -75,6 +75,22 @@ async fn a_private_redis_keeps_its_data_across_restarts_and_stops() -> anyhow::R
     let mut conn = redis_connection(&redis.url).await?;
     let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
     assert_eq!(pong, "PONG");
+    // It requires the password the URL carries, as ElastiCache requires its token.
+    assert!(
+        redis.url.starts_with("redis://:") && redis.url.contains('@'),
+        "a password in the URL"
+    );
+    let password_file = temp.state.path().join("redis/password");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&password_file)?.permissions());
+    assert_eq!(mode & 0o077, 0, "the password file is its owner's only");
+    let mut anonymous = redis::Client::open(format!("redis://{addr}"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    let refused: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut anonymous).await;
+    let refused = refused.expect_err("no password, no access");
+    assert!(refused.to_string().contains("NOAUTH"), "{refused}");
+    drop(anonymous);
     let _: () = redis::cmd("SET")
         .arg("greeting")
         .arg("hello")

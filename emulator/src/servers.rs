@@ -320,6 +320,10 @@ pub async fn redis_with(
 /// Starts `redis-server` on a free loopback port with its data in `<state>/redis`:
 /// an append-only file (fsync every second) and no RDB snapshots, so a key written
 /// before a stop, or up to a second before a crash, is there on the next start.
+/// It requires a password, as ElastiCache and MemoryDB do in AWS: generated once
+/// per state directory (`<state>/redis/password`, mode 0600), given to Redis in a
+/// configuration file (not on its command line, which `ps` shows) and to the
+/// functions in the URL (`redis://:<password>@127.0.0.1:<port>`).
 async fn start_redis(redis_server: &Path, state: &StateDir) -> anyhow::Result<Redis> {
     start_redis_on(redis_server, state, spare_loopback_addr()?).await
 }
@@ -340,10 +344,17 @@ async fn start_redis_on(
         .append(true)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
+    let password = private_redis_password(&dir)?;
+    write_private(
+        &dir.join(REDIS_AUTH_CONF),
+        &format!("requirepass {password}\n"),
+    )?;
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(WATCHDOG)
         .arg(redis_server)
+        // The configuration file comes first (relative to the working directory).
+        .arg(REDIS_AUTH_CONF)
         .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
         // `--dir .` with the data directory as the working directory: no quoting
         // of the path in Redis's configuration syntax.
@@ -370,7 +381,8 @@ async fn start_redis_on(
     let deadline = tokio::time::Instant::now() + REDIS_START_DEADLINE;
     loop {
         if let Probe::Replied(reply) = probe(addr, b"PING\r\n").await {
-            if reply.starts_with(b"+PONG") {
+            // Up and requiring its password (or, had it none, answering).
+            if reply.starts_with(b"-NOAUTH") || reply.starts_with(b"+PONG") {
                 break;
             }
         }
@@ -392,7 +404,7 @@ async fn start_redis_on(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let redis = Redis {
-        url: format!("redis://{addr}"),
+        url: format!("redis://:{password}@{addr}"),
         origin: Origin::Private,
         private: Some(PrivateRedis {
             addr,
@@ -408,6 +420,40 @@ async fn start_redis_on(
         dir.display()
     );
     Ok(redis)
+}
+
+/// The private Redis's configuration file: its password only.
+const REDIS_AUTH_CONF: &str = "auth.conf";
+
+/// The private Redis's password: `<dir>/password`, generated on the first start.
+fn private_redis_password(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("password");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &password)?;
+    Ok(password)
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl Redis {

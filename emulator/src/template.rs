@@ -1013,7 +1013,11 @@ mod tests {
             ("InventoryRetentionFunction", "inventory_service"),
             ("OutboxRelayFunction", "outbox_relay"),
         ] {
-            assert_eq!(function(&template, id).environment["DATABASE_USER"], role, "{id}");
+            assert_eq!(
+                function(&template, id).environment["DATABASE_USER"],
+                role,
+                "{id}"
+            );
         }
         assert!(migrate.stream_source().is_none());
 

@@ -58,7 +58,18 @@ impl Stores {
             redis: None,
         };
         if needs != Needs::Database {
-            let redis = servers::redis(env.get("REDIS_URL")?, DEFAULT_REDIS, &state).await?;
+            // A configured REDIS_URL with REDIS_USERNAME / REDIS_PASSWORD applied, as
+            // the functions apply them (e.g. ElastiCache's AUTH token for `dlq`).
+            let configured = match env.get("REDIS_URL")? {
+                Some(_) => Some(
+                    secrecy::ExposeSecret::expose_secret(
+                        shared::config::RedisConfig::from_env(env)?.url(),
+                    )
+                    .to_owned(),
+                ),
+                None => None,
+            };
+            let redis = servers::redis(configured.as_deref(), DEFAULT_REDIS, &state).await?;
             stores.redis_url.clone_from(&redis.url);
             stores.redis = Some(redis);
         }

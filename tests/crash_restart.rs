@@ -221,15 +221,31 @@ async fn drive(
         .context("the private Redis's port")?;
     let endpoint = tests::forwarder::Forwarder::start(primary_port).await?;
     let primary_port = primary_port.to_string();
-    let mut replica = Some(
-        tests::RedisServer::start_with(
-            tests::spare_port()?,
-            &["--replicaof", "127.0.0.1", &primary_port],
-        )
-        .await?,
-    );
+    // The private Redis requires its password (as ElastiCache's AUTH token); its
+    // replicas use it too, to sync and to be the primary after a failover.
+    let password = redis
+        .url
+        .strip_prefix("redis://:")
+        .and_then(|rest| rest.split_once('@'))
+        .map(|(password, _)| password.to_owned())
+        .context("the private Redis's password")?;
+    let with_password = |url: String| url.replacen("redis://", &format!("redis://:{password}@"), 1);
+    let replica_args = |primary: &str| {
+        [
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.to_owned(),
+            "--masterauth".to_owned(),
+            password.clone(),
+            "--requirepass".to_owned(),
+            password.clone(),
+        ]
+    };
+    let args = replica_args(&primary_port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut replica = Some(tests::RedisServer::start_with(tests::spare_port()?, &args).await?);
     let mut new_replica = None;
-    let redis_url = endpoint.url();
+    let redis_url = with_password(endpoint.url());
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(30))
@@ -416,7 +432,7 @@ async fn drive(
             let t = Instant::now();
             let promoted = replica.take().context("a replica")?;
             redis.stop_in_place().await?;
-            let mut conn = redis::Client::open(promoted.url())?
+            let mut conn = redis::Client::open(with_password(promoted.url()))?
                 .get_multiplexed_async_connection()
                 .await?;
             let _: () = redis::cmd("REPLICAOF")
@@ -426,13 +442,9 @@ async fn drive(
                 .await?;
             endpoint.retarget(promoted.port);
             let port = promoted.port.to_string();
-            new_replica = Some(
-                tests::RedisServer::start_with(
-                    tests::spare_port()?,
-                    &["--replicaof", "127.0.0.1", &port],
-                )
-                .await?,
-            );
+            let args = replica_args(&port);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            new_replica = Some(tests::RedisServer::start_with(tests::spare_port()?, &args).await?);
             replica = Some(promoted);
             failed_over = Some((done, t.elapsed()));
             println!(

@@ -340,12 +340,11 @@ impl RedisServer {
         for _ in 0..100 {
             if let Ok(client) = redis::Client::open(server.url()) {
                 if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok()
-                    {
-                        return Ok(server);
+                    // Up: it answers, or asks for the password it requires.
+                    match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                        Ok(_) => return Ok(server),
+                        Err(e) if e.code() == Some("NOAUTH") => return Ok(server),
+                        Err(_) => {}
                     }
                 }
             }

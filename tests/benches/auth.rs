@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use emulator::auth::{Gate, Trust};
 use emulator::system::Mode;
-use tests::load::{closed_loop, Load};
+use tests::load::{closed_loop, median, Load};
 use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
 
 struct Args {
@@ -49,11 +49,6 @@ fn args() -> Result<Args> {
         }
     }
     Ok(parsed)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 async fn post_orders(base: &str, clients: usize, duration: Duration, run: &str) -> Result<Load> {

@@ -35,7 +35,7 @@ use emulator::functions::Runner;
 use emulator::system::Mode;
 use sqlx::PgPool;
 use tests::emulated::RunningEmulator;
-use tests::load::{closed_loop, Load};
+use tests::load::{closed_loop, median, Load};
 use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
 use time::OffsetDateTime;
 use tokio::io::AsyncBufReadExt as _;
@@ -146,11 +146,6 @@ fn mode(which: Which, concurrency: usize) -> Result<Option<Mode>> {
             }
         },
     })
-}
-
-fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
 }
 
 // ---------------------------------------------------------------------------

@@ -62,3 +62,9 @@ where
     load.latencies.sort();
     Ok(load)
 }
+
+/// The median (the upper one of an even count); the values must not be empty.
+pub fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}

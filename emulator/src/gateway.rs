@@ -265,7 +265,7 @@ pub fn invocation_failed(
         InvokeError::Timeout { .. } => {
             gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
         }
-        InvokeError::Throttled => gateway_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
+        InvokeError::Throttled => too_many_requests(),
         _ => gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
     }
 }

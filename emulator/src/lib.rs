@@ -92,7 +92,7 @@ async fn dispatch(
     if let Some(cors) = cors.filter(|_| cors::is_preflight(&parts.method, &parts.headers)) {
         return cors::preflight(cors, &parts.headers);
     }
-    let mut response = route(&emulator, parts.clone(), body, peer).await;
+    let mut response = route(&emulator, &parts, body, peer).await;
     if let Some(cors) = cors {
         cors::decorate(cors, &parts.headers, &mut response);
     }
@@ -103,7 +103,7 @@ async fn dispatch(
 /// authorizer, then the function.
 async fn route(
     emulator: &Emulator,
-    parts: axum::http::request::Parts,
+    parts: &axum::http::request::Parts,
     body: axum::body::Body,
     peer: SocketAddr,
 ) -> axum::response::Response {
@@ -130,7 +130,7 @@ async fn route(
         Ok(body) => body,
         Err(_) => return gateway::payload_too_large(),
     };
-    let mut event = gateway::event(&parts, &body, &matched, peer);
+    let mut event = gateway::event(parts, &body, &matched, peer);
     if let Some(context) = authorizer {
         event["requestContext"]["authorizer"] = context;
     }

@@ -260,7 +260,7 @@ async fn write_order(
     traceparent: TraceParent,
 ) -> Result<Written, Response<Body>> {
     if let Some(key) = key {
-        match idempotency::begin(tx, order_owner(command), key, fingerprint)
+        match idempotency::begin(tx, command.order.customer_id(), key, fingerprint)
             .await
             .map_err(store_failure)?
         {
@@ -285,7 +285,7 @@ async fn write_order(
     if let Some(key) = key {
         idempotency::record(
             tx,
-            order_owner(command),
+            command.order.customer_id(),
             key,
             fingerprint,
             &response,
@@ -298,11 +298,6 @@ async fn write_order(
         response,
         event_id: event.event_id,
     })
-}
-
-/// The customer whose idempotency keys a create uses: the order's, the caller.
-fn order_owner(command: &CreateOrder) -> &shared::domain::CustomerId {
-    command.order.customer_id()
 }
 
 /// `GET /orders/{id}`: the caller's own order, or any for an admin.

@@ -323,6 +323,42 @@ async fn customers_see_only_their_own_orders_and_an_admin_sees_all() -> Result<(
     running.stop().await
 }
 
+/// A Python with PyJWT and `cryptography`: the system's when it has them, else a
+/// virtual environment under `target/` with the pinned versions installed from PyPI
+/// (once), so that `cargo test --workspace` needs no set-up of its own.
+fn pyjwt_python() -> Result<std::path::PathBuf> {
+    let has_pyjwt = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import jwt, cryptography"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let system = std::path::PathBuf::from("python3");
+    if has_pyjwt(&system) {
+        return Ok(system);
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyjwt-venv");
+    let python = venv.join("bin/python");
+    if !has_pyjwt(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("python3 -m venv")?;
+        ensure!(made.success(), "could not make {}", venv.display());
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "PyJWT[crypto]==2.10.1"])
+            .status()
+            .context("pip install PyJWT")?;
+        ensure!(
+            installed.success(),
+            "could not install PyJWT into {}",
+            venv.display()
+        );
+    }
+    Ok(python)
+}
+
 /// A key pair, JWKS file and RS256 token made by PyJWT and `cryptography`
 /// (Python), not by this project's code.
 fn python_token(dir: &std::path::Path, issuer: &str, audience: &str) -> Result<String> {
@@ -342,7 +378,7 @@ claims = {"sub": "py-customer", "iss": issuer, "aud": audience, "iat": now, "exp
           "scope": "orders:read orders:write inventory:read inventory:write"}
 print(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "python-1"}))
 "#;
-    let output = Command::new("python3")
+    let output = Command::new(pyjwt_python()?)
         .arg("-c")
         .arg(script)
         .arg(dir.join("jwks.json"))

@@ -355,22 +355,35 @@ async fn drive(
     let counters = Arc::new(Counters::default());
     let accepted: Arc<Mutex<Vec<(String, bool)>>> = Arc::new(Mutex::new(Vec::new()));
     let next = Arc::new(AtomicU64::new(0));
+    // Orders the clients may place so far: each failure of the plan opens the way to
+    // the next stretch, so that every failure happens while orders still flow, however
+    // fast the clients are (the share of the orders placed when it strikes).
+    let share = |tenths: u64| (plan.orders as u64 * tenths).div_ceil(10);
+    let allowed = Arc::new(AtomicU64::new(share(3)));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()?;
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
-        let (http, base, counters, accepted, next) = (
+        let (http, base, counters, accepted, next, allowed) = (
             http.clone(),
             base.clone(),
             Arc::clone(&counters),
             Arc::clone(&accepted),
             Arc::clone(&next),
+            Arc::clone(&allowed),
         );
         let total = plan.orders as u64;
         let mut rng = Rng(seed ^ (c as u64 + 1).wrapping_mul(0x1234_5678_9abc));
         clients.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < total {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                while n >= allowed.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let (id, cancelled) = place_order(&http, &base, &mut rng, &counters).await?;
                 accepted
                     .lock()
@@ -418,11 +431,14 @@ async fn drive(
             redis.restart(Duration::from_secs(1)).await?;
             redis_restarted = Some((done, t.elapsed()));
             println!("  restarted Redis after {done} orders ({:?})", t.elapsed());
+            allowed.store(share(6), Ordering::Relaxed);
         }
         if postgres_restarted.is_none() && done * 10 >= total * 6 {
             let t = Instant::now();
             postgres.restart(plan.postgres_down).await?;
             postgres_restarted = Some((done, t.elapsed()));
+            let next_stop = if plan.redis_failover { share(8) } else { total };
+            allowed.store(next_stop, Ordering::Relaxed);
             println!(
                 "  restarted PostgreSQL after {done} orders ({:?})",
                 t.elapsed()
@@ -447,6 +463,7 @@ async fn drive(
             new_replica = Some(tests::RedisServer::start_with(tests::spare_port()?, &args).await?);
             replica = Some(promoted);
             failed_over = Some((done, t.elapsed()));
+            allowed.store(total, Ordering::Relaxed);
             println!(
                 "  failed Redis over to its replica after {done} orders ({:?})",
                 t.elapsed()

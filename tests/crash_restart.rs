@@ -251,7 +251,7 @@ async fn drive(
         .acquire_timeout(Duration::from_secs(30))
         .connect(&database_url)
         .await?;
-    shared::db::migrate(&pool).await?;
+    shared::db::migrate(&pool, migrate::migrations()).await?;
     let namespace = "crash".to_owned();
 
     // Stock: plenty of the common SKUs, a little of the scarce ones.

@@ -101,7 +101,7 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     let streams = String::from_utf8(out)?;
     assert!(streams.contains(&format!("{ns}:{{Order:0}}")), "{streams}");
     assert!(streams.contains("group inventory"), "{streams}");
-    let relay = shared::relay::Relay::new(db.pool.clone(), redis.clone(), Default::default());
+    let relay = shared::relay::Relay::new(db.pool.clone(), redis.clone(), tests::relay_options());
     let mut out = Vec::new();
     emulator::cli::outbox(&relay, &mut out).await?;
     let outbox = String::from_utf8(out)?;

@@ -186,7 +186,7 @@ async fn cancel_over_http() -> Result<()> {
 /// migrated on start, there is nothing left to apply.
 #[tokio::test]
 async fn the_migrate_function_answers_a_direct_invocation() -> Result<()> {
-    let latest = shared::db::MIGRATOR.iter().map(|m| m.version).max();
+    let latest = shared::db::versions(&migrate::migrations()).last().copied();
     for mode in [
         emulator::system::Mode::InProcess,
         tests::emulated::runtime_api()?,

@@ -117,7 +117,7 @@ impl System {
             stream_namespace: ns.clone(),
             min_replicas,
             replica_timeout: Duration::from_millis(200),
-            ..RelayOptions::default()
+            ..tests::relay_options()
         };
         let relay = RunningRelay::start(
             tests::relay(&db.pool, &redis_url, options).await?,
@@ -352,7 +352,7 @@ async fn a_batch_no_replica_acknowledged_stays_in_the_outbox() -> anyhow::Result
         stream_namespace: ns.clone(),
         min_replicas: 1,
         replica_timeout: Duration::from_millis(50),
-        ..RelayOptions::default()
+        ..tests::relay_options()
     };
     let relay: Relay = tests::relay(&db.pool, &redis.url(), options.clone()).await?;
     tests::raw_create_order(&db.pool, "c-1").await?;

@@ -97,7 +97,7 @@ async fn drive(
         .acquire_timeout(Duration::from_secs(5))
         .connect(&database_url)
         .await?;
-    shared::db::migrate(&pool).await?;
+    shared::db::migrate(&pool, migrate::migrations()).await?;
     // Plenty of one SKU, a little of another: confirmations and rejections.
     for (sku, available) in [("PLENTY", 1_000_000), ("SCARCE", 20)] {
         sqlx::query(

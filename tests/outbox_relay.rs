@@ -15,7 +15,7 @@ use tests::{read_streams, redis_url, unique_namespace, RedisServer, RunningRelay
 fn options(namespace: &str) -> RelayOptions {
     RelayOptions {
         stream_namespace: namespace.to_owned(),
-        ..RelayOptions::default()
+        ..tests::relay_options()
     }
 }
 
@@ -39,7 +39,7 @@ fn event(aggregate_type: &str, aggregate_id: &str, seq: u64) -> Result<EventEnve
 }
 
 /// Appends `event` to `outbox` in a transaction of its own.
-async fn append(db: &TestDb, outbox: Outbox, event: &EventEnvelope) -> Result<()> {
+async fn append(db: &TestDb, outbox: &Outbox, event: &EventEnvelope) -> Result<()> {
     let mut tx = db.pool.begin().await?;
     outbox::append(&mut tx, outbox, event).await?;
     tx.commit().await?;
@@ -63,8 +63,8 @@ async fn events_reach_their_streams_exactly_as_written() -> Result<()> {
     let ns = unique_namespace();
     let order_event = event("Order", "0193a3e2-7c1a-7000-8000-000000000001", 1)?;
     let stock_event = event("Stock", "WIDGET-1", 1)?;
-    append(&db, Outbox::Orders, &order_event).await?;
-    append(&db, Outbox::Inventory, &stock_event).await?;
+    append(&db, &shared::orders::OUTBOX, &order_event).await?;
+    append(&db, &shared::inventory::OUTBOX, &stock_event).await?;
 
     let relay = relay(&db, &redis_url(), options(&ns)).await?;
     let summary = relay.drain_until(far()).await?;
@@ -105,7 +105,7 @@ async fn a_crash_after_xadd_republishes_the_same_events() -> Result<()> {
     let mut written = Vec::new();
     for i in 0..10 {
         let e = event("Order", &format!("agg-{}", i % 3), i)?;
-        append(&db, Outbox::Orders, &e).await?;
+        append(&db, &shared::orders::OUTBOX, &e).await?;
         written.push(e.event_id);
     }
     let crashing = relay(
@@ -118,7 +118,7 @@ async fn a_crash_after_xadd_republishes_the_same_events() -> Result<()> {
         },
     )
     .await?;
-    let crashed = crashing.relay_once(Outbox::Orders).await;
+    let crashed = crashing.relay_once(&shared::orders::OUTBOX).await;
     assert!(matches!(crashed, Err(RelayError::Injected)), "{crashed:?}");
     assert_eq!(db.count("orders.outbox").await?, 10, "nothing is lost");
 
@@ -165,9 +165,9 @@ async fn a_late_commit_with_a_lower_id_is_not_skipped() -> Result<()> {
 
     let slow = event("Order", "slow", 1)?;
     let mut slow_tx = db.pool.begin().await?;
-    outbox::append(&mut slow_tx, Outbox::Orders, &slow).await?;
+    outbox::append(&mut slow_tx, &shared::orders::OUTBOX, &slow).await?;
     let fast = event("Order", "fast", 1)?;
-    append(&db, Outbox::Orders, &fast).await?;
+    append(&db, &shared::orders::OUTBOX, &fast).await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders.outbox")
         .fetch_all(&db.pool)
         .await?;
@@ -212,7 +212,7 @@ async fn several_relays_keep_each_aggregate_in_order() -> Result<()> {
                     for a in (w..aggregates).step_by(4) {
                         let e = event("Order", &format!("agg-{a}"), n)?;
                         let mut tx = pool.begin().await?;
-                        outbox::append(&mut tx, Outbox::Orders, &e).await?;
+                        outbox::append(&mut tx, &shared::orders::OUTBOX, &e).await?;
                         tx.commit().await?;
                     }
                 }
@@ -293,7 +293,7 @@ async fn redis_down_fails_retryably_and_nothing_is_lost() -> Result<()> {
     let redis = shared::relay::connect_redis(&url, Duration::from_millis(500)).await?;
     let relay = Relay::new(db.pool.clone(), redis, options(&ns));
     for i in 0..5 {
-        append(&db, Outbox::Orders, &event("Order", "agg-1", i)?).await?;
+        append(&db, &shared::orders::OUTBOX, &event("Order", "agg-1", i)?).await?;
     }
     server.kill();
 
@@ -388,7 +388,7 @@ async fn poison_rows_are_set_aside_without_blocking_others() -> Result<()> {
         .collect();
     assert_eq!(seqs, [0, 2, 5], "the rest of the aggregate went on");
 
-    let failed = relay.failed_rows(Outbox::Orders, 10).await?;
+    let failed = relay.failed_rows(&shared::orders::OUTBOX, 10).await?;
     assert_eq!(failed.len(), 3);
     let errors: Vec<String> = failed
         .iter()
@@ -404,9 +404,17 @@ async fn poison_rows_are_set_aside_without_blocking_others() -> Result<()> {
         .bind(failed[0].id)
         .execute(&db.pool)
         .await?;
-    assert_eq!(relay.redrive(Outbox::Orders, &[failed[0].id]).await?, 1);
+    assert_eq!(
+        relay
+            .redrive(&shared::orders::OUTBOX, &[failed[0].id])
+            .await?,
+        1
+    );
     assert_eq!(relay.drain_until(far()).await?.published, 1);
-    assert_eq!(relay.failed_rows(Outbox::Orders, 10).await?.len(), 2);
+    assert_eq!(
+        relay.failed_rows(&shared::orders::OUTBOX, 10).await?.len(),
+        2
+    );
     Ok(())
 }
 
@@ -478,7 +486,7 @@ async fn listen_notify_wakes_the_relay_within_milliseconds() -> Result<()> {
     .await;
     let e = event("Order", "agg-1", 7)?;
     let committed = Instant::now();
-    append(&db, Outbox::Orders, &e).await?;
+    append(&db, &shared::orders::OUTBOX, &e).await?;
     let mut arrived = None;
     while committed.elapsed() < Duration::from_secs(10) {
         let entries: Vec<_> = read_streams(&redis_url(), &ns)
@@ -508,7 +516,7 @@ async fn the_scheduled_function_drains_and_reports() -> Result<()> {
     let db = TestDb::fresh().await?;
     let ns = unique_namespace();
     for i in 0..3 {
-        append(&db, Outbox::Orders, &event("Order", "agg-1", i)?).await?;
+        append(&db, &shared::orders::OUTBOX, &event("Order", "agg-1", i)?).await?;
     }
     let deps = outbox_relay::Deps {
         relay: relay(&db, &redis_url(), options(&ns)).await?,

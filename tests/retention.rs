@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use shared::config::Env;
-use shared::inbox::{self, Inbox};
+use shared::inbox;
 use shared::metrics::{self, Metric};
-use shared::outbox::Outbox;
 use shared::relay::RelayOptions;
 use shared::retention::{purge_order_service, RetentionConfig};
 use tests::{redis_url, unique_namespace, TestDb};
@@ -237,7 +236,7 @@ async fn a_redriven_event_is_still_recognised_after_the_purge() -> Result<()> {
     let config = RetentionConfig::default();
     let redrivable = config.stream_retention + config.dlq_retention;
     assert_eq!(redrivable, Duration::from_secs(504 * 3600));
-    for inbox in [Inbox::Orders, Inbox::Inventory] {
+    for inbox in [&shared::orders::INBOX, &shared::inventory::INBOX] {
         let (redriven, forgotten) = (Uuid::now_v7(), Uuid::now_v7());
         let mut tx = db.pool.begin().await?;
         let fresh = inbox::record(&mut tx, inbox, "consumer", &[redriven, forgotten]).await?;
@@ -253,14 +252,11 @@ async fn a_redriven_event_is_still_recognised_after_the_purge() -> Result<()> {
         age(redriven, 504).await?;
         age(forgotten, 553).await?;
 
-        match inbox {
-            Inbox::Orders => {
-                purge_order_service(&db.pool, &config).await?;
-            }
-            Inbox::Inventory => {
-                inventory_consumer::retention::purge_inventory_service(&db.pool, &config, far())
-                    .await?;
-            }
+        if *inbox == shared::orders::INBOX {
+            purge_order_service(&db.pool, &config).await?;
+        } else {
+            inventory_consumer::retention::purge_inventory_service(&db.pool, &config, far())
+                .await?;
         }
 
         // The same events again, as a redrive delivers them.
@@ -334,7 +330,7 @@ async fn dead_letters_are_trimmed_by_age() -> Result<()> {
         RelayOptions {
             stream_namespace: ns.clone(),
             stream_retention: Duration::from_secs(10_000 * 3600),
-            ..RelayOptions::default()
+            ..tests::relay_options()
         },
     )
     .await?;
@@ -423,7 +419,7 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
         &redis_url(),
         RelayOptions {
             stream_namespace: ns.clone(),
-            ..RelayOptions::default()
+            ..tests::relay_options()
         },
     )
     .await?;
@@ -444,7 +440,8 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     let mut out = Vec::new();
     let rows = emulator::cli::FailedRows::Ids(vec![ids[0]]);
     let n =
-        emulator::cli::outbox_purge_failed(&relay, Outbox::Orders, &rows, false, &mut out).await?;
+        emulator::cli::outbox_purge_failed(&relay, &shared::orders::OUTBOX, &rows, false, &mut out)
+            .await?;
     assert_eq!(n, 0);
     assert!(String::from_utf8(out)?.contains("--yes"));
     assert_eq!(db.count("orders.outbox").await?, 2);
@@ -460,14 +457,14 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     .await?;
     assert_eq!(
         relay
-            .purge_failed(Outbox::Orders, &[ids[0], pending])
+            .purge_failed(&shared::orders::OUTBOX, &[ids[0], pending])
             .await?,
         1
     );
     let mut out = Vec::new();
     let n = emulator::cli::outbox_purge_failed(
         &relay,
-        Outbox::Orders,
+        &shared::orders::OUTBOX,
         &emulator::cli::FailedRows::All,
         true,
         &mut out,

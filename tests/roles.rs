@@ -194,7 +194,7 @@ async fn each_role_does_its_own_work() -> Result<()> {
         &redis_url(),
         shared::relay::RelayOptions {
             stream_namespace: unique_namespace(),
-            ..shared::relay::RelayOptions::default()
+            ..tests::relay_options()
         },
     )
     .await?;

@@ -34,7 +34,7 @@ impl System {
         let options = RelayOptions {
             stream_namespace: ns.clone(),
             stream_partitions: partitions,
-            ..RelayOptions::default()
+            ..tests::relay_options()
         };
         let relay = RunningRelay::start(
             relay(&db.pool, &redis_url(), options).await?,

@@ -186,12 +186,12 @@ pub async fn streams(
 
 /// `outbox`: per outbox, rows waiting, the oldest one's age, and rows set aside.
 pub async fn outbox(relay: &Relay, out: &mut dyn Write) -> anyhow::Result<()> {
-    for o in Outbox::ALL {
+    for o in &relay.options().outboxes {
         let b = relay.backlog(o).await?;
         writeln!(
             out,
             "{:<18} pending {:<8} oldest {:<10} failed {}",
-            o.table(),
+            o.to_string(),
             b.pending,
             b.oldest_pending_age_ms
                 .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
@@ -204,12 +204,12 @@ pub async fn outbox(relay: &Relay, out: &mut dyn Write) -> anyhow::Result<()> {
 /// `outbox failed`: the rows of `outbox` set aside as failed, up to `count`.
 pub async fn outbox_failed(
     relay: &Relay,
-    outbox: Outbox,
+    outbox: &Outbox,
     count: i64,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let rows = relay.failed_rows(outbox, count).await?;
-    writeln!(out, "{} ({} failed rows shown)", outbox.table(), rows.len())?;
+    writeln!(out, "{outbox} ({} failed rows shown)", rows.len())?;
     for row in rows {
         writeln!(
             out,
@@ -237,7 +237,7 @@ pub enum FailedRows {
 /// never touched.
 pub async fn outbox_purge_failed(
     relay: &Relay,
-    outbox: Outbox,
+    outbox: &Outbox,
     rows: &FailedRows,
     confirmed: bool,
     out: &mut dyn Write,
@@ -250,8 +250,7 @@ pub async fn outbox_purge_failed(
         };
         writeln!(
             out,
-            "would purge {what} of {} for good; run again with --yes to do it",
-            outbox.table()
+            "would purge {what} of {outbox} for good; run again with --yes to do it"
         )?;
         return Ok(0);
     }
@@ -259,7 +258,7 @@ pub async fn outbox_purge_failed(
         FailedRows::All => relay.purge_all_failed(outbox).await?,
         FailedRows::Ids(ids) => relay.purge_failed(outbox, ids).await?,
     };
-    writeln!(out, "{n} failed rows of {} purged", outbox.table())?;
+    writeln!(out, "{n} failed rows of {outbox} purged")?;
     Ok(n)
 }
 

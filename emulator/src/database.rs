@@ -45,7 +45,7 @@ pub async fn prepare(
         }
     }
     let pool = shared::db::lazy_pool(config);
-    shared::db::migrate(&pool)
+    shared::db::migrate(&pool, migrate::migrations())
         .await
         .with_context(unreachable_hint)?;
     Ok(pool)

@@ -131,6 +131,9 @@ The response goes to stdout. A function error prints its error payload and exits
   emulator outbox purge-failed --outbox orders 42 43 --yes
   emulator outbox purge-failed --outbox inventory --all --yes")]
     Outbox {
+        /// The SAM template: its relay's `RELAY_OUTBOXES` names the outboxes.
+        #[arg(long, global = true, default_value = "template.yaml")]
+        template: std::path::PathBuf,
         #[command(subcommand)]
         action: Option<OutboxAction>,
     },
@@ -140,7 +143,7 @@ The response goes to stdout. A function error prints its error payload and exits
 enum OutboxAction {
     /// The rows set aside as failed: id, event, attempts, error.
     Failed {
-        /// `orders` or `inventory`.
+        /// `orders.outbox`, or a schema alone (`orders`) for its `outbox` table.
         #[arg(long, value_parser = parse_outbox)]
         outbox: shared::outbox::Outbox,
         /// The most rows shown.
@@ -150,7 +153,7 @@ enum OutboxAction {
     /// Delete rows set aside as failed, for good (pending rows are never touched).
     /// Without --yes, only says what it would delete.
     PurgeFailed {
-        /// `orders` or `inventory`.
+        /// `orders.outbox`, or a schema alone (`orders`) for its `outbox` table.
         #[arg(long, value_parser = parse_outbox)]
         outbox: shared::outbox::Outbox,
         /// Every failed row of the outbox.
@@ -166,10 +169,7 @@ enum OutboxAction {
 }
 
 fn parse_outbox(name: &str) -> Result<shared::outbox::Outbox, String> {
-    shared::outbox::Outbox::ALL
-        .into_iter()
-        .find(|o| o.table() == name || o.table().split('.').next() == Some(name))
-        .ok_or_else(|| format!("unknown outbox {name:?} (orders or inventory)"))
+    shared::outbox::Outbox::parse(name).map_err(|e| e.to_string())
 }
 
 /// Where the system comes from and how its functions run.
@@ -335,19 +335,25 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(database = %stores.database_url, "migrations applied");
             stores.stop().await
         }
-        Command::Outbox { action } => {
+        Command::Outbox { template, action } => {
+            let template = emulator::template::load(&template)?;
+            let options = shared::relay::RelayOptions {
+                outboxes: template.relay_outboxes()?,
+                stream_namespace: shared::streams::namespace(&env)?,
+                ..shared::relay::RelayOptions::default()
+            };
             let stores =
                 emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Both)
                     .await?;
             let relay = shared::relay::Relay::new(
                 stores.pool()?.clone(),
                 connect_redis(&stores.redis_url).await?,
-                shared::relay::RelayOptions::from_env(&env)?,
+                options,
             );
             match action {
                 None => emulator::cli::outbox(&relay, &mut out).await?,
                 Some(OutboxAction::Failed { outbox, count }) => {
-                    emulator::cli::outbox_failed(&relay, outbox, count, &mut out).await?;
+                    emulator::cli::outbox_failed(&relay, &outbox, count, &mut out).await?;
                 }
                 Some(OutboxAction::PurgeFailed {
                     outbox,
@@ -360,14 +366,14 @@ async fn run() -> anyhow::Result<()> {
                     } else {
                         emulator::cli::FailedRows::Ids(ids)
                     };
-                    emulator::cli::outbox_purge_failed(&relay, outbox, &rows, yes, &mut out)
+                    emulator::cli::outbox_purge_failed(&relay, &outbox, &rows, yes, &mut out)
                         .await?;
                 }
             }
             stores.stop().await
         }
         Command::Streams => {
-            let namespace = shared::relay::RelayOptions::from_env(&env)?.stream_namespace;
+            let namespace = shared::streams::namespace(&env)?;
             let stores =
                 emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Redis)
                     .await?;
@@ -376,7 +382,7 @@ async fn run() -> anyhow::Result<()> {
             stores.stop().await
         }
         Command::Dlq { action } => {
-            let namespace = shared::relay::RelayOptions::from_env(&env)?.stream_namespace;
+            let namespace = shared::streams::namespace(&env)?;
             let stores =
                 emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Redis)
                     .await?;

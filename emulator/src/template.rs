@@ -74,6 +74,10 @@ fn check_route_auth(
     Ok(())
 }
 
+/// The variable that names a relay's outboxes; a function that has it is
+/// woken when outbox rows commit.
+pub const RELAY_OUTBOXES: &str = "RELAY_OUTBOXES";
+
 /// The functions of a SAM template, as the emulator runs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -89,6 +93,26 @@ pub struct Template {
 }
 
 impl Template {
+    /// The outboxes the template's relays drain: every function's
+    /// `RELAY_OUTBOXES`, each outbox once, in template order.
+    pub fn relay_outboxes(&self) -> anyhow::Result<Vec<shared::outbox::Outbox>> {
+        let mut outboxes = Vec::new();
+        for f in &self.functions {
+            let Some(list) = f.environment.get(RELAY_OUTBOXES) else {
+                continue;
+            };
+            let env = shared::config::Env::from_pairs([(RELAY_OUTBOXES, list.as_str())]);
+            let options = shared::relay::RelayOptions::from_env(&env)
+                .with_context(|| format!("{}: {RELAY_OUTBOXES}", f.logical_id))?;
+            for o in options.outboxes {
+                if !outboxes.contains(&o) {
+                    outboxes.push(o);
+                }
+            }
+        }
+        Ok(outboxes)
+    }
+
     /// The function with this logical id or binary name.
     pub fn function(&self, name: &str) -> Option<&FunctionSpec> {
         self.functions

@@ -62,6 +62,20 @@ impl Env {
         }
     }
 
+    /// The names of the variables set, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+
+    /// [`Env::get`] for a name found at run time (see [`Env::names`]); `None`
+    /// for a value that is not UTF-8.
+    pub fn get_named(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .and_then(|v| v.to_str())
+            .filter(|v| !v.is_empty())
+    }
+
     /// The variable's value; unset and empty are the same, as in most shells' intent.
     pub fn get(&self, var: &'static str) -> Result<Option<&str>, ConfigError> {
         match self.vars.get(var) {

@@ -1,32 +1,45 @@
-//! The inboxes (`*.processed_events`): the ids of the events a consumer has
-//! applied. A consumer records an event in the same transaction as its effect,
-//! so a redelivered event is recognised and changes nothing. [`purge`] forgets
-//! rows once no copy of their event can come back (see [`crate::retention`]).
+//! The inboxes (`<schema>.processed_events`): the ids of the events a consumer
+//! has applied. A consumer records an event in the same transaction as its
+//! effect, so a redelivered event is recognised and changes nothing. [`purge`]
+//! forgets rows once no copy of their event can come back (see
+//! [`crate::retention`]).
+//!
+//! A service declares its inbox as a value (`Inbox::in_schema("orders")`) and
+//! installs the table with `SELECT toolkit.install_inbox('orders')`.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::error::StoreError;
+use crate::table::{BadTableName, TableName};
 
-/// The inbox tables, one per service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Inbox {
-    /// `orders.processed_events`, of the order service's consumers.
-    Orders,
-    /// `inventory.processed_events`, of the inventory service's consumers.
-    Inventory,
-}
+/// A service's inbox table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Inbox(TableName);
 
 impl Inbox {
-    /// The table's name, `orders.processed_events` or `inventory.processed_events`.
-    pub fn table(self) -> &'static str {
-        match self {
-            Inbox::Orders => "orders.processed_events",
-            Inbox::Inventory => "inventory.processed_events",
-        }
+    /// `<schema>.processed_events`, the table `toolkit.install_inbox(schema)` creates.
+    pub const fn in_schema(schema: &'static str) -> Self {
+        Self(TableName::new(schema, "processed_events"))
+    }
+
+    /// `schema.table`, or `schema` alone for `schema.processed_events`.
+    pub fn parse(name: &str) -> Result<Self, BadTableName> {
+        TableName::parse(name, "processed_events").map(Self)
+    }
+
+    pub fn table(&self) -> &TableName {
+        &self.0
+    }
+}
+
+impl fmt::Display for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -35,38 +48,21 @@ impl Inbox {
 /// applied before and must be skipped.
 pub async fn record(
     conn: &mut PgConnection,
-    inbox: Inbox,
+    inbox: &Inbox,
     consumer: &str,
     event_ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, StoreError> {
-    // One literal statement per table, as in the outbox.
-    let fresh = match inbox {
-        Inbox::Orders => {
-            sqlx::query_scalar!(
-                r#"INSERT INTO orders.processed_events (consumer, event_id)
-                   SELECT $1, e FROM UNNEST($2::uuid[]) AS e
-                   ON CONFLICT DO NOTHING
-                   RETURNING event_id"#,
-                consumer,
-                event_ids,
-            )
-            .fetch_all(conn)
-            .await
-        }
-        Inbox::Inventory => {
-            sqlx::query_scalar!(
-                r#"INSERT INTO inventory.processed_events (consumer, event_id)
-                   SELECT $1, e FROM UNNEST($2::uuid[]) AS e
-                   ON CONFLICT DO NOTHING
-                   RETURNING event_id"#,
-                consumer,
-                event_ids,
-            )
-            .fetch_all(conn)
-            .await
-        }
-    };
-    fresh
+    let sql = format!(
+        "INSERT INTO {inbox} (consumer, event_id)
+         SELECT $1, e FROM UNNEST($2::uuid[]) AS e
+         ON CONFLICT DO NOTHING
+         RETURNING event_id"
+    );
+    sqlx::query_scalar::<_, Uuid>(&sql)
+        .bind(consumer)
+        .bind(event_ids)
+        .fetch_all(conn)
+        .await
         .map(|ids| ids.into_iter().collect())
         .map_err(|e| StoreError::database("recording events in the inbox", e))
 }
@@ -76,44 +72,25 @@ pub async fn record(
 /// another purge is deleting are skipped, not waited for.
 pub async fn purge(
     db: impl PgExecutor<'_>,
-    inbox: Inbox,
+    inbox: &Inbox,
     older_than: Duration,
     limit: i64,
 ) -> Result<u64, StoreError> {
     let age_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-    let deleted = match inbox {
-        Inbox::Orders => {
-            sqlx::query!(
-                r#"DELETE FROM orders.processed_events
-                   WHERE (consumer, event_id) IN (
-                       SELECT consumer, event_id FROM orders.processed_events
-                       WHERE processed_at < now() - make_interval(secs => $1::bigint / 1000.0)
-                       ORDER BY processed_at
-                       LIMIT $2
-                       FOR UPDATE SKIP LOCKED)"#,
-                age_ms,
-                limit,
-            )
-            .execute(db)
-            .await
-        }
-        Inbox::Inventory => {
-            sqlx::query!(
-                r#"DELETE FROM inventory.processed_events
-                   WHERE (consumer, event_id) IN (
-                       SELECT consumer, event_id FROM inventory.processed_events
-                       WHERE processed_at < now() - make_interval(secs => $1::bigint / 1000.0)
-                       ORDER BY processed_at
-                       LIMIT $2
-                       FOR UPDATE SKIP LOCKED)"#,
-                age_ms,
-                limit,
-            )
-            .execute(db)
-            .await
-        }
-    };
-    deleted
+    let sql = format!(
+        "DELETE FROM {inbox}
+         WHERE (consumer, event_id) IN (
+             SELECT consumer, event_id FROM {inbox}
+             WHERE processed_at < now() - make_interval(secs => $1::bigint / 1000.0)
+             ORDER BY processed_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)"
+    );
+    sqlx::query(&sql)
+        .bind(age_ms)
+        .bind(limit)
+        .execute(db)
+        .await
         .map(|r| r.rows_affected())
         .map_err(|e| StoreError::database("purging the inbox", e))
 }

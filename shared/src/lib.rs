@@ -10,6 +10,7 @@
 //! - [`streams`]: stream names and partitions.
 //! - [`orders`]: the order service's tables (orders, order lines).
 //! - [`inbox`]: the ids of the events a consumer has applied.
+//! - [`table`]: the names of a service's outbox and inbox, checked.
 //! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
 //! - [`retention`]: how long things are kept, and the bounded purges.
 //! - [`db`]: connection pool and the embedded migrations.
@@ -37,6 +38,7 @@ pub mod relay;
 pub mod retention;
 pub mod source;
 pub mod streams;
+pub mod table;
 pub mod telemetry;
 pub mod trace;
 

@@ -8,6 +8,12 @@ use crate::domain::{CustomerId, Money, NewOrder, OrderId, OrderLine, OrderStatus
 use crate::envelope::EventEnvelope;
 use crate::error::StoreError;
 
+/// The orders service's outbox, `orders.outbox`.
+pub const OUTBOX: crate::outbox::Outbox = crate::outbox::Outbox::in_schema("orders");
+
+/// The orders service's inbox, `orders.processed_events`.
+pub const INBOX: crate::inbox::Inbox = crate::inbox::Inbox::in_schema("orders");
+
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {

@@ -1,32 +1,43 @@
 //! The transactional outbox: an event is appended in the same transaction as the
 //! state change it announces, so it exists if and only if that change committed.
-//! The relay (a later stage) moves it to Redis Streams.
+//! The relay ([`crate::relay`]) moves it to Redis Streams.
 //!
-//! Every service's outbox table has one shape; this module is the only code that
-//! writes to them.
+//! A service declares its outbox as a value (`Outbox::in_schema("orders")`) and
+//! installs the table with the toolkit's migration function
+//! (`SELECT toolkit.install_outbox('orders')`, see `shared/migrations`): every
+//! outbox has one shape, and this module is the only code that writes to them.
+
+use std::fmt;
 
 use sqlx::PgConnection;
 
 use crate::envelope::{EventEnvelope, OutboxColumnArrays, OutboxColumns};
 use crate::error::StoreError;
+use crate::table::{BadTableName, TableName};
 
-/// The outbox tables, one per service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outbox {
-    /// `orders.outbox`, written by the order service.
-    Orders,
-    /// `inventory.outbox`, written by the inventory service.
-    Inventory,
-}
+/// A service's outbox table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Outbox(TableName);
 
 impl Outbox {
-    pub const ALL: [Outbox; 2] = [Outbox::Orders, Outbox::Inventory];
+    /// `<schema>.outbox`, the table `toolkit.install_outbox(schema)` creates.
+    pub const fn in_schema(schema: &'static str) -> Self {
+        Self(TableName::new(schema, "outbox"))
+    }
 
-    pub fn table(self) -> &'static str {
-        match self {
-            Self::Orders => "orders.outbox",
-            Self::Inventory => "inventory.outbox",
-        }
+    /// `schema.table`, or `schema` alone for `schema.outbox`.
+    pub fn parse(name: &str) -> Result<Self, BadTableName> {
+        TableName::parse(name, "outbox").map(Self)
+    }
+
+    pub fn table(&self) -> &TableName {
+        &self.0
+    }
+}
+
+impl fmt::Display for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -34,49 +45,26 @@ impl Outbox {
 /// that makes the change the event announces.
 pub async fn append(
     conn: &mut PgConnection,
-    outbox: Outbox,
+    outbox: &Outbox,
     event: &EventEnvelope,
 ) -> Result<(), StoreError> {
     let c = OutboxColumns::from(event);
-    // One literal statement per table: table names cannot be bound parameters,
-    // and SQL is never built from strings.
-    let result = match outbox {
-        Outbox::Orders => {
-            sqlx::query!(
-                r#"INSERT INTO orders.outbox
-                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)"#,
-                c.event_id,
-                c.event_type,
-                c.schema_version,
-                c.aggregate_type,
-                c.aggregate_id,
-                c.occurred_at,
-                c.traceparent,
-                c.payload,
-            )
-            .execute(conn)
-            .await
-        }
-        Outbox::Inventory => {
-            sqlx::query!(
-                r#"INSERT INTO inventory.outbox
-                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)"#,
-                c.event_id,
-                c.event_type,
-                c.schema_version,
-                c.aggregate_type,
-                c.aggregate_id,
-                c.occurred_at,
-                c.traceparent,
-                c.payload,
-            )
-            .execute(conn)
-            .await
-        }
-    };
-    result
+    let sql = format!(
+        "INSERT INTO {outbox}
+         (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)"
+    );
+    sqlx::query(&sql)
+        .bind(c.event_id)
+        .bind(c.event_type)
+        .bind(c.schema_version)
+        .bind(c.aggregate_type)
+        .bind(c.aggregate_id)
+        .bind(c.occurred_at)
+        .bind(c.traceparent)
+        .bind(c.payload)
+        .execute(conn)
+        .await
         .map(|_| ())
         .map_err(|e| StoreError::database("appending to the outbox", e))
 }
@@ -87,7 +75,7 @@ pub async fn append(
 /// twice (its id is already there).
 pub async fn append_all(
     conn: &mut PgConnection,
-    outbox: Outbox,
+    outbox: &Outbox,
     events: &[EventEnvelope],
 ) -> Result<(), StoreError> {
     if events.is_empty() {
@@ -95,57 +83,29 @@ pub async fn append_all(
     }
     let a: OutboxColumnArrays = events.iter().collect();
     // Rows are inserted in array order (WITH ORDINALITY), so ids follow it.
-    let result = match outbox {
-        Outbox::Orders => {
-            sqlx::query!(
-                r#"INSERT INTO orders.outbox
-                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-                   SELECT e.event_id, e.event_type, e.schema_version, e.aggregate_type, e.aggregate_id,
-                          e.occurred_at, NULLIF(e.traceparent, ''), e.payload::json
-                   FROM UNNEST($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
-                               $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
-                        AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
-                             occurred_at, traceparent, payload, n)
-                   ORDER BY e.n
-                   ON CONFLICT (event_id) DO NOTHING"#,
-                &a.event_ids,
-                &a.event_types,
-                &a.schema_versions,
-                &a.aggregate_types,
-                &a.aggregate_ids,
-                &a.occurred_at,
-                &a.traceparents,
-                &a.payloads,
-            )
-            .execute(conn)
-            .await
-        }
-        Outbox::Inventory => {
-            sqlx::query!(
-                r#"INSERT INTO inventory.outbox
-                   (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
-                   SELECT e.event_id, e.event_type, e.schema_version, e.aggregate_type, e.aggregate_id,
-                          e.occurred_at, NULLIF(e.traceparent, ''), e.payload::json
-                   FROM UNNEST($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
-                               $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
-                        AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
-                             occurred_at, traceparent, payload, n)
-                   ORDER BY e.n
-                   ON CONFLICT (event_id) DO NOTHING"#,
-                &a.event_ids,
-                &a.event_types,
-                &a.schema_versions,
-                &a.aggregate_types,
-                &a.aggregate_ids,
-                &a.occurred_at,
-                &a.traceparents,
-                &a.payloads,
-            )
-            .execute(conn)
-            .await
-        }
-    };
-    result
+    let sql = format!(
+        "INSERT INTO {outbox}
+         (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, traceparent, payload)
+         SELECT e.event_id, e.event_type, e.schema_version, e.aggregate_type, e.aggregate_id,
+                e.occurred_at, NULLIF(e.traceparent, ''), e.payload::json
+         FROM UNNEST($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY
+              AS e(event_id, event_type, schema_version, aggregate_type, aggregate_id,
+                   occurred_at, traceparent, payload, n)
+         ORDER BY e.n
+         ON CONFLICT (event_id) DO NOTHING"
+    );
+    sqlx::query(&sql)
+        .bind(&a.event_ids)
+        .bind(&a.event_types)
+        .bind(&a.schema_versions)
+        .bind(&a.aggregate_types)
+        .bind(&a.aggregate_ids)
+        .bind(&a.occurred_at)
+        .bind(&a.traceparents)
+        .bind(&a.payloads)
+        .execute(conn)
+        .await
         .map(|_| ())
         .map_err(|e| StoreError::database("appending to the outbox", e))
 }

@@ -65,7 +65,8 @@ pub struct RelayOptions {
     /// Dead letters older than this are trimmed from the dead-letter streams
     /// (`DLQ_RETENTION_HOURS`, 336): they can no longer be redriven.
     pub dlq_retention: Duration,
-    /// Which outboxes to drain.
+    /// Which outboxes to drain (`RELAY_OUTBOXES`, required: `orders.outbox,inventory`,
+    /// a schema alone meaning its `outbox` table).
     pub outboxes: Vec<Outbox>,
     /// Replicas that must have a batch before its rows are deleted
     /// (`REDIS_MIN_REPLICAS`, 0: a lone Redis). See [`Relay::relay_once`].
@@ -100,7 +101,7 @@ impl Default for RelayOptions {
             dlq_retention: Duration::from_secs(
                 crate::retention::DEFAULT_DLQ_RETENTION_HOURS * 3600,
             ),
-            outboxes: Outbox::ALL.to_vec(),
+            outboxes: Vec::new(),
             min_replicas: 0,
             replica_timeout: Duration::from_secs(1),
             fault: Fault::None,
@@ -115,8 +116,6 @@ impl RelayOptions {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let batch = env.in_range("RELAY_BATCH_SIZE", i64::from(d.batch_size), 1, 10_000)?;
-        let partitions =
-            env.in_range("STREAM_PARTITIONS", i64::from(d.stream_partitions), 1, 1024)?;
         let max_entry = env.in_range(
             "RELAY_MAX_ENTRY_BYTES",
             d.max_entry_bytes as i64,
@@ -132,36 +131,45 @@ impl RelayOptions {
         let hours = env.in_range("STREAM_RETENTION_HOURS", 168, 1, 24 * 365 * 10)?;
         let min_replicas = env.in_range("REDIS_MIN_REPLICAS", 0, 0, 5)?;
         let replica_timeout_ms = env.in_range("REDIS_REPLICA_TIMEOUT_MS", 1000, 1, 60_000)?;
+        let outboxes = outboxes(env.require(
+            "RELAY_OUTBOXES",
+            "the outboxes to drain, comma-separated: orders.outbox,inventory.outbox",
+        )?)?;
         // The ranges above keep every value within its target type.
         Ok(Self {
+            outboxes,
             batch_size: batch as u32,
             batches_in_flight: in_flight as u32,
-            stream_partitions: partitions as u16,
+            stream_partitions: crate::streams::partitions(env)?,
             max_entry_bytes: max_entry as usize,
             stream_retention: Duration::from_secs(hours as u64 * 3600),
             dlq_retention: crate::retention::dlq_retention(env)?,
             min_replicas: min_replicas as u32,
             replica_timeout: Duration::from_millis(replica_timeout_ms as u64),
-            stream_namespace: match env.get("STREAM_NAMESPACE")? {
-                None => d.stream_namespace,
-                Some(ns)
-                    if !ns.is_empty()
-                        && ns
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
-                {
-                    ns.to_owned()
-                }
-                Some(_) => {
-                    return Err(ConfigError::Malformed {
-                        var: "STREAM_NAMESPACE",
-                        reason: "must be ASCII letters, digits and - _ . :".into(),
-                    })
-                }
-            },
+            stream_namespace: crate::streams::namespace(env)?,
             ..d
         })
     }
+}
+
+/// `RELAY_OUTBOXES`: one or more outboxes, comma-separated, each once.
+fn outboxes(list: &str) -> Result<Vec<Outbox>, ConfigError> {
+    let malformed = |reason: String| ConfigError::Malformed {
+        var: "RELAY_OUTBOXES",
+        reason,
+    };
+    let mut outboxes: Vec<Outbox> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let outbox = Outbox::parse(name).map_err(|e| malformed(e.to_string()))?;
+        if outboxes.contains(&outbox) {
+            return Err(malformed(format!("{outbox} is named twice")));
+        }
+        outboxes.push(outbox);
+    }
+    if outboxes.is_empty() {
+        return Err(malformed("names no outbox".into()));
+    }
+    Ok(outboxes)
 }
 
 /// Why a batch or a drain failed. Rows stay pending either way.
@@ -235,7 +243,7 @@ pub struct DrainSummary {
     pub published: u64,
     pub failed: u64,
     pub batches: u64,
-    pub backlog: HashMap<&'static str, Backlog>,
+    pub backlog: HashMap<String, Backlog>,
     pub duration_ms: u64,
     /// `empty` (nothing left to do) or `deadline` (time ran out first).
     pub stopped_by: &'static str,
@@ -279,72 +287,71 @@ struct PendingRow {
     payload: String,
 }
 
-/// The SQL of the relay, written once with the table as a parameter of the macro
-/// (a table name cannot be a bind parameter; SQL is never built at run time).
-macro_rules! relay_sql {
-    ($table:literal) => {
-        OutboxSql {
-            pending: concat!(
+/// The relay's SQL on one outbox. A table name cannot be a bind parameter; an
+/// [`Outbox`] holds only a checked identifier, so the text is safe.
+struct OutboxSql {
+    pending: String,
+    delete: String,
+    fail: String,
+    backlog: String,
+    failed: String,
+    redrive: String,
+    purge_failed: String,
+    purge_all_failed: String,
+}
+
+impl OutboxSql {
+    fn of(outbox: &Outbox) -> Self {
+        Self {
+            pending: format!(
                 "SELECT id, event_id, event_type, schema_version, aggregate_type, aggregate_id,
                         occurred_at, traceparent, payload::text AS payload
-                 FROM ", $table, "
+                 FROM {outbox}
                  WHERE failed_at IS NULL AND relay_slot = ANY($1)
                  ORDER BY id
                  LIMIT $2"
             ),
-            delete: concat!("DELETE FROM ", $table, " WHERE id = ANY($1)"),
-            fail: concat!(
-                "UPDATE ", $table, " AS o
+            delete: format!("DELETE FROM {outbox} WHERE id = ANY($1)"),
+            fail: format!(
+                "UPDATE {outbox} AS o
                  SET attempts = o.attempts + 1, last_error = f.error, failed_at = now()
                  FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error)
                  WHERE o.id = f.id"
             ),
-            backlog: concat!(
+            backlog: format!(
                 "SELECT count(*) FILTER (WHERE failed_at IS NULL),
                         (extract(epoch FROM now() - min(recorded_at) FILTER (WHERE failed_at IS NULL)) * 1000)::bigint,
                         count(*) FILTER (WHERE failed_at IS NOT NULL)
-                 FROM ", $table
+                 FROM {outbox}"
             ),
-            failed: concat!(
+            failed: format!(
                 "SELECT id, event_id, aggregate_type, aggregate_id, attempts, last_error
-                 FROM ", $table, " WHERE failed_at IS NOT NULL ORDER BY id LIMIT $1"
+                 FROM {outbox} WHERE failed_at IS NOT NULL ORDER BY id LIMIT $1"
             ),
-            redrive: concat!(
-                "UPDATE ", $table, " SET failed_at = NULL, attempts = 0, last_error = NULL
+            redrive: format!(
+                "UPDATE {outbox} SET failed_at = NULL, attempts = 0, last_error = NULL
                  WHERE failed_at IS NOT NULL AND id = ANY($1)"
             ),
             // Only rows set aside: a pending row is deleted only by its publication.
-            purge_failed: concat!(
-                "DELETE FROM ", $table, " WHERE failed_at IS NOT NULL AND id = ANY($1)"
+            purge_failed: format!(
+                "DELETE FROM {outbox} WHERE failed_at IS NOT NULL AND id = ANY($1)"
             ),
-            purge_all_failed: concat!("DELETE FROM ", $table, " WHERE failed_at IS NOT NULL"),
+            purge_all_failed: format!("DELETE FROM {outbox} WHERE failed_at IS NOT NULL"),
         }
-    };
-}
-
-struct OutboxSql {
-    pending: &'static str,
-    delete: &'static str,
-    fail: &'static str,
-    backlog: &'static str,
-    failed: &'static str,
-    redrive: &'static str,
-    purge_failed: &'static str,
-    purge_all_failed: &'static str,
-}
-
-fn sql(outbox: Outbox) -> OutboxSql {
-    match outbox {
-        Outbox::Orders => relay_sql!("orders.outbox"),
-        Outbox::Inventory => relay_sql!("inventory.outbox"),
     }
 }
 
-fn outbox_code(outbox: Outbox) -> i32 {
-    match outbox {
-        Outbox::Orders => 0,
-        Outbox::Inventory => 1,
-    }
+/// The second key of a relay slot's advisory lock is this plus the slot: the
+/// outbox's name hashed (FNV-1a, stable across builds and machines, so every
+/// relay of any version agrees) in the high bits, the slot in the low eight.
+fn slot_lock_base(outbox: &Outbox) -> i32 {
+    let hash = outbox.to_string().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    // Reinterpreting the bits is the point: any i32 is a valid key.
+    #[allow(clippy::cast_possible_wrap)]
+    let base = (hash & 0x7fff_ff00) as i32;
+    base
 }
 
 /// Moves events from the outboxes to Redis Streams.
@@ -382,8 +389,8 @@ impl Relay {
     }
 
     /// One batch from `outbox`: claim, publish, delete, commit.
-    pub async fn relay_once(&self, outbox: Outbox) -> Result<Batch, RelayError> {
-        let sql = sql(outbox);
+    pub async fn relay_once(&self, outbox: &Outbox) -> Result<Batch, RelayError> {
+        let sql = OutboxSql::of(outbox);
         let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
         let mut tx = self
             .pool
@@ -397,13 +404,13 @@ impl Relay {
             .collect();
         let slots: Vec<i16> = sqlx::query_scalar(
             "SELECT s FROM unnest($1::smallint[]) WITH ORDINALITY AS t(s, n)
-             WHERE pg_try_advisory_xact_lock($2, $3 * 100 + s)
+             WHERE pg_try_advisory_xact_lock($2, $3 + s)
              ORDER BY n
              LIMIT $4",
         )
         .bind(&order)
         .bind(LOCK_NAMESPACE)
-        .bind(outbox_code(outbox))
+        .bind(slot_lock_base(outbox))
         .bind(i64::from(self.options.slots_per_batch))
         .fetch_all(&mut *tx)
         .await
@@ -417,7 +424,7 @@ impl Relay {
         self.cursor
             .store((*last as usize + 1) % SLOTS as usize, Ordering::Relaxed);
 
-        let rows: Vec<PendingRow> = sqlx::query_as(sql.pending)
+        let rows: Vec<PendingRow> = sqlx::query_as(&sql.pending)
             .bind(&slots)
             .bind(i64::from(self.options.batch_size))
             .fetch_all(&mut *tx)
@@ -449,7 +456,7 @@ impl Relay {
                     logged.push((line, key));
                 }
                 Err(error) => {
-                    warn!(outbox = outbox.table(), row_id = id, %error, "outbox row set aside: it cannot be published");
+                    warn!(%outbox, row_id = id, %error, "outbox row set aside: it cannot be published");
                     failed_ids.push(id);
                     failed_errors.push(error);
                 }
@@ -469,7 +476,7 @@ impl Relay {
                 pipe.cmd("WAIT").arg(wanted).arg(timeout_ms);
             }
             let publish = pipe.query_async::<Vec<u64>>(&mut redis);
-            let delete = sqlx::query(sql.delete).bind(&published).execute(&mut *tx);
+            let delete = sqlx::query(&sql.delete).bind(&published).execute(&mut *tx);
             let (published_result, deleted) = tokio::join!(publish, delete);
             let replies = published_result
                 .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
@@ -490,7 +497,7 @@ impl Relay {
             deleted.map_err(db("deleting published outbox rows"))?;
         }
         if !failed_ids.is_empty() {
-            sqlx::query(sql.fail)
+            sqlx::query(&sql.fail)
                 .bind(&failed_ids)
                 .bind(&failed_errors)
                 .execute(&mut *tx)
@@ -512,7 +519,7 @@ impl Relay {
             );
         }
         debug!(
-            outbox = outbox.table(),
+            %outbox,
             published = published.len(),
             failed = failed_ids.len(),
             "batch relayed"
@@ -564,7 +571,7 @@ impl Relay {
             stopped_by: "empty",
             ..DrainSummary::default()
         };
-        for &outbox in &self.options.outboxes {
+        for outbox in &self.options.outboxes {
             let counts = self.drain_outbox(outbox, deadline).await?;
             summary.published += counts.published;
             summary.failed += counts.failed;
@@ -574,13 +581,13 @@ impl Relay {
             }
         }
         self.trim_streams().await?;
-        for &outbox in &self.options.outboxes {
+        for outbox in &self.options.outboxes {
             summary
                 .backlog
-                .insert(outbox.table(), self.backlog(outbox).await?);
+                .insert(outbox.to_string(), self.backlog(outbox).await?);
         }
         self.record_outbox_age(summary.backlog.values());
-        self.record_failed_rows(summary.backlog.iter().map(|(table, b)| (*table, b)));
+        self.record_failed_rows(summary.backlog.iter().map(|(table, b)| (table.as_str(), b)));
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(summary)
     }
@@ -588,7 +595,7 @@ impl Relay {
     /// Drains one outbox with [`RelayOptions::batches_in_flight`] batch loops at
     /// once: while one batch waits for Redis, another reads or commits. They take
     /// disjoint slots, so order per aggregate holds.
-    async fn drain_outbox(&self, outbox: Outbox, deadline: Instant) -> Result<Counts, RelayError> {
+    async fn drain_outbox(&self, outbox: &Outbox, deadline: Instant) -> Result<Counts, RelayError> {
         let loops =
             (0..self.options.batches_in_flight.max(1)).map(|_| self.batch_loop(outbox, deadline));
         let mut total = Counts::default();
@@ -602,7 +609,7 @@ impl Relay {
     }
 
     /// Batches until the slots this loop can take are all empty, or `deadline`.
-    async fn batch_loop(&self, outbox: Outbox, deadline: Instant) -> Result<Counts, RelayError> {
+    async fn batch_loop(&self, outbox: &Outbox, deadline: Instant) -> Result<Counts, RelayError> {
         let mut counts = Counts::default();
         // Slots seen empty since the last batch that found work; once every slot
         // this loop can take has been seen empty, the outbox is done.
@@ -698,8 +705,13 @@ impl Relay {
                 match self.backlogs().await {
                     Ok(backlogs) => {
                         self.record_outbox_age(backlogs.iter());
-                        let tables = self.options.outboxes.iter().map(|o| o.table());
-                        self.record_failed_rows(tables.zip(&backlogs));
+                        let tables: Vec<String> = self
+                            .options
+                            .outboxes
+                            .iter()
+                            .map(Outbox::to_string)
+                            .collect();
+                        self.record_failed_rows(tables.iter().map(String::as_str).zip(&backlogs));
                     }
                     Err(error) => warn!(%error, "measuring the outbox backlog failed"),
                 }
@@ -737,7 +749,7 @@ impl Relay {
     /// Every batch available now, without the backlog report.
     async fn drain_quietly(&self) -> Result<u64, RelayError> {
         let mut total = 0;
-        for &outbox in &self.options.outboxes {
+        for outbox in &self.options.outboxes {
             // No deadline: run until the outbox is empty.
             total += self
                 .drain_outbox(outbox, Instant::now() + Duration::from_secs(86_400))
@@ -750,7 +762,7 @@ impl Relay {
     /// The backlog of every outbox.
     async fn backlogs(&self) -> Result<Vec<Backlog>, RelayError> {
         let mut backlogs = Vec::with_capacity(self.options.outboxes.len());
-        for &outbox in &self.options.outboxes {
+        for outbox in &self.options.outboxes {
             backlogs.push(self.backlog(outbox).await?);
         }
         Ok(backlogs)
@@ -779,8 +791,9 @@ impl Relay {
     }
 
     /// Pending and failed rows of `outbox`, and the age of the oldest pending one.
-    pub async fn backlog(&self, outbox: Outbox) -> Result<Backlog, RelayError> {
-        let (pending, age, failed): (i64, Option<i64>, i64) = sqlx::query_as(sql(outbox).backlog)
+    pub async fn backlog(&self, outbox: &Outbox) -> Result<Backlog, RelayError> {
+        let sql = OutboxSql::of(outbox).backlog;
+        let (pending, age, failed): (i64, Option<i64>, i64) = sqlx::query_as(&sql)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| {
@@ -863,11 +876,12 @@ impl Relay {
     /// Rows of `outbox` set aside as failed, oldest first.
     pub async fn failed_rows(
         &self,
-        outbox: Outbox,
+        outbox: &Outbox,
         limit: i64,
     ) -> Result<Vec<FailedRow>, RelayError> {
+        let sql = OutboxSql::of(outbox).failed;
         let rows: Vec<(i64, uuid::Uuid, String, String, i32, Option<String>)> =
-            sqlx::query_as(sql(outbox).failed)
+            sqlx::query_as(&sql)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await
@@ -890,8 +904,8 @@ impl Relay {
     }
 
     /// Puts failed rows back in line (after an operator fixed them); returns how many.
-    pub async fn redrive(&self, outbox: Outbox, ids: &[i64]) -> Result<u64, RelayError> {
-        sqlx::query(sql(outbox).redrive)
+    pub async fn redrive(&self, outbox: &Outbox, ids: &[i64]) -> Result<u64, RelayError> {
+        sqlx::query(&OutboxSql::of(outbox).redrive)
             .bind(ids)
             .execute(&self.pool)
             .await
@@ -901,8 +915,8 @@ impl Relay {
 
     /// Deletes rows of `outbox` set aside as failed (an operator gave up on
     /// them); returns how many. Ids of pending rows are ignored.
-    pub async fn purge_failed(&self, outbox: Outbox, ids: &[i64]) -> Result<u64, RelayError> {
-        sqlx::query(sql(outbox).purge_failed)
+    pub async fn purge_failed(&self, outbox: &Outbox, ids: &[i64]) -> Result<u64, RelayError> {
+        sqlx::query(&OutboxSql::of(outbox).purge_failed)
             .bind(ids)
             .execute(&self.pool)
             .await
@@ -911,8 +925,8 @@ impl Relay {
     }
 
     /// Deletes every row of `outbox` set aside as failed; returns how many.
-    pub async fn purge_all_failed(&self, outbox: Outbox) -> Result<u64, RelayError> {
-        sqlx::query(sql(outbox).purge_all_failed)
+    pub async fn purge_all_failed(&self, outbox: &Outbox) -> Result<u64, RelayError> {
+        sqlx::query(&OutboxSql::of(outbox).purge_all_failed)
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
@@ -1048,16 +1062,51 @@ mod tests {
 
     #[test]
     fn options_read_and_bound_their_variables() {
-        let env = Env::from_pairs([("RELAY_BATCH_SIZE", "100"), ("STREAM_PARTITIONS", "4")]);
+        const OUTBOXES: (&str, &str) = ("RELAY_OUTBOXES", "shop.outbox");
+        let env = Env::from_pairs([
+            ("RELAY_BATCH_SIZE", "100"),
+            ("STREAM_PARTITIONS", "4"),
+            OUTBOXES,
+        ]);
         let options = RelayOptions::from_env(&env).expect("valid");
         assert_eq!((options.batch_size, options.stream_partitions), (100, 4));
-        let bad = Env::from_pairs([("RELAY_BATCH_SIZE", "0")]);
+        let bad = Env::from_pairs([("RELAY_BATCH_SIZE", "0"), OUTBOXES]);
         assert!(RelayOptions::from_env(&bad).is_err());
-        let bad = Env::from_pairs([("STREAM_PARTITIONS", "many")]);
+        let bad = Env::from_pairs([("STREAM_PARTITIONS", "many"), OUTBOXES]);
         assert!(RelayOptions::from_env(&bad).is_err());
         assert_eq!(options.dlq_retention, Duration::from_secs(336 * 3600));
-        let env = Env::from_pairs([("DLQ_RETENTION_HOURS", "48")]);
+        let env = Env::from_pairs([("DLQ_RETENTION_HOURS", "48"), OUTBOXES]);
         let options = RelayOptions::from_env(&env).expect("valid");
         assert_eq!(options.dlq_retention, Duration::from_secs(48 * 3600));
+    }
+
+    #[test]
+    fn the_outboxes_come_from_configuration() {
+        let env = |list: &str| Env::from_pairs([("RELAY_OUTBOXES", list.to_owned())]);
+        let options =
+            RelayOptions::from_env(&env(" shop.outbox, billing ,x.events")).expect("valid");
+        let names: Vec<String> = options.outboxes.iter().map(Outbox::to_string).collect();
+        assert_eq!(names, ["shop.outbox", "billing.outbox", "x.events"]);
+        for bad in ["", " , ", "shop,shop.outbox", "Shop", "shop.outbox;drop"] {
+            assert!(
+                RelayOptions::from_env(&env(bad)).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(RelayOptions::from_env(&Env::from_pairs::<&str, &str>([])).is_err());
+    }
+
+    #[test]
+    fn slot_locks_differ_per_outbox_and_are_stable() {
+        let a = Outbox::in_schema("orders");
+        let b = Outbox::in_schema("inventory");
+        assert_ne!(slot_lock_base(&a), slot_lock_base(&b));
+        assert_eq!(slot_lock_base(&a) & 0xff, 0);
+        assert!(slot_lock_base(&a) >= 0);
+        // The key is part of the protocol between relays of different builds.
+        assert_eq!(
+            slot_lock_base(&a),
+            slot_lock_base(&Outbox::parse("orders").expect("valid"))
+        );
     }
 }

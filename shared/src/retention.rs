@@ -29,7 +29,7 @@ use tracing::info;
 
 use crate::config::{ConfigError, Env};
 use crate::error::StoreError;
-use crate::inbox::{self, Inbox};
+use crate::inbox;
 
 /// `STREAM_RETENTION_HOURS`: how long stream entries are kept (the relay trims).
 pub const STREAM_RETENTION_HOURS: &str = "STREAM_RETENTION_HOURS";
@@ -143,10 +143,10 @@ impl RetentionConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PurgeSummary {
     /// Rows deleted, per table (`orders.processed_events`, ...).
-    pub deleted: BTreeMap<&'static str, u64>,
+    pub deleted: BTreeMap<String, u64>,
     /// Tables where the run stopped at its bound (batches or time) with rows
     /// possibly left to purge; the next run goes on.
-    pub unfinished: Vec<&'static str>,
+    pub unfinished: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -185,7 +185,7 @@ impl<'a> Purge<'a> {
     /// than `limit` (nothing old is left) or the run's bounds are reached.
     pub async fn table<F, Fut>(
         &mut self,
-        table: &'static str,
+        table: impl std::fmt::Display,
         mut batch: F,
     ) -> Result<(), StoreError>
     where
@@ -193,7 +193,8 @@ impl<'a> Purge<'a> {
         Fut: Future<Output = Result<u64, StoreError>>,
     {
         let limit = i64::from(self.config.batch_size);
-        let deleted = self.summary.deleted.entry(table).or_default();
+        let table = table.to_string();
+        let deleted = self.summary.deleted.entry(table.clone()).or_default();
         for _ in 0..self.config.max_batches {
             if Instant::now() >= self.stop {
                 break;
@@ -244,8 +245,9 @@ pub async fn purge_order_service_until(
         crate::idempotency::purge_expired(pool, limit)
     })
     .await?;
-    run.table(Inbox::Orders.table(), |limit| {
-        inbox::purge(pool, Inbox::Orders, config.inbox_retention, limit)
+    let orders_inbox = crate::orders::INBOX;
+    run.table(&orders_inbox, |limit| {
+        inbox::purge(pool, &orders_inbox, config.inbox_retention, limit)
     })
     .await?;
     Ok(run.finish())

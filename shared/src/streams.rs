@@ -22,6 +22,32 @@ pub fn partition_of(aggregate_id: &str, partitions: u16) -> u16 {
 /// The default namespace of stream keys (`STREAM_NAMESPACE`).
 pub const DEFAULT_NAMESPACE: &str = "events";
 
+/// `STREAM_PARTITIONS` (1, 1..=1024): streams per aggregate type.
+pub fn partitions(env: &crate::config::Env) -> Result<u16, crate::config::ConfigError> {
+    // The range keeps the value within u16.
+    env.in_range("STREAM_PARTITIONS", 1, 1, 1024)
+        .map(|n| n as u16)
+}
+
+/// `STREAM_NAMESPACE` ([`DEFAULT_NAMESPACE`]): ASCII letters, digits and `- _ . :`.
+pub fn namespace(env: &crate::config::Env) -> Result<String, crate::config::ConfigError> {
+    match env.get("STREAM_NAMESPACE")? {
+        None => Ok(DEFAULT_NAMESPACE.to_owned()),
+        Some(ns)
+            if !ns.is_empty()
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            Ok(ns.to_owned())
+        }
+        Some(_) => Err(crate::config::ConfigError::Malformed {
+            var: "STREAM_NAMESPACE",
+            reason: "must be ASCII letters, digits and - _ . :".into(),
+        }),
+    }
+}
+
 /// `events:{Order:0}`: the stream of `aggregate_type`'s events in `partition`,
 /// under `namespace` (one Redis can hold several systems, or tests, apart).
 pub fn stream_key(namespace: &str, aggregate_type: &AggregateType, partition: u16) -> String {

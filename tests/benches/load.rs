@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use redis::aio::ConnectionManager;
-use shared::outbox::Outbox;
 use shared::relay::Relay;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -134,8 +133,8 @@ impl Database {
                 .fetch_one(&self.pool)
                 .await?;
         let (orders, inventory) = (
-            self.relay.backlog(Outbox::Orders).await?,
-            self.relay.backlog(Outbox::Inventory).await?,
+            self.relay.backlog(&shared::orders::OUTBOX).await?,
+            self.relay.backlog(&shared::inventory::OUTBOX).await?,
         );
         let streams =
             shared::source::stream_overview(&mut self.redis.clone(), &self.namespace).await?;

@@ -40,7 +40,7 @@ async fn main() -> Result<()> {
             let options = RelayOptions {
                 stream_namespace: unique_namespace(),
                 min_replicas,
-                ..RelayOptions::default()
+                ..tests::relay_options()
             };
             let relay = tests::relay(&db.pool, &primary.url(), options).await?;
             let started = Instant::now();

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
-use shared::outbox::{self, Outbox};
+use shared::outbox;
 use shared::relay::{RelayOptions, SLOTS};
 use tests::{redis_url, unique_namespace, TestDb};
 
@@ -130,8 +130,8 @@ async fn relays(db: &TestDb, count: usize, namespace: &str) -> Result<(u64, Dura
             &redis_url(),
             RelayOptions {
                 stream_namespace: namespace.to_owned(),
-                outboxes: vec![Outbox::Orders],
-                ..RelayOptions::default()
+                outboxes: vec![shared::orders::OUTBOX],
+                ..tests::relay_options()
             },
         )
         .await?;
@@ -177,7 +177,7 @@ async fn notify_latency(db: &TestDb, rate: u64, seconds: u64) -> Result<Vec<u64>
         &redis_url(),
         RelayOptions {
             stream_namespace: namespace.clone(),
-            ..RelayOptions::default()
+            ..tests::relay_options()
         },
     )
     .await?;
@@ -202,7 +202,7 @@ async fn notify_latency(db: &TestDb, rate: u64, seconds: u64) -> Result<Vec<u64>
                 shared::envelope::Payload::from_json(format!(r#"{{"n":{n}}}"#))?,
             );
             let mut tx = pool.begin().await?;
-            outbox::append(&mut tx, Outbox::Orders, &event).await?;
+            outbox::append(&mut tx, &shared::orders::OUTBOX, &event).await?;
             tx.commit().await?;
             anyhow::Ok((event.event_id, epoch_ms()))
         }));

@@ -36,6 +36,13 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn fresh() -> anyhow::Result<Self> {
+        let db = Self::empty().await?;
+        shared::db::migrate(&db.pool, migrate::migrations()).await?;
+        Ok(db)
+    }
+
+    /// A database of its own with nothing in it, not even the migrations.
+    pub async fn empty() -> anyhow::Result<Self> {
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
         let mut admin = PgConnection::connect(&admin_url()).await.with_context(|| {
             format!(
@@ -54,7 +61,6 @@ impl TestDb {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(config.connect_options())
             .await?;
-        shared::db::migrate(&pool).await?;
         Ok(Self { pool, config, name })
     }
 
@@ -417,6 +423,15 @@ pub async fn read_streams(
         out.insert(key, entries);
     }
     Ok(out)
+}
+
+/// The relay's defaults with the two services' outboxes, as template.yaml's
+/// `RELAY_OUTBOXES` names them.
+pub fn relay_options() -> shared::relay::RelayOptions {
+    shared::relay::RelayOptions {
+        outboxes: vec![shared::orders::OUTBOX, shared::inventory::OUTBOX],
+        ..shared::relay::RelayOptions::default()
+    }
 }
 
 /// A relay on `pool` and the Redis at `redis_url`, failing a command after 5 s.

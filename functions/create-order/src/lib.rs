@@ -31,7 +31,7 @@ use shared::events::{OrderCancelledV1, OrderCreatedV1};
 use shared::idempotency::{self, Fingerprint, IdempotencyKey, Lookup, StoredResponse};
 use shared::metrics::{Metric, Recorder};
 use shared::orders::{self, Cancellation, Order};
-use shared::outbox::{self, Outbox};
+use shared::outbox;
 use shared::trace::TraceParent;
 use shared::StoreError;
 use sqlx::{PgConnection, PgPool};
@@ -278,7 +278,7 @@ async fn write_order(
     let stored = orders::insert(tx, order, &event)
         .await
         .map_err(store_failure)?;
-    outbox::append(tx, Outbox::Orders, &event)
+    outbox::append(tx, &shared::orders::OUTBOX, &event)
         .await
         .map_err(store_failure)?;
     let response = created_response(&OrderView::from(&stored));
@@ -374,7 +374,7 @@ async fn write_cancellation(
         .map_err(store_failure)?
     {
         Cancellation::Cancelled(order) => {
-            outbox::append(tx, Outbox::Orders, &event)
+            outbox::append(tx, &shared::orders::OUTBOX, &event)
                 .await
                 .map_err(store_failure)?;
             Ok((order, event.event_id))

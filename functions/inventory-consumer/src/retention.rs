@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use shared::inbox::{self, Inbox};
+use shared::inbox;
 use shared::retention::{Purge, PurgeSummary, RetentionConfig};
 use shared::StoreError;
 use sqlx::{PgExecutor, PgPool};
@@ -82,8 +82,9 @@ pub async fn purge_inventory_service(
 ) -> Result<PurgeSummary, StoreError> {
     let older_than = config.inbox_retention;
     let mut run = Purge::new(config, stop);
-    run.table(Inbox::Inventory.table(), |limit| {
-        inbox::purge(pool, Inbox::Inventory, older_than, limit)
+    let inventory_inbox = shared::inventory::INBOX;
+    run.table(&inventory_inbox, |limit| {
+        inbox::purge(pool, &inventory_inbox, older_than, limit)
     })
     .await?;
     run.table(CANCELLED_ORDERS, |limit| {

@@ -10,8 +10,9 @@ use shared::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, ReservedItemV1, ShortageV1,
     ORDER_CANCELLED, ORDER_CREATED,
 };
-use shared::inbox::{self, Inbox};
-use shared::outbox::{self, Outbox};
+use shared::inbox;
+use shared::inventory;
+use shared::outbox;
 use shared::source::RecordOutcome;
 use shared::{Retry, StoreError};
 use sqlx::{PgConnection, PgPool};
@@ -140,7 +141,7 @@ async fn apply_on(
     let fresh = if fault == Fault::ApplyRedeliveries {
         event_ids.iter().copied().collect()
     } else {
-        inbox::record(tx, Inbox::Inventory, GROUP, &event_ids).await?
+        inbox::record(tx, &inventory::INBOX, GROUP, &event_ids).await?
     };
     let mut seen_in_batch = HashSet::new();
     let (mut new_jobs, mut repeated): (Vec<&Job>, Vec<&Job>) = (Vec::new(), Vec::new());
@@ -182,7 +183,7 @@ async fn apply_on(
         decide(tx, &jobs, fault, &mut applied, &mut out).await?;
     }
     write_answers(tx, &out.recorded).await?;
-    outbox::append_all(tx, Outbox::Inventory, &out.events).await?;
+    outbox::append_all(tx, &inventory::OUTBOX, &out.events).await?;
     Ok(applied)
 }
 

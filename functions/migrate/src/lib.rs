@@ -1,5 +1,8 @@
-//! The migrate function: applies the embedded migrations
-//! ([`shared::db::MIGRATOR`]) at deploy time, so cold starts never do.
+//! The migrate function: applies the embedded migrations ([`migrations`]: the
+//! toolkit's, then every service's folder `services/*/migrations`, found at
+//! build time) at deploy time, so cold starts never do. A migration that
+//! replaces earlier ones (`-- toolkit:replaces ...`, [`shared::db::REPLACES`])
+//! is recorded, not run, where those were applied.
 //!
 //! CloudFormation invokes it for the `DatabaseMigrations` custom resource of
 //! `template.yaml` and waits for the answer this function PUTs to the request's
@@ -23,6 +26,16 @@
 
 pub mod roles;
 
+include!(concat!(env!("OUT_DIR"), "/services.rs"));
+
+/// Every migration this function applies, in the order it applies them: the
+/// toolkit's, then each service's folder by name.
+pub fn migrations() -> Vec<sqlx::migrate::Migrator> {
+    let mut sets = vec![shared::db::toolkit_migrations()];
+    sets.extend(service_migrations().into_iter().map(|(_, m)| m));
+    sets
+}
+
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
@@ -36,7 +49,6 @@ use lambda_runtime::LambdaEvent;
 use serde::Serialize;
 use serde_json::Value;
 use shared::config::{ConfigError, DatabaseConfig, Env};
-use shared::db::MIGRATOR;
 use shared::telemetry::Invocation;
 use sqlx::migrate::{Migrate as _, MigrateError};
 use sqlx::{Connection as _, PgPool};
@@ -121,16 +133,14 @@ pub struct Applied {
 
 impl Applied {
     fn between(before: &BTreeSet<i64>, after: &BTreeSet<i64>) -> Self {
-        let known = MIGRATOR
-            .iter()
-            .filter(|m| m.migration_type.is_up_migration())
-            .map(|m| m.version);
+        let known = shared::db::versions(&migrations());
         Self {
             applied: known
-                .clone()
+                .iter()
+                .copied()
                 .filter(|v| after.contains(v) && !before.contains(v))
                 .collect(),
-            pending_before: known.filter(|v| !before.contains(v)).count(),
+            pending_before: known.difference(before).count(),
             latest_version: after.last().copied(),
         }
     }
@@ -178,7 +188,7 @@ pub enum MigrationError {
     #[error("setting the password of the database role {role} in {database} failed: {source}")]
     RolePassword {
         database: String,
-        role: &'static str,
+        role: String,
         #[source]
         source: sqlx::Error,
     },
@@ -352,17 +362,19 @@ pub async fn apply(pool: &PgPool, database: &str) -> Result<Applied, MigrationEr
         database: database.to_owned(),
         source,
     };
-    // Under the migrator's own lock (advisory locks stack, so `run` takes it
-    // again), so "before" and "after" see no other run's work.
+    // Under the migrator's own lock (advisory locks stack, so `migrate_on`
+    // takes it again), so "before" and "after" see no other run's work.
     conn.lock().await.map_err(migrate)?;
-    conn.ensure_migrations_table().await.map_err(migrate)?;
-    let before = versions(conn.list_applied_migrations().await.map_err(migrate)?);
-    // `run_direct` is `run` on a connection; sqlx offers it because `run(&mut
-    // conn)` cannot be proven `Send` for the spawned task (a higher-ranked
-    // `Acquire` bound).
-    MIGRATOR.run_direct(&mut conn).await.map_err(migrate)?;
-    let after = versions(conn.list_applied_migrations().await.map_err(migrate)?);
+    let result = async {
+        conn.ensure_migrations_table().await?;
+        let before = versions(conn.list_applied_migrations().await?);
+        shared::db::migrate_on(&mut conn, migrations()).await?;
+        let after = versions(conn.list_applied_migrations().await?);
+        Ok((before, after))
+    }
+    .await;
     conn.unlock().await.map_err(migrate)?;
+    let (before, after) = result.map_err(migrate)?;
     if let Err(e) = conn.close().await {
         warn!(error = %e, "closing the migration connection");
     }

@@ -1,8 +1,10 @@
 //! The services' database roles (migration `service_roles`) and their passwords.
 //!
 //! In AWS each role's password is generated in Secrets Manager and resolved into
-//! this function's environment (`ORDER_SERVICE_DATABASE_PASSWORD`, ...); after the
-//! migrations, each role that has one gets it. The password never reaches the
+//! this function's environment as `<ROLE>_DATABASE_PASSWORD`
+//! (`ORDER_SERVICE_DATABASE_PASSWORD` for the role `order_service`); after the
+//! migrations, each role named so gets its password. A new service's role needs
+//! only its variable. The password never reaches the
 //! server in clear text: as psql's `\password` does, the SCRAM-SHA-256 verifier is
 //! computed here and `ALTER ROLE ... PASSWORD 'SCRAM-SHA-256$...'` sends only
 //! that, so a server that logs DDL statements logs no password.
@@ -18,12 +20,8 @@ use sha2::{Digest as _, Sha256};
 use shared::config::{ConfigError, Env};
 use sqlx::PgPool;
 
-/// Every service role with the variable that holds its password.
-pub const SERVICE_ROLES: [(&str, &str); 3] = [
-    ("order_service", "ORDER_SERVICE_DATABASE_PASSWORD"),
-    ("inventory_service", "INVENTORY_SERVICE_DATABASE_PASSWORD"),
-    ("outbox_relay", "OUTBOX_RELAY_DATABASE_PASSWORD"),
-];
+/// The end of a role's password variable: `ORDER_SERVICE` + this.
+pub const PASSWORD_SUFFIX: &str = "_DATABASE_PASSWORD";
 
 /// PostgreSQL's default iteration count (`scram_iterations`).
 const ITERATIONS: u32 = 4096;
@@ -31,7 +29,7 @@ const ITERATIONS: u32 = 4096;
 /// A role and the password it is to have.
 #[derive(Clone)]
 pub struct RolePassword {
-    pub role: &'static str,
+    pub role: String,
     password: SecretString,
 }
 
@@ -45,21 +43,38 @@ impl fmt::Debug for RolePassword {
 }
 
 impl RolePassword {
-    pub fn new(role: &'static str, password: impl Into<String>) -> Self {
+    pub fn new(role: impl Into<String>, password: impl Into<String>) -> Self {
         Self {
-            role,
+            role: role.into(),
             password: SecretString::from(password.into()),
         }
     }
 
-    /// The roles whose password variable is set (locally, none: trust on loopback).
+    /// The roles whose password variable is set, by role (locally, none:
+    /// trust on loopback). `DATABASE_PASSWORD` itself is the master user's.
     pub fn from_env(env: &Env) -> Result<Vec<Self>, ConfigError> {
         let mut roles = Vec::new();
-        for (role, var) in SERVICE_ROLES {
-            if let Some(password) = env.get(var)? {
-                roles.push(Self::new(role, password));
+        for var in env.names() {
+            let Some(role) = var.strip_suffix(PASSWORD_SUFFIX) else {
+                continue;
+            };
+            if role.is_empty() {
+                continue;
+            }
+            if !role
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(ConfigError::Malformed {
+                    var: "<ROLE>_DATABASE_PASSWORD",
+                    reason: format!("{var}: a role's name is upper-case letters, digits and _"),
+                });
+            }
+            if let Some(password) = env.get_named(var) {
+                roles.push(Self::new(role.to_ascii_lowercase(), password));
             }
         }
+        roles.sort_by(|a, b| a.role.cmp(&b.role));
         Ok(roles)
     }
 }
@@ -69,7 +84,7 @@ impl RolePassword {
 pub async fn set_passwords(
     pool: &PgPool,
     roles: &[RolePassword],
-) -> Result<(), (&'static str, sqlx::Error)> {
+) -> Result<(), (String, sqlx::Error)> {
     for role in roles {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
@@ -82,7 +97,7 @@ pub async fn set_passwords(
         ))
         .execute(pool)
         .await
-        .map_err(|e| (role.role, e))?;
+        .map_err(|e| (role.role.clone(), e))?;
         tracing::info!(role = role.role, "service role password set");
     }
     Ok(())
@@ -152,8 +167,17 @@ mod tests {
             ("OUTBOX_RELAY_DATABASE_PASSWORD", "relaypw"),
         ]);
         let roles = RolePassword::from_env(&env).expect("valid");
-        let names: Vec<_> = roles.iter().map(|r| r.role).collect();
+        let names: Vec<_> = roles.iter().map(|r| r.role.as_str()).collect();
         assert_eq!(names, ["order_service", "outbox_relay"]);
+        let env = Env::from_pairs([
+            ("DATABASE_PASSWORD", "master"),
+            ("CUSTOMER_SERVICE_DATABASE_PASSWORD", "c"),
+        ]);
+        let roles = RolePassword::from_env(&env).expect("valid");
+        let names: Vec<_> = roles.iter().map(|r| r.role.as_str()).collect();
+        assert_eq!(names, ["customer_service"]);
+        let bad = Env::from_pairs([("x-y_DATABASE_PASSWORD", "p")]);
+        assert!(RolePassword::from_env(&bad).is_err());
         let shown = format!("{roles:?}");
         assert!(!shown.contains("hunter2") && !shown.contains("relaypw"));
     }

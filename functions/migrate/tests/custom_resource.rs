@@ -224,10 +224,8 @@ fn unreachable_database() -> String {
 
 /// Every version of the embedded migrations, in order.
 fn all_versions() -> Vec<i64> {
-    shared::db::MIGRATOR
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .map(|m| m.version)
+    shared::db::versions(&migrate::migrations())
+        .into_iter()
         .collect()
 }
 

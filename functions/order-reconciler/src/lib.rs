@@ -28,7 +28,7 @@ use shared::envelope::EventEnvelope;
 use shared::events::{OrderCancelledV1, OrderCreatedItemV1, OrderCreatedV1, ORDER_AGGREGATE};
 use shared::metrics::{Metric, Recorder};
 use shared::orders::{self, Order, UnconfirmedRelease};
-use shared::outbox::{self, Outbox};
+use shared::outbox;
 use shared::retention::{self, RetentionConfig};
 use shared::telemetry::Invocation;
 use shared::trace::TraceParent;
@@ -234,7 +234,7 @@ async fn time_out(
     let ids: Vec<Uuid> = overdue.iter().map(|o| o.id.as_uuid()).collect();
     let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
     let rejected = orders::reject_timed_out(&mut tx, &ids, &event_ids, now, TIMED_OUT).await?;
-    outbox::append_all(&mut tx, Outbox::Orders, &events).await?;
+    outbox::append_all(&mut tx, &shared::orders::OUTBOX, &events).await?;
     commit(tx).await?;
     for o in &overdue {
         warn!(order_id = %o.id, trace_id = trace_id(o.traceparent.as_deref()), "order rejected: no answer before its deadline");
@@ -274,7 +274,7 @@ async fn resend_created(
         orders::assign_created_event_ids(&mut tx, &unnamed, &new_ids).await?;
     }
     let ids: Vec<Uuid> = stuck.iter().map(|s| s.order.id.as_uuid()).collect();
-    outbox::append_all(&mut tx, Outbox::Orders, &events).await?;
+    outbox::append_all(&mut tx, &shared::orders::OUTBOX, &events).await?;
     orders::mark_resent(&mut tx, &ids, now).await?;
     commit(tx).await?;
     for (s, e) in stuck.iter().zip(&events) {
@@ -303,7 +303,7 @@ async fn resend_cancelled(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ids: Vec<Uuid> = unconfirmed.iter().map(|u| u.id.as_uuid()).collect();
-    outbox::append_all(&mut tx, Outbox::Orders, &events).await?;
+    outbox::append_all(&mut tx, &shared::orders::OUTBOX, &events).await?;
     orders::mark_resent(&mut tx, &ids, now).await?;
     commit(tx).await?;
     for u in &unconfirmed {

@@ -16,7 +16,7 @@ use shared::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, INVENTORY_REJECTED,
     INVENTORY_RELEASED, INVENTORY_RESERVED, RESERVATION_AGGREGATE,
 };
-use shared::inbox::{self, Inbox};
+use shared::inbox;
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     RecordOutcome, SourceStats, StreamBatch, StreamRecord,
@@ -154,7 +154,7 @@ pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
         .await
         .map_err(|e| StoreError::database("starting a transaction", e))?;
     let event_ids: Vec<Uuid> = steps.iter().map(|s| s.event_id).collect();
-    let fresh = inbox::record(&mut tx, Inbox::Orders, GROUP, &event_ids).await?;
+    let fresh = inbox::record(&mut tx, &shared::orders::INBOX, GROUP, &event_ids).await?;
     // The first answer about an order decides; later ones find it no longer PENDING.
     let mut orders = HashSet::new();
     let (mut ids, mut statuses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());

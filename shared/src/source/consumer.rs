@@ -31,7 +31,8 @@ impl ConsumerConfig {
     /// streams instead: the template declares it, and the emulator reads it too.
     pub fn from_env(env: &Env, group: &str, aggregate_types: &[&str]) -> Result<Self, ConfigError> {
         // The relay's reading of the same variables, so both agree.
-        let relay = crate::relay::RelayOptions::from_env(env)?;
+        let namespace = crate::streams::namespace(env)?;
+        let partitions = crate::streams::partitions(env)?;
         let declared: Option<Vec<&str>> = env.get("STREAM_SOURCE")?.map(|v| {
             v.split(',')
                 .map(str::trim)
@@ -51,14 +52,10 @@ impl ConsumerConfig {
                 var: "STREAM_SOURCE",
                 reason: e.to_string(),
             })?;
-            streams.extend(stream_keys(
-                &relay.stream_namespace,
-                &t,
-                relay.stream_partitions,
-            ));
+            streams.extend(stream_keys(&namespace, &t, partitions));
         }
         let mut settings = SourceSettings::new(group, streams);
-        settings.namespace = relay.stream_namespace;
+        settings.namespace = namespace;
         Ok(Self {
             database: DatabaseConfig::from_env(env)?,
             redis: RedisConfig::from_env(env)?,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use emulator::servers::{self, Binaries, StateDir};
-use emulator::system::{Mode, Options, System, RELAY_BINARY};
+use emulator::system::{Mode, Options, System};
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use shared::envelope::AggregateType;
@@ -285,7 +285,7 @@ async fn drive(
     emulator::template::apply_env_overrides(&mut template, &overrides.to_string())?;
     let mut workers = Vec::new();
     for spec in &template.functions {
-        let role = if spec.binary == RELAY_BINARY {
+        let role = if spec.is_relay() {
             "relay"
         } else if spec.stream_source().is_some() {
             match spec.binary.as_str() {
@@ -324,13 +324,14 @@ async fn drive(
     );
     template
         .functions
-        .retain(|f| f.binary != RELAY_BINARY && f.stream_source().is_none());
+        .retain(|f| !f.is_relay() && f.stream_source().is_none());
     let system = System::start(Options {
         template,
         mode: Mode::InProcess,
         database_url: database_url.clone(),
         redis_url: redis_url.clone(),
         trust: tests::auth::trust(),
+        registry: std::sync::Arc::new(shop::Shop),
     })
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -56,7 +56,14 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     )
     .await?;
     let mut out = Vec::new();
-    emulator::cli::dlq_list(&redis, &ns, &emulator::cli::GROUPS, 10, &mut out).await?;
+    emulator::cli::dlq_list(
+        &redis,
+        &ns,
+        &[inventory_consumer::GROUP, order_saga::GROUP],
+        10,
+        &mut out,
+    )
+    .await?;
     let listed = String::from_utf8(out)?;
     assert!(listed.contains("(1 dead letters)"), "{listed}");
     assert!(listed.contains("OrderCreated"), "{listed}");
@@ -114,9 +121,10 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     let purged =
         emulator::cli::dlq_purge(&redis, &ns, "inventory", &Selection::All, &mut out).await?;
     assert_eq!(purged, 0);
-    let err = emulator::cli::dlq_purge(&redis, &ns, "nope", &Selection::All, &mut out)
-        .await
-        .expect_err("unknown group");
+    let template = emulator::template::parse(include_str!("../template.yaml"))?;
+    let groups = emulator::cli::groups(&template);
+    assert_eq!(groups, ["inventory", "order-saga"]);
+    let err = emulator::cli::check_group("nope", &groups).expect_err("unknown group");
     assert!(err.to_string().contains("unknown consumer group"), "{err}");
     running.stop().await
 }

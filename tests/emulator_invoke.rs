@@ -37,6 +37,39 @@ Resources:
             Method: POST
 "#;
 
+/// A function no registry links runs in the default mode too: the emulator
+/// finds (or builds) its binary and runs it behind the Runtime API. So a
+/// function added to template.yaml runs without editing the emulator.
+#[tokio::test]
+async fn a_function_the_registry_does_not_link_runs_as_its_binary() -> anyhow::Result<()> {
+    let system = System::start(Options {
+        template: emulator::template::parse(TEMPLATE)?,
+        mode: Mode::InProcess,
+        database_url: tests::admin_url(),
+        redis_url: tests::redis_url(),
+        trust: tests::auth::trust(),
+        registry: std::sync::Arc::new(shop::Shop),
+    })
+    .await?;
+    let banner = system.banner("127.0.0.1:0");
+    assert!(
+        banner.contains("FixtureFunction (lambda-fixture, runtime API"),
+        "{banner}"
+    );
+    let served = tests::emulated::serve(system, tests::unique_namespace()).await?;
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{}/2015-03-31/functions/FixtureFunction/invocations",
+            served.base
+        ))
+        .body(r#"{"echo": 7}"#)
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json::<Value>().await?["echo"], 7);
+    served.stop().await
+}
+
 async fn serve() -> anyhow::Result<RunningEmulator> {
     let binaries = Path::new(env!("CARGO_BIN_EXE_lambda-fixture"))
         .parent()
@@ -56,6 +89,7 @@ async fn serve() -> anyhow::Result<RunningEmulator> {
         database_url: tests::admin_url(),
         redis_url: tests::redis_url(),
         trust: tests::auth::trust(),
+        registry: std::sync::Arc::new(emulator::functions::NothingLinked),
     })
     .await?;
     tests::emulated::serve(system, tests::unique_namespace()).await

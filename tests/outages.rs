@@ -120,6 +120,7 @@ async fn drive(
         database_url: database_url.clone(),
         redis_url: redis.url.clone(),
         trust: tests::auth::trust(),
+        registry: std::sync::Arc::new(shop::Shop),
     })
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -371,7 +371,14 @@ async fn dead_letters_are_trimmed_by_age() -> Result<()> {
     );
 
     let mut out = Vec::new();
-    emulator::cli::dlq_list(&redis, &ns, &emulator::cli::GROUPS, 5, &mut out).await?;
+    emulator::cli::dlq_list(
+        &redis,
+        &ns,
+        &[inventory_consumer::GROUP, order_saga::GROUP],
+        5,
+        &mut out,
+    )
+    .await?;
     let listed = String::from_utf8(out)?;
     assert!(listed.contains(&inventory), "{listed}");
     assert!(listed.contains("length 1"), "{listed}");

@@ -9,14 +9,24 @@ use shared::outbox::Outbox;
 use shared::relay::Relay;
 use shared::source::{DeadLetter, DeadLetters, Selection};
 
-/// The consumer groups of this system: one per consuming function.
-pub const GROUPS: [&str; 2] = [inventory_consumer::GROUP, order_saga::GROUP];
+/// The consumer groups of the template: one per function with a stream
+/// source (its `CONSUMER_GROUP`), in template order.
+pub fn groups(template: &crate::template::Template) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for source in template.functions.iter().filter_map(|f| f.stream_source()) {
+        if !groups.contains(&source.group) {
+            groups.push(source.group);
+        }
+    }
+    groups
+}
 
-fn check_group(group: &str) -> anyhow::Result<()> {
+/// `group`, if it is one of `groups`; else an error that lists them.
+pub fn check_group(group: &str, groups: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
-        GROUPS.contains(&group),
+        groups.iter().any(|g| g == group),
         "unknown consumer group {group:?} (the groups are {})",
-        GROUPS.join(", ")
+        groups.join(", ")
     );
     Ok(())
 }
@@ -77,7 +87,6 @@ pub async fn dlq_list(
         )?;
     }
     for group in groups {
-        check_group(group)?;
         let dead = DeadLetters::new(redis.clone(), namespace, group);
         let total = dead.count().await?;
         writeln!(out, "{} ({total} dead letters)", dead.key())?;
@@ -99,7 +108,6 @@ pub async fn dlq_show(
     id: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    check_group(group)?;
     let dead = DeadLetters::new(redis.clone(), namespace, group);
     let letter = dead
         .get(id)
@@ -127,7 +135,6 @@ pub async fn dlq_redrive(
     out: &mut dyn Write,
     progress: &mut dyn Write,
 ) -> anyhow::Result<u64> {
-    check_group(group)?;
     let dead = DeadLetters::new(redis.clone(), namespace, group);
     let n = dead
         .redrive(selection, |done, total| {
@@ -150,7 +157,6 @@ pub async fn dlq_purge(
     selection: &Selection,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
-    check_group(group)?;
     let dead = DeadLetters::new(redis.clone(), namespace, group);
     let n = dead.purge(selection).await?;
     writeln!(out, "{n} dead letters of {} purged", dead.key())?;

@@ -33,6 +33,7 @@ pub fn config(env: &Env) -> anyhow::Result<DatabaseConfig> {
 pub async fn prepare(
     config: &DatabaseConfig,
     url_for_create: Option<&str>,
+    migrations: Vec<sqlx::migrate::Migrator>,
 ) -> anyhow::Result<PgPool> {
     if let Some(url) = url_for_create {
         let exists = sqlx::Postgres::database_exists(url)
@@ -45,7 +46,7 @@ pub async fn prepare(
         }
     }
     let pool = shared::db::lazy_pool(config);
-    shared::db::migrate(&pool, migrate::migrations())
+    shared::db::migrate(&pool, migrations)
         .await
         .with_context(unreachable_hint)?;
     Ok(pool)

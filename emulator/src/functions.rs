@@ -1,16 +1,19 @@
-//! The template's functions, ready to invoke: linked into the emulator and
-//! called in-process (the default), or run as their real binaries behind the
-//! emulator's Runtime API (`--runtime-api`). Either way an invocation is an
-//! event in and a response (or an [`InvokeError`]) out, under the function's
-//! `Timeout`.
+//! The template's functions, ready to invoke: linked into the emulator's
+//! process by the binary that runs it (a [`Registry`] of [`Linked`] functions)
+//! and called directly (the default), or run as their real binaries behind the
+//! emulator's Runtime API (`--runtime-api`, and any function the registry does
+//! not link). Either way an invocation is an event in and a response (or an
+//! [`InvokeError`]) out, under the function's `Timeout`.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
-use aws_lambda_events::cloudwatch_events::CloudWatchEvent;
 use bytes::Bytes;
 use lambda_http::http::{header::SET_COOKIE, HeaderMap, HeaderValue};
 use lambda_runtime::LambdaEvent;
@@ -21,177 +24,119 @@ use crate::invoke::{deadline_ms, Invocation, InvokeError};
 use crate::runtime;
 use crate::template::FunctionSpec;
 
-/// The binaries the emulator can link in-process.
-pub const LINKED: [&str; 8] = [
-    "create-order",
-    "inventory-api",
-    "outbox-relay",
-    "inventory-consumer",
-    "order-saga",
-    "inventory-retention",
-    "order-reconciler",
-    "migrate",
-];
+/// A boxed future, for the object-safe traits below.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `arn:aws:lambda:us-east-1:000000000000:function:<name>`.
 pub fn arn(name: &str) -> String {
     format!("arn:aws:lambda:us-east-1:000000000000:function:{name}")
 }
 
-/// A function linked into the emulator, built from its environment as its
-/// binary's `main` builds it at cold start.
-#[derive(Debug)]
-pub enum Linked {
-    CreateOrder(create_order::Deps),
-    InventoryApi(inventory_api::Deps),
-    OutboxRelay(outbox_relay::Deps),
-    InventoryConsumer(Arc<inventory_consumer::Deps>),
-    OrderSaga(Arc<order_saga::Deps>),
-    InventoryRetention(inventory_retention::Deps),
-    OrderReconciler(order_reconciler::Deps),
-    /// Deploy-time only: nothing drives it; the Invoke API can run it.
-    Migrate(migrate::Deps),
-}
-
-impl Linked {
-    /// What `binary`'s `main` does before its first invocation.
-    pub async fn build(binary: &str, env: &Env) -> anyhow::Result<Self> {
-        Ok(match binary {
-            "create-order" => Self::CreateOrder(create_order::Deps::new(
-                &create_order::Config::from_env(env)?,
-            )),
-            "inventory-api" => Self::InventoryApi(inventory_api::Deps::new(
-                &inventory_api::Config::from_env(env)?,
-            )),
-            "outbox-relay" => Self::OutboxRelay(
-                outbox_relay::Deps::connect(&outbox_relay::Config::from_env(env)?).await?,
-            ),
-            "inventory-consumer" => {
-                let config = local(inventory_consumer::config(env)?);
-                let handler = inventory_consumer::handler(&config);
-                Self::InventoryConsumer(Arc::new(
-                    inventory_consumer::Deps::connect(&config, handler).await?,
-                ))
-            }
-            "order-saga" => {
-                let config = local(order_saga::config(env)?);
-                let handler = order_saga::handler(&config);
-                Self::OrderSaga(Arc::new(order_saga::Deps::connect(&config, handler).await?))
-            }
-            "order-reconciler" => Self::OrderReconciler(order_reconciler::Deps::new(
-                &order_reconciler::Config::from_env(env)?,
-            )),
-            "inventory-retention" => Self::InventoryRetention(inventory_retention::Deps::new(
-                &inventory_retention::Config::from_env(env)?,
-            )),
-            "migrate" => Self::Migrate(migrate::Deps::new(&migrate::Config::from_env(env)?)?),
-            other => anyhow::bail!(
-                "{other} is not linked into the emulator (linked: {}); run it with --runtime-api",
-                LINKED.join(", ")
-            ),
-        })
-    }
-
-    /// Runs what stands behind the function for the emulator's lifetime, until
-    /// `shutdown`: the relay woken by `LISTEN/NOTIFY`, a consumer's stream
-    /// source. `None` for functions that only run when invoked.
-    pub async fn serve(
-        &self,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Option<String> {
-        match self {
-            Self::OutboxRelay(deps) => Some(
-                match deps.relay.run(Duration::from_secs(1), shutdown).await {
-                    Ok(()) => "stopped".to_owned(),
-                    Err(e) => format!("stopped: {e}"),
-                },
-            ),
-            Self::InventoryConsumer(c) => Some(format!("{:?}", c.run(shutdown).await)),
-            Self::OrderSaga(c) => Some(format!("{:?}", c.run(shutdown).await)),
-            Self::CreateOrder(_)
-            | Self::InventoryApi(_)
-            | Self::InventoryRetention(_)
-            | Self::OrderReconciler(_)
-            | Self::Migrate(_) => None,
-        }
-    }
-
-    /// One invocation, as the function's `lambda_runtime` loop would run it.
-    async fn invoke(
+/// A function linked into the emulator's process: what its binary's `main`
+/// builds before the first invocation, called directly.
+pub trait Linked: fmt::Debug + Send + Sync + 'static {
+    /// One invocation, as the function's `lambda_runtime` loop would run it:
+    /// the event's JSON in, the response's JSON (or the function's error) out.
+    fn invoke(
         &self,
         payload: Bytes,
         context: lambda_runtime::Context,
-    ) -> Result<Bytes, InvokeError> {
-        match self {
-            Self::CreateOrder(deps) => {
-                let request = http_request(&payload)?;
-                http_response(create_order::handle(deps, request).await)
-            }
-            Self::InventoryApi(deps) => {
-                let request = http_request(&payload)?;
-                http_response(inventory_api::handle(deps, request).await)
-            }
-            Self::OutboxRelay(deps) => {
-                let event = scheduled(&payload, context)?;
-                let summary = outbox_relay::handle(deps, event)
-                    .await
-                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
-                to_json(&summary)
-            }
-            Self::InventoryConsumer(deps) => {
-                let event = scheduled(&payload, context)?;
-                to_json(
-                    &inventory_consumer::handle(deps, event)
-                        .await
-                        .map_err(boxed)?,
-                )
-            }
-            Self::OrderSaga(deps) => {
-                let event = scheduled(&payload, context)?;
-                to_json(&order_saga::handle(deps, event).await.map_err(boxed)?)
-            }
-            Self::OrderReconciler(deps) => {
-                let event = scheduled(&payload, context)?;
-                let summary = order_reconciler::handle(deps, event)
-                    .await
-                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
-                to_json(&summary)
-            }
-            Self::InventoryRetention(deps) => {
-                let event = scheduled(&payload, context)?;
-                let summary = inventory_retention::handle(deps, event)
-                    .await
-                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
-                to_json(&summary)
-            }
-            Self::Migrate(deps) => {
-                let event: serde_json::Value =
-                    serde_json::from_slice(&payload).map_err(|e| runtime_error(&e))?;
-                let answer = migrate::handle(deps, LambdaEvent::new(event, context))
-                    .await
-                    .map_err(|e| function_error(lambda_runtime::Diagnostic::from(e)))?;
-                to_json(&answer)
-            }
-        }
+    ) -> BoxFuture<'_, Result<Bytes, InvokeError>>;
+
+    /// Runs what stands behind the function for the emulator's lifetime, until
+    /// `shutdown`: a relay woken by `LISTEN/NOTIFY`, a consumer's stream
+    /// source. Returns how it stopped; `None` (the default) for a function
+    /// that only runs when invoked.
+    fn serve(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'_, Option<String>> {
+        drop(shutdown);
+        Box::pin(async { None })
     }
 
-    /// Ends a consumer's running invocation once its batches are settled (what
-    /// SIGTERM does to the binary).
-    fn stop(&self) {
-        match self {
-            Self::InventoryConsumer(c) => c.stop(),
-            Self::OrderSaga(c) => c.stop(),
-            _ => {}
-        }
+    /// Ends a running invocation early once its work is settled (what SIGTERM
+    /// does to the binary); nothing by default.
+    fn stop(&self) {}
+}
+
+/// What a binary links into the emulator: its functions, by binary name, and
+/// the migrations the emulator applies to its database. The emulator knows no
+/// function itself; a function the registry does not link runs as its real
+/// binary behind the emulator's Runtime API.
+pub trait Registry: fmt::Debug + Send + Sync {
+    /// The binaries [`Registry::link`] knows.
+    fn binaries(&self) -> Vec<&'static str>;
+
+    /// `binary` built from its environment, as its `main` builds it at cold
+    /// start; `None` for a binary this registry does not link.
+    fn link<'a>(
+        &'a self,
+        binary: &'a str,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Option<anyhow::Result<Arc<dyn Linked>>>>;
+
+    /// The migration folders, in the order they are applied.
+    fn migrations(&self) -> Vec<sqlx::migrate::Migrator>;
+}
+
+/// A registry that links nothing and migrates nothing: every function runs as
+/// its binary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NothingLinked;
+
+impl Registry for NothingLinked {
+    fn binaries(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn link<'a>(
+        &'a self,
+        _binary: &'a str,
+        _env: &'a Env,
+    ) -> BoxFuture<'a, Option<anyhow::Result<Arc<dyn Linked>>>> {
+        Box::pin(async { None })
+    }
+
+    fn migrations(&self) -> Vec<sqlx::migrate::Migrator> {
+        Vec::new()
     }
 }
 
 /// One local process: a short lease lets a restarted emulator resume at once,
 /// and a crashed batch comes back within seconds.
-fn local(mut config: shared::source::ConsumerConfig) -> shared::source::ConsumerConfig {
+pub fn local(mut config: shared::source::ConsumerConfig) -> shared::source::ConsumerConfig {
     config.source.lease_ttl = Duration::from_secs(3);
     config.source.visibility_timeout = config.source.visibility_timeout.min(Duration::from_secs(5));
     config
+}
+
+/// An HTTP function's invocation: the API Gateway v2 event as `lambda_http`
+/// reads it, the handler's response as `lambda_http` sends it back.
+pub async fn http<F, Fut>(payload: &[u8], handler: F) -> Result<Bytes, InvokeError>
+where
+    F: FnOnce(lambda_http::Request) -> Fut,
+    Fut: Future<Output = lambda_http::Response<lambda_http::Body>>,
+{
+    http_response(handler(http_request(payload)?).await)
+}
+
+/// A JSON event (a schedule's, a custom resource's) with its context, as
+/// `lambda_runtime` hands it to the handler.
+pub fn event<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    context: lambda_runtime::Context,
+) -> Result<LambdaEvent<T>, InvokeError> {
+    let event: T = serde_json::from_slice(payload).map_err(|e| runtime_error(&e))?;
+    Ok(LambdaEvent::new(event, context))
+}
+
+/// A handler's answer as the runtime sends it: its JSON, or its error as a
+/// function error (`errorType`, `errorMessage`).
+pub fn answer<T: Serialize, E: Into<lambda_runtime::Diagnostic>>(
+    result: Result<T, E>,
+) -> Result<Bytes, InvokeError> {
+    match result {
+        Ok(value) => to_json(&value),
+        Err(e) => Err(function_error(e.into())),
+    }
 }
 
 fn http_request(payload: &[u8]) -> Result<lambda_http::Request, InvokeError> {
@@ -221,15 +166,7 @@ fn http_response(response: lambda_http::Response<lambda_http::Body>) -> Result<B
     to_json(&out)
 }
 
-fn scheduled(
-    payload: &[u8],
-    context: lambda_runtime::Context,
-) -> Result<LambdaEvent<CloudWatchEvent>, InvokeError> {
-    let event: CloudWatchEvent = serde_json::from_slice(payload).map_err(|e| runtime_error(&e))?;
-    Ok(LambdaEvent::new(event, context))
-}
-
-fn to_json(value: &impl Serialize) -> Result<Bytes, InvokeError> {
+pub fn to_json(value: &impl Serialize) -> Result<Bytes, InvokeError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|e| runtime_error(&e))
@@ -237,28 +174,24 @@ fn to_json(value: &impl Serialize) -> Result<Bytes, InvokeError> {
 
 /// The event could not be read as the function's event type: what
 /// `lambda_runtime` reports as `Runtime.UnmarshalError`.
-fn runtime_error(e: &dyn std::fmt::Display) -> InvokeError {
+pub fn runtime_error(e: &dyn std::fmt::Display) -> InvokeError {
     InvokeError::Function {
         error_type: "Runtime.UnmarshalError".into(),
         error_message: e.to_string(),
     }
 }
 
-fn function_error(d: lambda_runtime::Diagnostic) -> InvokeError {
+pub fn function_error(d: lambda_runtime::Diagnostic) -> InvokeError {
     InvokeError::Function {
         error_type: d.error_type,
         error_message: d.error_message,
     }
 }
 
-fn boxed(e: lambda_runtime::Error) -> InvokeError {
-    function_error(lambda_runtime::Diagnostic::from(e))
-}
-
 /// How one function runs.
 #[derive(Debug)]
 pub enum Runner {
-    Linked(Arc<Linked>),
+    Linked(Arc<dyn Linked>),
     Process(runtime::Pool),
 }
 
@@ -392,14 +325,20 @@ pub fn env_of(vars: &BTreeMap<String, String>) -> Env {
     Env::from_pairs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
-/// Builds a linked function.
-pub async fn link(spec: FunctionSpec, env: BTreeMap<String, String>) -> anyhow::Result<Function> {
-    let linked = Linked::build(&spec.binary, &env_of(&env))
-        .await
-        .with_context(|| format!("starting {} ({})", spec.logical_id, spec.binary))?;
-    Ok(Function {
+/// The function linked by `registry`, or `None` when it does not link its binary.
+pub async fn link(
+    spec: FunctionSpec,
+    env: BTreeMap<String, String>,
+    registry: &dyn Registry,
+) -> anyhow::Result<Option<Function>> {
+    let Some(linked) = registry.link(&spec.binary, &env_of(&env)).await else {
+        return Ok(None);
+    };
+    let linked =
+        linked.with_context(|| format!("starting {} ({})", spec.logical_id, spec.binary))?;
+    Ok(Some(Function {
         spec,
         env,
-        runner: Runner::Linked(Arc::new(linked)),
-    })
+        runner: Runner::Linked(linked),
+    }))
 }

@@ -14,6 +14,7 @@
 //! - [`database`] and [`servers`]: zero-configuration PostgreSQL and Redis.
 //! - [`invoke`]: an invocation and its errors, as AWS reports them.
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod cors;

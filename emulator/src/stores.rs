@@ -41,10 +41,13 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The stores `needs`, the database migrated with `migrations` (the
+    /// registry's folders, in order).
     pub async fn prepare(
         env: &Env,
         state_dir: Option<&Path>,
         needs: Needs,
+        migrations: Vec<sqlx::migrate::Migrator>,
     ) -> anyhow::Result<Self> {
         let state = match state_dir {
             Some(dir) => servers::StateDir::new(dir)?,
@@ -74,7 +77,7 @@ impl Stores {
             stores.redis = Some(redis);
         }
         if needs != Needs::Redis {
-            if let Err(e) = stores.prepare_database(env, &state).await {
+            if let Err(e) = stores.prepare_database(env, &state, migrations).await {
                 let _ = stores.stop_servers().await;
                 return Err(e);
             }
@@ -86,6 +89,7 @@ impl Stores {
         &mut self,
         env: &Env,
         state: &servers::StateDir,
+        migrations: Vec<sqlx::migrate::Migrator>,
     ) -> anyhow::Result<()> {
         let configured = env.get(shared::config::DatabaseConfig::URL)?;
         let postgres = servers::postgres(configured, DEFAULT_POSTGRES, state).await?;
@@ -101,7 +105,8 @@ impl Stores {
             .or_else(|| configured.map(str::to_owned))
             .unwrap_or_default();
         self.postgres = Some(postgres);
-        self.pool = Some(crate::database::prepare(&config, create_url.as_deref()).await?);
+        self.pool =
+            Some(crate::database::prepare(&config, create_url.as_deref(), migrations).await?);
         Ok(())
     }
 

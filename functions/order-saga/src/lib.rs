@@ -8,9 +8,6 @@
 
 use std::collections::HashSet;
 
-use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
-use lambda_runtime::LambdaEvent;
-use shared::config::{ConfigError, Env};
 use shared::domain::OrderStatus;
 use shared::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, INVENTORY_REJECTED,
@@ -19,9 +16,10 @@ use shared::events::{
 use shared::inbox;
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
-    RecordOutcome, SourceStats, StreamBatch, StreamRecord,
+    RecordOutcome, StreamBatch, StreamRecord,
 };
 use shared::StoreError;
+use stream_consumer::ConsumerFunction;
 
 use sqlx::PgPool;
 use tracing::{debug, warn};
@@ -29,13 +27,6 @@ use uuid::Uuid;
 
 /// The consumer group, and the consumer's name in the inbox.
 pub const GROUP: &str = "order-saga";
-
-/// The function's settings: consumer group `order-saga` on the `Reservation` streams.
-pub fn config(env: &Env) -> Result<ConsumerConfig, ConfigError> {
-    let mut config = ConsumerConfig::from_env(env, GROUP, &[RESERVATION_AGGREGATE])?;
-    config.source.service = SERVICE.to_owned();
-    Ok(config)
-}
 
 /// The function's name: the `service` of its logs and metrics.
 pub const SERVICE: &str = "order-saga";
@@ -206,24 +197,15 @@ pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
 /// What an invocation borrows: the event source and the handler, built once.
 pub type Deps = Consumer<Saga>;
 
-/// The handler over a (lazily connecting) pool for `config`.
-pub fn handler(config: &ConsumerConfig) -> Saga {
-    Saga {
-        pool: shared::db::lazy_pool(&config.database),
-    }
-}
+/// Consumer group `order-saga` on the `Reservation` streams.
+impl ConsumerFunction for Saga {
+    const SERVICE: &'static str = SERVICE;
+    const GROUP: &'static str = GROUP;
+    const AGGREGATES: &'static [&'static str] = &[RESERVATION_AGGREGATE];
 
-/// One scheduled invocation: read the streams until the time budget is spent.
-pub async fn handle(
-    deps: &Deps,
-    event: LambdaEvent<CloudWatchEvent>,
-) -> Result<SourceStats, lambda_runtime::Error> {
-    let context = &event.context;
-    Ok(deps
-        .invoke(
-            &context.request_id,
-            context.xray_trace_id.as_deref(),
-            context.deadline,
-        )
-        .await)
+    fn new(config: &ConsumerConfig) -> Self {
+        Self {
+            pool: shared::db::lazy_pool(&config.database),
+        }
+    }
 }

@@ -1,19 +1,24 @@
-//! `emulator up`: the system on this machine, from one command; and the
-//! operator commands around it.
+//! The emulator's command line: `emulator up` runs the system on this machine
+//! from one command, and the operator commands around it. A binary calls
+//! [`main`] with the [`Registry`] of the functions it links.
 
 #![allow(clippy::print_stdout)] // A command-line tool: its reports go to stdout.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shared::config::Env;
 
+use crate::functions::Registry;
+
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Runs the order system's functions locally, in-process, with no AWS account and no Docker"
+    about = "Runs the functions of a SAM template locally, with no AWS account and no Docker"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -117,6 +122,9 @@ The response goes to stdout. A function error prints its error payload and exits
   emulator dlq redrive --group inventory --all
   emulator dlq purge --group order-saga 1732435200000-0 1732435200001-0")]
     Dlq {
+        /// The SAM template: its stream sources name the consumer groups.
+        #[arg(long, global = true, default_value = "template.yaml")]
+        template: std::path::PathBuf,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -289,9 +297,9 @@ fn selection(all: bool, ids: Vec<String>) -> shared::source::Selection {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+/// Runs the command line with `registry`'s functions linked in-process.
+pub async fn main(registry: Arc<dyn Registry>) -> std::process::ExitCode {
+    match run(registry).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One readable line with every cause, not a backtrace.
@@ -301,7 +309,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
     let env = Env::from_process();
     shared::telemetry::init(&env, "emulator");
     // Not locked: the logs write to stdout too, from other tasks.
@@ -314,7 +322,7 @@ async fn run() -> anyhow::Result<()> {
             system,
         } => {
             let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
-            up(&env, port, &system, trust).await
+            up(&env, port, &system, trust, registry).await
         }
         Command::Token {
             sub,
@@ -326,34 +334,42 @@ async fn run() -> anyhow::Result<()> {
             function,
             event,
             system,
-        } => invoke(&env, &function, &event, &system, &mut out).await,
+        } => invoke(&env, &function, &event, &system, registry, &mut out).await,
         Command::GenerateEvent { kind } => generate_event(kind, &mut out),
         Command::Migrate => {
-            let stores =
-                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Database)
-                    .await?;
+            let stores = crate::stores::Stores::prepare(
+                &env,
+                None,
+                crate::stores::Needs::Database,
+                registry.migrations(),
+            )
+            .await?;
             tracing::info!(database = %stores.database_url, "migrations applied");
             stores.stop().await
         }
         Command::Outbox { template, action } => {
-            let template = emulator::template::load(&template)?;
+            let template = crate::template::load(&template)?;
             let options = shared::relay::RelayOptions {
                 outboxes: template.relay_outboxes()?,
                 stream_namespace: shared::streams::namespace(&env)?,
                 ..shared::relay::RelayOptions::default()
             };
-            let stores =
-                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Both)
-                    .await?;
+            let stores = crate::stores::Stores::prepare(
+                &env,
+                None,
+                crate::stores::Needs::Both,
+                registry.migrations(),
+            )
+            .await?;
             let relay = shared::relay::Relay::new(
                 stores.pool()?.clone(),
                 connect_redis(&stores.redis_url).await?,
                 options,
             );
             match action {
-                None => emulator::cli::outbox(&relay, &mut out).await?,
+                None => crate::cli::outbox(&relay, &mut out).await?,
                 Some(OutboxAction::Failed { outbox, count }) => {
-                    emulator::cli::outbox_failed(&relay, &outbox, count, &mut out).await?;
+                    crate::cli::outbox_failed(&relay, &outbox, count, &mut out).await?;
                 }
                 Some(OutboxAction::PurgeFailed {
                     outbox,
@@ -362,12 +378,11 @@ async fn run() -> anyhow::Result<()> {
                     yes,
                 }) => {
                     let rows = if all {
-                        emulator::cli::FailedRows::All
+                        crate::cli::FailedRows::All
                     } else {
-                        emulator::cli::FailedRows::Ids(ids)
+                        crate::cli::FailedRows::Ids(ids)
                     };
-                    emulator::cli::outbox_purge_failed(&relay, &outbox, &rows, yes, &mut out)
-                        .await?;
+                    crate::cli::outbox_purge_failed(&relay, &outbox, &rows, yes, &mut out).await?;
                 }
             }
             stores.stop().await
@@ -375,19 +390,20 @@ async fn run() -> anyhow::Result<()> {
         Command::Streams => {
             let namespace = shared::streams::namespace(&env)?;
             let stores =
-                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Redis)
+                crate::stores::Stores::prepare(&env, None, crate::stores::Needs::Redis, Vec::new())
                     .await?;
             let redis = connect_redis(&stores.redis_url).await?;
-            emulator::cli::streams(&redis, &namespace, &mut out).await?;
+            crate::cli::streams(&redis, &namespace, &mut out).await?;
             stores.stop().await
         }
-        Command::Dlq { action } => {
+        Command::Dlq { template, action } => {
+            let groups = crate::cli::groups(&crate::template::load(&template)?);
             let namespace = shared::streams::namespace(&env)?;
             let stores =
-                emulator::stores::Stores::prepare(&env, None, emulator::stores::Needs::Redis)
+                crate::stores::Stores::prepare(&env, None, crate::stores::Needs::Redis, Vec::new())
                     .await?;
             let redis = connect_redis(&stores.redis_url).await?;
-            dlq(&redis, &namespace, action, &mut out).await?;
+            dlq(&redis, &namespace, &groups, action, &mut out).await?;
             stores.stop().await
         }
     }
@@ -396,23 +412,31 @@ async fn run() -> anyhow::Result<()> {
 async fn dlq(
     redis: &redis::aio::ConnectionManager,
     namespace: &str,
+    groups: &[String],
     action: DlqAction,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
+    match &action {
+        DlqAction::List { group: Some(g), .. }
+        | DlqAction::Show { group: g, .. }
+        | DlqAction::Redrive { group: g, .. }
+        | DlqAction::Purge { group: g, .. } => crate::cli::check_group(g, groups)?,
+        DlqAction::List { group: None, .. } => {}
+    }
     match action {
         DlqAction::List { group, count } => {
             let groups: Vec<&str> = match &group {
                 Some(g) => vec![g.as_str()],
-                None => emulator::cli::GROUPS.to_vec(),
+                None => groups.iter().map(String::as_str).collect(),
             };
-            emulator::cli::dlq_list(redis, namespace, &groups, count, out).await
+            crate::cli::dlq_list(redis, namespace, &groups, count, out).await
         }
         DlqAction::Show { group, id } => {
-            emulator::cli::dlq_show(redis, namespace, &group, &id, out).await
+            crate::cli::dlq_show(redis, namespace, &group, &id, out).await
         }
         DlqAction::Redrive { group, all, ids } => {
             let mut progress = std::io::stderr();
-            emulator::cli::dlq_redrive(
+            crate::cli::dlq_redrive(
                 redis,
                 namespace,
                 &group,
@@ -424,7 +448,7 @@ async fn dlq(
             Ok(())
         }
         DlqAction::Purge { group, all, ids } => {
-            emulator::cli::dlq_purge(redis, namespace, &group, &selection(all, ids), out).await?;
+            crate::cli::dlq_purge(redis, namespace, &group, &selection(all, ids), out).await?;
             Ok(())
         }
     }
@@ -439,7 +463,7 @@ async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManage
 }
 
 /// The template with `--parameter-overrides` and `--env-vars` applied.
-fn load_template(args: &SystemArgs) -> anyhow::Result<emulator::template::Template> {
+fn load_template(args: &SystemArgs) -> anyhow::Result<crate::template::Template> {
     let text = std::fs::read_to_string(&args.template).with_context(|| {
         format!(
             "reading {} (run from the repository, or pass --template)",
@@ -453,20 +477,20 @@ fn load_template(args: &SystemArgs) -> anyhow::Result<emulator::template::Templa
             .with_context(|| format!("--parameter-overrides {pair}: expected NAME=VALUE"))?;
         parameters.insert(name.to_owned(), value.to_owned());
     }
-    let mut template = emulator::template::parse_with_parameters(&text, &parameters)
+    let mut template = crate::template::parse_with_parameters(&text, &parameters)
         .with_context(|| args.template.display().to_string())?;
     if let Some(path) = &args.env_vars {
         let json = std::fs::read_to_string(path)
             .with_context(|| format!("reading --env-vars {}", path.display()))?;
-        emulator::template::apply_env_overrides(&mut template, &json)
+        crate::template::apply_env_overrides(&mut template, &json)
             .with_context(|| format!("--env-vars {}", path.display()))?;
     }
     Ok(template)
 }
 
-fn mode(args: &SystemArgs) -> anyhow::Result<emulator::system::Mode> {
+fn mode(args: &SystemArgs) -> anyhow::Result<crate::system::Mode> {
     if !args.runtime_api {
-        return Ok(emulator::system::Mode::InProcess);
+        return Ok(crate::system::Mode::InProcess);
     }
     let binaries = match &args.functions_dir {
         Some(dir) => dir.clone(),
@@ -476,7 +500,7 @@ fn mode(args: &SystemArgs) -> anyhow::Result<emulator::system::Mode> {
             .map(std::path::Path::to_path_buf)
             .context("the emulator's binary has no directory")?,
     };
-    Ok(emulator::system::Mode::RuntimeApi {
+    Ok(crate::system::Mode::RuntimeApi {
         binaries,
         concurrency: args.concurrency.max(1),
     })
@@ -488,8 +512,8 @@ fn trust(
     args: &SystemArgs,
     jwks: Option<&std::path::Path>,
     no_auth: bool,
-) -> anyhow::Result<emulator::auth::Trust> {
-    use emulator::auth::{DevKey, Trust};
+) -> anyhow::Result<crate::auth::Trust> {
+    use crate::auth::{DevKey, Trust};
     if no_auth {
         return Ok(Trust::Off);
     }
@@ -501,10 +525,10 @@ fn trust(
     )?)))
 }
 
-fn state_dir(env: &Env, args: &SystemArgs) -> anyhow::Result<emulator::servers::StateDir> {
+fn state_dir(env: &Env, args: &SystemArgs) -> anyhow::Result<crate::servers::StateDir> {
     match &args.state_dir {
-        Some(dir) => emulator::servers::StateDir::new(dir),
-        None => emulator::servers::StateDir::default_location(env),
+        Some(dir) => crate::servers::StateDir::new(dir),
+        None => crate::servers::StateDir::default_location(env),
     }
 }
 
@@ -518,8 +542,8 @@ fn token(
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let template = load_template(args)?;
-    let key = emulator::auth::DevKey::load_or_create(state_dir(env, args)?.path())?;
-    let token = emulator::auth::dev_token(
+    let key = crate::auth::DevKey::load_or_create(state_dir(env, args)?.path())?;
+    let token = crate::auth::dev_token(
         &template,
         &key,
         &subject,
@@ -534,7 +558,8 @@ async fn up(
     env: &Env,
     port: u16,
     args: &SystemArgs,
-    trust: emulator::auth::Trust,
+    trust: crate::auth::Trust,
+    registry: Arc<dyn Registry>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let template = load_template(args)?;
@@ -544,18 +569,20 @@ async fn up(
         .with_context(|| {
             format!("listening on 127.0.0.1:{port} (is another emulator running? use --port)")
         })?;
-    let stores = emulator::stores::Stores::prepare(
+    let stores = crate::stores::Stores::prepare(
         env,
         args.state_dir.as_deref(),
-        emulator::stores::Needs::Both,
+        crate::stores::Needs::Both,
+        registry.migrations(),
     )
     .await?;
-    let system = emulator::system::System::start(emulator::system::Options {
+    let system = crate::system::System::start(crate::system::Options {
         template,
         mode,
         database_url: stores.database_url.clone(),
         redis_url: stores.redis_url.clone(),
         trust,
+        registry,
     })
     .await;
     let system = match system {
@@ -572,8 +599,7 @@ async fn up(
         "Ready in {} ms. Ctrl-C to stop.",
         started.elapsed().as_millis()
     );
-    let served =
-        emulator::serve(emulator::Emulator::of(&system), listener, shutdown_signal()).await;
+    let served = crate::serve(crate::Emulator::of(&system), listener, shutdown_signal()).await;
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;
     stores.stop().await?;
@@ -587,6 +613,7 @@ async fn invoke(
     function: &str,
     event: &str,
     args: &SystemArgs,
+    registry: Arc<dyn Registry>,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let template = load_template(args)?;
@@ -616,27 +643,29 @@ async fn invoke(
     };
     serde_json::from_str::<serde_json::Value>(&payload)
         .with_context(|| format!("the event {event} is not JSON"))?;
-    let stores = emulator::stores::Stores::prepare(
+    let stores = crate::stores::Stores::prepare(
         env,
         args.state_dir.as_deref(),
-        emulator::stores::Needs::Both,
+        crate::stores::Needs::Both,
+        registry.migrations(),
     )
     .await?;
-    let template = emulator::template::Template {
+    let template = crate::template::Template {
         functions: vec![spec],
         ..template
     };
-    let functions = emulator::system::build_functions(&emulator::system::Options {
+    let functions = crate::system::build_functions(&crate::system::Options {
         template,
         mode: mode(args)?,
         database_url: stores.database_url.clone(),
         redis_url: stores.redis_url.clone(),
         // `invoke` hands the event to the function as given: no authorizer runs.
-        trust: emulator::auth::Trust::Off,
+        trust: crate::auth::Trust::Off,
+        registry,
     })
     .await?;
     let result = functions
-        .invoke(function, emulator::invoke::Invocation::new(payload))
+        .invoke(function, crate::invoke::Invocation::new(payload))
         .await;
     functions.shutdown(Duration::from_secs(5)).await;
     stores.stop().await?;
@@ -672,13 +701,13 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
                 },
                 None => String::new(),
             };
-            let template = emulator::template::load(&template)?;
+            let template = crate::template::load(&template)?;
             let mut event =
-                emulator::cli::http_event(&template, &method, &path, &headers, body.as_bytes())?;
+                crate::cli::http_event(&template, &method, &path, &headers, body.as_bytes())?;
             if let Some(subject) = sub {
                 let scopes: Vec<String> = match scope {
                     Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
-                    None => emulator::routes::RouteTable::from_template(&template)
+                    None => crate::routes::RouteTable::from_template(&template)
                         .find(
                             &method.to_ascii_uppercase(),
                             path.split('?').next().unwrap_or_default(),
@@ -687,14 +716,12 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
                         .unwrap_or_default(),
                 };
                 event["requestContext"]["authorizer"] =
-                    emulator::auth::claims_context(&subject, &scopes);
+                    crate::auth::claims_context(&subject, &scopes);
             }
             event
         }
-        EventKind::Schedule { rule } => {
-            emulator::schedule::scheduled_event(&rule, chrono::Utc::now())
-        }
-        EventKind::StreamBatch { count, stream } => emulator::cli::stream_batch(&stream, count)?,
+        EventKind::Schedule { rule } => crate::schedule::scheduled_event(&rule, chrono::Utc::now()),
+        EventKind::StreamBatch { count, stream } => crate::cli::stream_batch(&stream, count)?,
     };
     writeln!(out, "{}", serde_json::to_string_pretty(&event)?)?;
     Ok(())

@@ -102,7 +102,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         "stream source: group order-saga on Reservation",
         "woken by LISTEN/NOTIFY",
         "MigrateFunction (migrate, in-process",
-        "deploy-time: applies the migrations at deploy; the emulator applied them on start",
+        "custom resource DatabaseMigrations: runs at deploy in AWS",
         "/2015-03-31/functions/{name}/invocations",
         "Tokens: the emulator's development key",
     ] {

@@ -4,6 +4,8 @@
 //! keys can be trusted instead of the development key; customers see only their
 //! own orders; throttling and CORS are the template's.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::process::Command;
 use std::time::Duration;
 

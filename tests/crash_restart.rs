@@ -11,6 +11,7 @@
 //! `cargo test -p tests --test crash_restart -- --ignored --nocapture long_run`
 //! (`CRASH_ORDERS` sets the count).
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)] // the suite prints what it checked
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,6 +91,11 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// An index below `n`.
+    fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).expect("below a usize")
     }
 }
 
@@ -176,6 +182,8 @@ struct Poison {
 /// Runs `plan` against private servers and returns what the checks found.
 async fn run(plan: Plan) -> anyhow::Result<Report> {
     let started = Instant::now();
+    // The low 64 bits of the time in nanoseconds: any of them make a seed.
+    #[allow(clippy::cast_possible_truncation)]
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64;
@@ -470,13 +478,15 @@ async fn drive(
                 t.elapsed()
             );
         }
-        let jitter = Duration::from_millis(rng.below(plan.kill_every.as_millis() as u64));
+        let jitter = Duration::from_millis(
+            rng.below(u64::try_from(plan.kill_every.as_millis()).expect("a short period")),
+        );
         if last_kill.elapsed() >= plan.kill_every / 2 + jitter {
             // Every role gets killed early on; then at random.
             let i = if kills.values().sum::<u32>() < 3 {
-                [0, 2, 4][kills.values().sum::<u32>() as usize] + rng.below(2) as usize
+                [0, 2, 4][usize::try_from(kills.values().sum::<u32>()).expect("few")] + rng.index(2)
             } else {
-                rng.below(workers.len() as u64) as usize
+                rng.index(workers.len())
             };
             let w = &mut workers[i];
             w.kill().await;
@@ -608,9 +618,9 @@ async fn place_order(
     let mut skus: Vec<&str> = Vec::new();
     for _ in 0..=rng.below(2) {
         let sku = if rng.below(4) == 0 {
-            SCARCE[rng.below(SCARCE.len() as u64) as usize]
+            SCARCE[rng.index(SCARCE.len())]
         } else {
-            PLENTY[rng.below(PLENTY.len() as u64) as usize]
+            PLENTY[rng.index(PLENTY.len())]
         };
         if !skus.contains(&sku) {
             skus.push(sku);

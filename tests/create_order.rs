@@ -1,6 +1,8 @@
 //! The create-order function called in-process with real API Gateway v2 events,
 //! against a real PostgreSQL database of its own per test.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -622,7 +624,10 @@ async fn keys_expire() -> Result<()> {
     sqlx::query("UPDATE orders.idempotency_keys SET expires_at = now() - interval '1 second'")
         .execute(&db.pool)
         .await?;
-    assert_eq!(shared::idempotency::purge_expired(&db.pool, 100).await?, 1);
+    assert_eq!(
+        order_service::idempotency::purge_expired(&db.pool, 100).await?,
+        1
+    );
     assert_eq!(db.count("orders.idempotency_keys").await?, 0);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! into the binaries): the bundle loads, and a server whose certificate no RDS CA
 //! signed (the local one, when it has TLS on) is refused, where `require` connects.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use anyhow::{ensure, Result};
 use shared::config::{DatabaseConfig, Env};
 use sqlx::Connection as _;

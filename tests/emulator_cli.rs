@@ -3,6 +3,8 @@
 //! `dlq redrive` brings it back once the cause is fixed; `streams` and
 //! `outbox` report.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::Duration;
 
 use serde_json::json;

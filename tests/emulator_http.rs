@@ -2,6 +2,8 @@
 //! create-order and inventory-api handlers in-process, and come back as HTTP
 //! responses.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::Duration;
 
 use anyhow::Result;

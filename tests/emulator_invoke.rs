@@ -3,6 +3,8 @@
 //! where a failing function is API Gateway's `500` JSON and a timed-out one is
 //! killed, reported, and replaced while the emulator keeps serving.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,8 @@
 //! `lambda-fixture` binary, a real `lambda_runtime` function, runs behind the
 //! emulator's own Lambda Runtime API, and the event decides how it behaves.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context as _, Result};

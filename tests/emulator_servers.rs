@@ -4,6 +4,8 @@
 //! configured URL or a server already answering is used as is; without the
 //! programs, the error says what to install or set.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

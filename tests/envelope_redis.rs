@@ -1,6 +1,8 @@
 //! The envelope survives a real Redis Stream: what `to_stream_fields` writes with
 //! `XADD`, `XRANGE` reads back into an equal envelope.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use anyhow::Result;
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;

@@ -10,6 +10,8 @@
 //! are away (lagging), the primary SIGKILLed, the replica promoted
 //! (`REPLICAOF NO ONE`) and the endpoint pointed at it, as ElastiCache does.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::sync::Arc;
 use std::time::Duration;
 

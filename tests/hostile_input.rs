@@ -8,6 +8,8 @@
 //! Hostile-looking strings the API does accept are stored and published
 //! verbatim, and the database and Redis are intact afterwards.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};

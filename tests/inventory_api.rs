@@ -1,6 +1,8 @@
 //! The inventory-api function called in-process with real API Gateway v2 events,
 //! against a real PostgreSQL database of its own per test.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::Duration;
 
 use anyhow::Result;

@@ -2,6 +2,8 @@
 //! migrate function into one database; and a database built by the shop's first
 //! eight migrations (before services had folders of their own) adopted as it is.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::path::Path;
 
 use anyhow::{ensure, Context as _, Result};

@@ -4,6 +4,8 @@
 //! Lambda fields, X-Ray trace headers honoured, and the metrics they publish as
 //! Embedded Metric Format shown on the emulator's `/metrics`.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! valid requests and invalid ones for every operation, have a documented status,
 //! content type, headers and a body its schema accepts.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};

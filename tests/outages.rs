@@ -5,6 +5,7 @@
 //! order accepted (`201`) must reach a terminal status within a bounded wait,
 //! and no dead-letter stream may hold anything.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)] // the tests print what they saw
 
 use std::collections::BTreeMap;

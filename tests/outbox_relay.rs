@@ -1,6 +1,8 @@
 //! The outbox relay against real PostgreSQL and Redis: every committed event
 //! reaches its stream, exactly as written, in order per aggregate, never lost.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -63,8 +65,8 @@ async fn events_reach_their_streams_exactly_as_written() -> Result<()> {
     let ns = unique_namespace();
     let order_event = event("Order", "0193a3e2-7c1a-7000-8000-000000000001", 1)?;
     let stock_event = event("Stock", "WIDGET-1", 1)?;
-    append(&db, &shared::orders::OUTBOX, &order_event).await?;
-    append(&db, &shared::inventory::OUTBOX, &stock_event).await?;
+    append(&db, &order_service::OUTBOX, &order_event).await?;
+    append(&db, &inventory_service::OUTBOX, &stock_event).await?;
 
     let relay = relay(&db, &redis_url(), options(&ns)).await?;
     let summary = relay.drain_until(far()).await?;
@@ -105,7 +107,7 @@ async fn a_crash_after_xadd_republishes_the_same_events() -> Result<()> {
     let mut written = Vec::new();
     for i in 0..10 {
         let e = event("Order", &format!("agg-{}", i % 3), i)?;
-        append(&db, &shared::orders::OUTBOX, &e).await?;
+        append(&db, &order_service::OUTBOX, &e).await?;
         written.push(e.event_id);
     }
     let crashing = relay(
@@ -118,7 +120,7 @@ async fn a_crash_after_xadd_republishes_the_same_events() -> Result<()> {
         },
     )
     .await?;
-    let crashed = crashing.relay_once(&shared::orders::OUTBOX).await;
+    let crashed = crashing.relay_once(&order_service::OUTBOX).await;
     assert!(matches!(crashed, Err(RelayError::Injected)), "{crashed:?}");
     assert_eq!(db.count("orders.outbox").await?, 10, "nothing is lost");
 
@@ -165,9 +167,9 @@ async fn a_late_commit_with_a_lower_id_is_not_skipped() -> Result<()> {
 
     let slow = event("Order", "slow", 1)?;
     let mut slow_tx = db.pool.begin().await?;
-    outbox::append(&mut slow_tx, &shared::orders::OUTBOX, &slow).await?;
+    outbox::append(&mut slow_tx, &order_service::OUTBOX, &slow).await?;
     let fast = event("Order", "fast", 1)?;
-    append(&db, &shared::orders::OUTBOX, &fast).await?;
+    append(&db, &order_service::OUTBOX, &fast).await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders.outbox")
         .fetch_all(&db.pool)
         .await?;
@@ -212,7 +214,7 @@ async fn several_relays_keep_each_aggregate_in_order() -> Result<()> {
                     for a in (w..aggregates).step_by(4) {
                         let e = event("Order", &format!("agg-{a}"), n)?;
                         let mut tx = pool.begin().await?;
-                        outbox::append(&mut tx, &shared::orders::OUTBOX, &e).await?;
+                        outbox::append(&mut tx, &order_service::OUTBOX, &e).await?;
                         tx.commit().await?;
                     }
                 }
@@ -293,7 +295,7 @@ async fn redis_down_fails_retryably_and_nothing_is_lost() -> Result<()> {
     let redis = shared::relay::connect_redis(&url, Duration::from_millis(500)).await?;
     let relay = Relay::new(db.pool.clone(), redis, options(&ns));
     for i in 0..5 {
-        append(&db, &shared::orders::OUTBOX, &event("Order", "agg-1", i)?).await?;
+        append(&db, &order_service::OUTBOX, &event("Order", "agg-1", i)?).await?;
     }
     server.kill();
 
@@ -388,7 +390,7 @@ async fn poison_rows_are_set_aside_without_blocking_others() -> Result<()> {
         .collect();
     assert_eq!(seqs, [0, 2, 5], "the rest of the aggregate went on");
 
-    let failed = relay.failed_rows(&shared::orders::OUTBOX, 10).await?;
+    let failed = relay.failed_rows(&order_service::OUTBOX, 10).await?;
     assert_eq!(failed.len(), 3);
     let errors: Vec<String> = failed
         .iter()
@@ -406,13 +408,13 @@ async fn poison_rows_are_set_aside_without_blocking_others() -> Result<()> {
         .await?;
     assert_eq!(
         relay
-            .redrive(&shared::orders::OUTBOX, &[failed[0].id])
+            .redrive(&order_service::OUTBOX, &[failed[0].id])
             .await?,
         1
     );
     assert_eq!(relay.drain_until(far()).await?.published, 1);
     assert_eq!(
-        relay.failed_rows(&shared::orders::OUTBOX, 10).await?.len(),
+        relay.failed_rows(&order_service::OUTBOX, 10).await?.len(),
         2
     );
     Ok(())
@@ -486,7 +488,7 @@ async fn listen_notify_wakes_the_relay_within_milliseconds() -> Result<()> {
     .await;
     let e = event("Order", "agg-1", 7)?;
     let committed = Instant::now();
-    append(&db, &shared::orders::OUTBOX, &e).await?;
+    append(&db, &order_service::OUTBOX, &e).await?;
     let mut arrived = None;
     while committed.elapsed() < Duration::from_secs(10) {
         let entries: Vec<_> = read_streams(&redis_url(), &ns)
@@ -516,7 +518,7 @@ async fn the_scheduled_function_drains_and_reports() -> Result<()> {
     let db = TestDb::fresh().await?;
     let ns = unique_namespace();
     for i in 0..3 {
-        append(&db, &shared::orders::OUTBOX, &event("Order", "agg-1", i)?).await?;
+        append(&db, &order_service::OUTBOX, &event("Order", "agg-1", i)?).await?;
     }
     let deps = outbox_relay::Deps {
         relay: relay(&db, &redis_url(), options(&ns)).await?,

@@ -3,14 +3,17 @@
 //! every copy of an event that can still be redriven; dead letters are trimmed
 //! by age; failed outbox rows are counted and deleted only when asked.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use order_service::retention::purge_order_service;
 use shared::config::Env;
 use shared::inbox;
 use shared::metrics::{self, Metric};
 use shared::relay::RelayOptions;
-use shared::retention::{purge_order_service, RetentionConfig};
+use shared::retention::RetentionConfig;
 use tests::{redis_url, unique_namespace, TestDb};
 use uuid::Uuid;
 
@@ -236,7 +239,7 @@ async fn a_redriven_event_is_still_recognised_after_the_purge() -> Result<()> {
     let config = RetentionConfig::default();
     let redrivable = config.stream_retention + config.dlq_retention;
     assert_eq!(redrivable, Duration::from_secs(504 * 3600));
-    for inbox in [&shared::orders::INBOX, &shared::inventory::INBOX] {
+    for inbox in [&order_service::INBOX, &inventory_service::INBOX] {
         let (redriven, forgotten) = (Uuid::now_v7(), Uuid::now_v7());
         let mut tx = db.pool.begin().await?;
         let fresh = inbox::record(&mut tx, inbox, "consumer", &[redriven, forgotten]).await?;
@@ -252,7 +255,7 @@ async fn a_redriven_event_is_still_recognised_after_the_purge() -> Result<()> {
         age(redriven, 504).await?;
         age(forgotten, 553).await?;
 
-        if *inbox == shared::orders::INBOX {
+        if *inbox == order_service::INBOX {
             purge_order_service(&db.pool, &config).await?;
         } else {
             inventory_consumer::retention::purge_inventory_service(&db.pool, &config, far())
@@ -436,7 +439,7 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     let failed = |outbox: &str| {
         metrics::total_for(
             shared::relay::SERVICE,
-            Metric::OutboxFailedRows,
+            Metric::OUTBOX_FAILED_ROWS,
             ("outbox", outbox),
         )
     };
@@ -447,7 +450,7 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     let mut out = Vec::new();
     let rows = emulator::cli::FailedRows::Ids(vec![ids[0]]);
     let n =
-        emulator::cli::outbox_purge_failed(&relay, &shared::orders::OUTBOX, &rows, false, &mut out)
+        emulator::cli::outbox_purge_failed(&relay, &order_service::OUTBOX, &rows, false, &mut out)
             .await?;
     assert_eq!(n, 0);
     assert!(String::from_utf8(out)?.contains("--yes"));
@@ -464,14 +467,14 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     .await?;
     assert_eq!(
         relay
-            .purge_failed(&shared::orders::OUTBOX, &[ids[0], pending])
+            .purge_failed(&order_service::OUTBOX, &[ids[0], pending])
             .await?,
         1
     );
     let mut out = Vec::new();
     let n = emulator::cli::outbox_purge_failed(
         &relay,
-        &shared::orders::OUTBOX,
+        &order_service::OUTBOX,
         &emulator::cli::FailedRows::All,
         true,
         &mut out,

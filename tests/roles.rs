@@ -2,6 +2,8 @@
 //! as each role, the other service's tables are refused, and the role's own
 //! work (its functions' handlers, the relay) is done.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
@@ -130,15 +132,15 @@ async fn each_role_does_its_own_work() -> Result<()> {
     ensure!(get.status == 200, "GET /inventory as {INVENTORY}: {get:?}");
 
     // The inventory consumer's transaction as inventory_service.
-    let order_id = shared::domain::OrderId::new();
+    let order_id = contracts::OrderId::new();
     let job = inventory_consumer::Job {
         event_id: uuid::Uuid::now_v7(),
         traceparent: None,
         command: inventory_consumer::Command::Reserve {
             order_id,
             lines: vec![inventory_consumer::Line {
-                sku: shared::domain::Sku::parse("W-1")?,
-                quantity: shared::domain::Quantity::try_from(2_i64)?,
+                sku: contracts::Sku::parse("W-1")?,
+                quantity: contracts::Quantity::try_from(2_i64)?,
                 unit_price_cents: 1999,
             }],
         },

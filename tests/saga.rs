@@ -2,6 +2,8 @@
 //! create-order → outbox → relay → inventory-consumer → inventory outbox →
 //! relay → order-saga, and the compensation on cancel.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -437,7 +439,7 @@ async fn an_order_created_event_after_its_cancellation_reserves_nothing() -> any
     sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('W-1', 5, 100)")
         .execute(&db.pool)
         .await?;
-    let order = shared::domain::OrderId::new();
+    let order = contracts::OrderId::new();
     let cancel = inventory_consumer::Job {
         event_id: uuid::Uuid::now_v7(),
         traceparent: None,
@@ -449,8 +451,8 @@ async fn an_order_created_event_after_its_cancellation_reserves_nothing() -> any
         command: inventory_consumer::Command::Reserve {
             order_id: order,
             lines: vec![inventory_consumer::Line {
-                sku: shared::domain::Sku::parse("W-1")?,
-                quantity: shared::domain::Quantity::try_from(2_i64)?,
+                sku: contracts::Sku::parse("W-1")?,
+                quantity: contracts::Quantity::try_from(2_i64)?,
                 unit_price_cents: 100,
             }],
         },
@@ -483,15 +485,15 @@ async fn an_order_asked_again_after_a_price_change_gets_its_recorded_answer() ->
     sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('W-1', 5, 100)")
         .execute(&db.pool)
         .await?;
-    let reserve = |order: shared::domain::OrderId, event_id: uuid::Uuid, price: i64| {
+    let reserve = |order: contracts::OrderId, event_id: uuid::Uuid, price: i64| {
         anyhow::Ok(inventory_consumer::Job {
             event_id,
             traceparent: None,
             command: inventory_consumer::Command::Reserve {
                 order_id: order,
                 lines: vec![inventory_consumer::Line {
-                    sku: shared::domain::Sku::parse("W-1")?,
-                    quantity: shared::domain::Quantity::try_from(2_i64)?,
+                    sku: contracts::Sku::parse("W-1")?,
+                    quantity: contracts::Quantity::try_from(2_i64)?,
                     unit_price_cents: price,
                 }],
             },
@@ -504,7 +506,7 @@ async fn an_order_asked_again_after_a_price_change_gets_its_recorded_answer() ->
                 .await?;
         anyhow::Ok(levels)
     };
-    let answer = |order: shared::domain::OrderId| {
+    let answer = |order: contracts::OrderId| {
         let pool = db.pool.clone();
         async move {
             let recorded: (String, String) = sqlx::query_as(
@@ -528,7 +530,7 @@ async fn an_order_asked_again_after_a_price_change_gets_its_recorded_answer() ->
     };
 
     // Reserved at 100; the price goes up to 150.
-    let (reserved, first) = (shared::domain::OrderId::new(), uuid::Uuid::now_v7());
+    let (reserved, first) = (contracts::OrderId::new(), uuid::Uuid::now_v7());
     let applied = inventory_consumer::apply(&db.pool, &[reserve(reserved, first, 100)?]).await?;
     assert_eq!(applied.reserved, 1);
     let recorded = answer(reserved).await?;
@@ -546,7 +548,7 @@ async fn an_order_asked_again_after_a_price_change_gets_its_recorded_answer() ->
     assert_eq!(stock().await?, (3, 2), "reserved once");
 
     // Rejected at 100 (the catalog says 150); the price comes down to 100.
-    let (rejected, first) = (shared::domain::OrderId::new(), uuid::Uuid::now_v7());
+    let (rejected, first) = (contracts::OrderId::new(), uuid::Uuid::now_v7());
     let applied = inventory_consumer::apply(&db.pool, &[reserve(rejected, first, 100)?]).await?;
     assert_eq!(applied.rejected, 1);
     let recorded = answer(rejected).await?;

@@ -2,6 +2,8 @@
 //! failures, retries, the dead-letter stream, crash recovery, ordering per
 //! aggregate under several consumers, redrive, trimming and idle consumers.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -695,7 +697,7 @@ async fn answer_then_succeed(
     let running = Running::start(src, handler.clone());
     wait_until(WAIT, "nothing is pending any more", || async {
         let seen = handler.seen();
-        let answered = seen.iter().filter(|x| x.id == ids[0]).count() as u32;
+        let answered = u32::try_from(seen.iter().filter(|x| x.id == ids[0]).count()).expect("few");
         Ok(answered >= times.min(maximum_retry_attempts + 1)
             && pending_count(&s, GROUP).await? == 0)
     })

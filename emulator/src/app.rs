@@ -106,7 +106,7 @@ The response goes to stdout. A function error prints its error payload and exits
   emulator generate-event http --method GET --path /orders/0193f6a2-0000-7000-8000-000000000000 --sub c-1
   emulator generate-event http --method POST --path /orders --sub c-1 --header 'idempotency-key: k1' --body @order.json
   emulator generate-event schedule --rule OutboxRelayFunction-EveryMinute
-  emulator generate-event stream-batch --count 3"
+  emulator generate-event stream-batch --count 3 --event-type OrderCreated --payload @order.json"
     )]
     GenerateEvent {
         #[command(subcommand)]
@@ -239,13 +239,21 @@ enum EventKind {
         #[arg(long, default_value = "local-schedule")]
         rule: String,
     },
-    /// Records as a consumer's batch handler receives them: `OrderCreated`
-    /// events, with their stream entry fields.
+    /// Records as a consumer's batch handler receives them: events of one
+    /// type, each of a new aggregate of the stream's type, with their stream
+    /// entry fields.
     StreamBatch {
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// The stream, `namespace:{AggregateType:partition}`.
         #[arg(long, default_value = "events:{Order:0}")]
         stream: String,
+        /// The events' type.
+        #[arg(long)]
+        event_type: String,
+        /// The events' payload, JSON, or `@file` to read it from a file.
+        #[arg(long, default_value = "{}")]
+        payload: String,
     },
 }
 
@@ -302,8 +310,12 @@ pub async fn main(registry: Arc<dyn Registry>) -> std::process::ExitCode {
     match run(registry).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One readable line with every cause, not a backtrace.
-            eprintln!("emulator: {e:#}");
+            // One readable line with every cause, not a backtrace: a command
+            // line's error goes to stderr.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("emulator: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -721,7 +733,19 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
             event
         }
         EventKind::Schedule { rule } => crate::schedule::scheduled_event(&rule, chrono::Utc::now()),
-        EventKind::StreamBatch { count, stream } => crate::cli::stream_batch(&stream, count)?,
+        EventKind::StreamBatch {
+            count,
+            stream,
+            event_type,
+            payload,
+        } => {
+            let payload = match payload.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the payload {path}"))?,
+                None => payload,
+            };
+            crate::cli::stream_batch(&stream, &event_type, &payload, count)?
+        }
     };
     writeln!(out, "{}", serde_json::to_string_pretty(&event)?)?;
     Ok(())

@@ -93,8 +93,9 @@ pub async fn dlq_list(
         for letter in dead.list(None, count).await? {
             writeln!(out, "{}", describe(&letter))?;
         }
-        if total as usize > count {
-            writeln!(out, "... and {} more (--count)", total as usize - count)?;
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
+        if total > count {
+            writeln!(out, "... and {} more (--count)", total - count)?;
         }
     }
     Ok(())
@@ -311,33 +312,36 @@ pub fn http_event(
     Ok(crate::gateway::event(&parts, body, &matched, peer))
 }
 
-/// `count` new `OrderCreated` events as the records of one batch, with their
+/// `count` new events of type `event_type` with `payload`, each of a new
+/// aggregate of the stream's type, as the records of one batch with their
 /// stream entry fields (`emulator generate-event stream-batch`).
-pub fn stream_batch(stream: &str, count: usize) -> anyhow::Result<serde_json::Value> {
+pub fn stream_batch(
+    stream: &str,
+    event_type: &str,
+    payload: &str,
+    count: usize,
+) -> anyhow::Result<serde_json::Value> {
     use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
+    // `events:{Order:0}`: the aggregate type is inside the braces.
+    let aggregate = stream
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split(['}', ':']).next())
+        .with_context(|| format!("{stream} is not a stream key (namespace:{{Type:partition}})"))?;
+    let aggregate = AggregateType::parse(aggregate)?;
+    let event_type = EventType::parse(event_type)?;
+    let payload = Payload::from_json(payload)?;
     let mut records = Vec::new();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     for i in 0..count {
-        let order_id = uuid::Uuid::now_v7();
-        let payload = shared::events::OrderCreatedV1 {
-            order_id,
-            customer_id: "cust-1".into(),
-            items: vec![shared::events::OrderCreatedItemV1 {
-                sku: "SKU-1".into(),
-                quantity: 1,
-                unit_price_cents: 1999,
-            }],
-            total_cents: 1999,
-        };
         let event = EventEnvelope::new(
-            EventType::parse(shared::events::ORDER_CREATED)?,
-            shared::events::OrderCreatedV1::SCHEMA_VERSION,
-            AggregateType::parse(shared::events::ORDER_AGGREGATE)?,
-            AggregateId::parse(&order_id.to_string())?,
+            event_type.clone(),
+            1,
+            aggregate.clone(),
+            AggregateId::parse(&uuid::Uuid::now_v7().to_string())?,
             None,
-            Payload::of(&payload)?,
+            payload.clone(),
         );
         let fields: serde_json::Map<String, serde_json::Value> = event
             .to_stream_fields()

@@ -318,7 +318,7 @@ impl Field {
         }
         let names = self.names();
         match names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
-            Some(i) => Ok(min + i as u32),
+            Some(i) => Ok(min + u32::try_from(i).unwrap_or(u32::MAX - min)),
             None if names.is_empty() => {
                 Err(format!("{label}: `{text}` is not a number in {min}-{max}"))
             }

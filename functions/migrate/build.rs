@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-fn main() {
-    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
     let services = Path::new(&manifest).join("../../services");
     println!("cargo:rerun-if-changed={}", services.display());
     let mut folders: Vec<String> = std::fs::read_dir(&services)
@@ -31,6 +31,7 @@ fn main() {
         ));
     }
     code.push_str("    ]\n}\n");
-    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("services.rs");
-    std::fs::write(out, code).expect("writing services.rs");
+    let out = Path::new(&std::env::var("OUT_DIR")?).join("services.rs");
+    std::fs::write(out, code)?;
+    Ok(())
 }

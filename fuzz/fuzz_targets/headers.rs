@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shared::idempotency::IdempotencyKey;
+use order_service::idempotency::IdempotencyKey;
 use shared::trace::TraceParent;
 
 fuzz_target!(|data: &[u8]| {

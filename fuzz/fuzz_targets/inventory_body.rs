@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(set) => {
             assert!((0..=MAX_AVAILABLE).contains(&set.available));
             if let Some(price) = set.price_cents {
-                assert!((0..=shared::domain::Money::MAX_UNIT_PRICE).contains(&price));
+                assert!((0..=contracts::Money::MAX_UNIT_PRICE).contains(&price));
             }
         }
         Err(problem) => assert!(problem.status == 400 || problem.status == 422),

@@ -5,7 +5,7 @@
 
 use create_order::CreateOrder;
 use libfuzzer_sys::fuzz_target;
-use shared::domain::CustomerId;
+use contracts::CustomerId;
 use time::OffsetDateTime;
 
 fuzz_target!(|data: &[u8]| {

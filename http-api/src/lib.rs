@@ -20,7 +20,7 @@ pub mod request;
 pub mod response;
 
 pub use body::{check_body_size, check_content_type, json_body, parse_json, MAX_BODY_BYTES};
-pub use caller::{Caller, ADMIN_SCOPE};
+pub use caller::{Caller, Subject};
 pub use problem::{FieldError, Problem};
 pub use request::{
     decode_path_segment, incoming_traceparent, invocation, request_id, request_path, traceparent,

@@ -114,15 +114,13 @@ impl Env {
     }
 
     /// A whole number within `lo..=hi`, or `default` when unset.
-    pub fn in_range(
-        &self,
-        var: &'static str,
-        default: i64,
-        lo: i64,
-        hi: i64,
-    ) -> Result<i64, ConfigError> {
+    pub fn in_range<T>(&self, var: &'static str, default: T, lo: T, hi: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display,
+        T::Err: fmt::Display,
+    {
         let value = self.parse_or(var, default)?;
-        if (lo..=hi).contains(&value) {
+        if lo <= value && value <= hi {
             Ok(value)
         } else {
             Err(ConfigError::Malformed {

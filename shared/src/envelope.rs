@@ -8,8 +8,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{check_identifier, EventId, InvalidValue};
 use crate::trace::TraceParent;
+use crate::value::{check_identifier, EventId, InvalidValue};
 
 /// What happened, e.g. `OrderCreated`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,19 +1,20 @@
-//! The core of the order system, shared by every function and by the emulator.
+//! The toolkit: what an event-driven service on Lambda, PostgreSQL and Redis
+//! Streams needs, whatever its domain. It knows no service: a service declares
+//! its outbox and inbox as values, its events as payloads in the envelope, its
+//! schema in a migrations folder of its own.
 //!
-//! - [`domain`]: values that cannot be invalid: ids, SKUs, quantities, money, orders.
+//! - [`value`]: checked values ([`value::InvalidValue`], [`value::EventId`],
+//!   [`uuid_id!`] for a service's own ids).
 //! - [`envelope`]: the one event envelope, and how it is written to a Redis Stream
 //!   entry and an outbox row.
-//! - [`events`]: the payloads of the events the services exchange.
 //! - [`outbox`]: appending an event to a service's transactional outbox.
 //! - [`relay`]: moving outbox rows to Redis Streams, in order, never losing one.
 //! - [`source`]: reading Redis Streams with the semantics of a Lambda event source mapping.
 //! - [`streams`]: stream names and partitions.
-//! - [`orders`]: the order service's tables (orders, order lines).
 //! - [`inbox`]: the ids of the events a consumer has applied.
 //! - [`table`]: the names of a service's outbox and inbox, checked.
-//! - [`idempotency`]: stored responses for `Idempotency-Key` requests.
 //! - [`retention`]: how long things are kept, and the bounded purges.
-//! - [`db`]: connection pool and the embedded migrations.
+//! - [`db`]: connection pool, and migration folders applied in order.
 //! - [`config`]: typed configuration from the environment; secrets stay secret.
 //! - [`telemetry`]: logs (JSON lines in Lambda, readable locally) and invocations.
 //! - [`metrics`]: counters and timings, as CloudWatch EMF in Lambda and Prometheus text locally.
@@ -24,15 +25,10 @@
 
 pub mod config;
 pub mod db;
-pub mod domain;
 pub mod envelope;
 pub mod error;
-pub mod events;
-pub mod idempotency;
 pub mod inbox;
-pub mod inventory;
 pub mod metrics;
-pub mod orders;
 pub mod outbox;
 pub mod relay;
 pub mod retention;
@@ -41,5 +37,10 @@ pub mod streams;
 pub mod table;
 pub mod telemetry;
 pub mod trace;
+pub mod value;
+
+/// For [`uuid_id!`]: the macro names `$crate::uuid`.
+#[doc(hidden)]
+pub use uuid;
 
 pub use error::{Retry, StoreError};

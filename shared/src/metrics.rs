@@ -24,43 +24,45 @@ use serde_json::{json, Map, Value};
 
 use crate::config::Env;
 
-/// The metrics, with their EMF name, unit and kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Metric {
-    /// create-order: orders accepted (not replays of an `Idempotency-Key`).
-    OrdersCreated,
-    /// outbox-relay: events written to the streams.
-    EventsPublished,
-    /// outbox-relay: age of the oldest unpublished outbox row, in seconds (0 when none).
-    OutboxAge,
-    /// outbox-relay: rows set aside as failed, per outbox (dimension `outbox`).
-    OutboxFailedRows,
-    /// Consumers: records handled and acknowledged.
-    EventsProcessed,
-    /// Consumers: records whose handling failed (to be retried or dead-lettered).
-    EventsFailed,
-    /// Consumers: records moved to the dead-letter stream.
-    EventsDeadLettered,
-    /// Consumers: records per handler call.
-    BatchSize,
-    /// Consumers: times a stream worker found its store (the database or
-    /// Redis) unavailable and paused until it answered again.
-    StoreOutages,
-    /// Consumers: consumer groups found missing (`NOGROUP`) and created again.
-    ConsumerGroupsRecreated,
-    /// outbox-relay: batches kept because fewer than `REDIS_MIN_REPLICAS`
-    /// replicas acknowledged them in time (`WAIT`).
-    ReplicationTimeouts,
-    /// order-reconciler: age of the oldest `PENDING` order, in seconds (0 when none).
-    OldestPendingOrderAge,
-    /// order-reconciler: events sent again for orders that waited too long.
-    SagaEventsResent,
-    /// order-reconciler: orders rejected for having waited past their deadline.
-    OrdersTimedOut,
-    /// Every function: the first invocation of a process.
-    ColdStart,
-    /// Every function: an invocation's duration, in milliseconds.
-    HandlerDuration,
+/// A metric, as data: its CloudWatch name, its Prometheus name, unit, kind and
+/// help. The toolkit defines its own ([`Metric::EVENTS_PUBLISHED`], ...); a
+/// service defines its business metrics the same way, as constants of its own
+/// (`Metric::counter("OrdersCreated", "orders_created_total", "...")`), and
+/// [`describe`]s them so that `/metrics` shows them before their first value.
+/// Two metrics are the same metric when their CloudWatch names are.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    name: &'static str,
+    prometheus: &'static str,
+    unit: Unit,
+    kind: Kind,
+    help: &'static str,
+}
+
+/// A metric's CloudWatch unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Seconds,
+    Milliseconds,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Seconds => "Seconds",
+            Unit::Milliseconds => "Milliseconds",
+        }
+    }
+
+    fn parse(unit: &str) -> Self {
+        match unit {
+            "Seconds" => Unit::Seconds,
+            "Milliseconds" => Unit::Milliseconds,
+            _ => Unit::Count,
+        }
+    }
 }
 
 /// How values of a metric combine.
@@ -74,129 +76,261 @@ enum Kind {
     Distribution(&'static [f64]),
 }
 
-const DURATION_BUCKETS: &[f64] = &[
+/// Bounds of a duration's histogram, in milliseconds.
+pub const DURATION_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
 
+impl PartialEq for Metric {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Metric {}
+
+impl PartialOrd for Metric {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Metric {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.cmp(other.name)
+    }
+}
+
+impl std::hash::Hash for Metric {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
 impl Metric {
-    pub const ALL: [Metric; 16] = [
-        Metric::OrdersCreated,
-        Metric::EventsPublished,
-        Metric::OutboxAge,
-        Metric::OutboxFailedRows,
-        Metric::EventsProcessed,
-        Metric::EventsFailed,
-        Metric::EventsDeadLettered,
-        Metric::BatchSize,
-        Metric::StoreOutages,
-        Metric::ConsumerGroupsRecreated,
-        Metric::ReplicationTimeouts,
-        Metric::OldestPendingOrderAge,
-        Metric::SagaEventsResent,
-        Metric::OrdersTimedOut,
-        Metric::ColdStart,
-        Metric::HandlerDuration,
+    /// Values that add up (Prometheus: a name ending in `_total`).
+    pub const fn counter(name: &'static str, prometheus: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            prometheus,
+            unit: Unit::Count,
+            kind: Kind::Counter,
+            help,
+        }
+    }
+
+    /// A level: the latest value stands.
+    pub const fn gauge(
+        name: &'static str,
+        prometheus: &'static str,
+        unit: Unit,
+        help: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            prometheus,
+            unit,
+            kind: Kind::Gauge,
+            help,
+        }
+    }
+
+    /// Every value counts: a histogram with these bucket bounds locally.
+    pub const fn distribution(
+        name: &'static str,
+        prometheus: &'static str,
+        unit: Unit,
+        buckets: &'static [f64],
+        help: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            prometheus,
+            unit,
+            kind: Kind::Distribution(buckets),
+            help,
+        }
+    }
+
+    /// outbox-relay: events written to the streams.
+    pub const EVENTS_PUBLISHED: Metric = Metric::counter(
+        "EventsPublished",
+        "events_published_total",
+        "Events the outbox relay wrote to the streams.",
+    );
+    /// outbox-relay: age of the oldest unpublished outbox row, in seconds (0 when none).
+    pub const OUTBOX_AGE: Metric = Metric::gauge(
+        "OutboxAge",
+        "outbox_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox row, at the relay's last run.",
+    );
+    /// outbox-relay: rows set aside as failed, per outbox (dimension `outbox`).
+    pub const OUTBOX_FAILED_ROWS: Metric = Metric::gauge(
+        "OutboxFailedRows",
+        "outbox_failed_rows",
+        Unit::Count,
+        "Outbox rows set aside as failed (never published), at the relay's last run.",
+    );
+    /// Consumers: records handled and acknowledged.
+    pub const EVENTS_PROCESSED: Metric = Metric::counter(
+        "EventsProcessed",
+        "events_processed_total",
+        "Records a consumer handled and acknowledged.",
+    );
+    /// Consumers: records whose handling failed (to be retried or dead-lettered).
+    pub const EVENTS_FAILED: Metric = Metric::counter(
+        "EventsFailed",
+        "events_failed_total",
+        "Records whose handling failed (retried or dead-lettered).",
+    );
+    /// Consumers: records moved to the dead-letter stream.
+    pub const EVENTS_DEAD_LETTERED: Metric = Metric::counter(
+        "EventsDeadLettered",
+        "events_dead_lettered_total",
+        "Records moved to a dead-letter stream.",
+    );
+    /// Consumers: records per handler call.
+    pub const BATCH_SIZE: Metric = Metric::distribution(
+        "BatchSize",
+        "batch_size",
+        Unit::Count,
+        BATCH_BUCKETS,
+        "Records per batch handed to a consumer's handler.",
+    );
+    /// Consumers: times a stream worker found its store (the database or
+    /// Redis) unavailable and paused until it answered again.
+    pub const STORE_OUTAGES: Metric = Metric::counter(
+        "StoreOutages",
+        "store_outages_total",
+        "Times a consumer found its store unavailable and paused until it answered.",
+    );
+    /// Consumers: consumer groups found missing (`NOGROUP`) and created again.
+    pub const CONSUMER_GROUPS_RECREATED: Metric = Metric::counter(
+        "ConsumerGroupsRecreated",
+        "consumer_groups_recreated_total",
+        "Consumer groups found missing (NOGROUP) and created again from the oldest entry.",
+    );
+    /// outbox-relay: batches kept because fewer than `REDIS_MIN_REPLICAS`
+    /// replicas acknowledged them in time (`WAIT`).
+    pub const REPLICATION_TIMEOUTS: Metric = Metric::counter(
+        "ReplicationTimeouts",
+        "replication_timeouts_total",
+        "Relay batches kept because too few Redis replicas acknowledged them in time.",
+    );
+    /// Every function: the first invocation of a process.
+    pub const COLD_START: Metric = Metric::counter(
+        "ColdStart",
+        "cold_starts_total",
+        "First invocations of a function process.",
+    );
+    /// Every function: an invocation's duration, in milliseconds.
+    pub const HANDLER_DURATION: Metric = Metric::distribution(
+        "HandlerDuration",
+        "handler_duration_milliseconds",
+        Unit::Milliseconds,
+        DURATION_BUCKETS,
+        "Duration of an invocation.",
+    );
+
+    /// The toolkit's metrics.
+    pub const TOOLKIT: [Metric; 12] = [
+        Metric::EVENTS_PUBLISHED,
+        Metric::OUTBOX_AGE,
+        Metric::OUTBOX_FAILED_ROWS,
+        Metric::EVENTS_PROCESSED,
+        Metric::EVENTS_FAILED,
+        Metric::EVENTS_DEAD_LETTERED,
+        Metric::BATCH_SIZE,
+        Metric::STORE_OUTAGES,
+        Metric::CONSUMER_GROUPS_RECREATED,
+        Metric::REPLICATION_TIMEOUTS,
+        Metric::COLD_START,
+        Metric::HANDLER_DURATION,
     ];
 
     /// The CloudWatch metric name.
     pub fn emf_name(self) -> &'static str {
-        match self {
-            Metric::OrdersCreated => "OrdersCreated",
-            Metric::EventsPublished => "EventsPublished",
-            Metric::OutboxAge => "OutboxAge",
-            Metric::OutboxFailedRows => "OutboxFailedRows",
-            Metric::EventsProcessed => "EventsProcessed",
-            Metric::EventsFailed => "EventsFailed",
-            Metric::EventsDeadLettered => "EventsDeadLettered",
-            Metric::BatchSize => "BatchSize",
-            Metric::StoreOutages => "StoreOutages",
-            Metric::ConsumerGroupsRecreated => "ConsumerGroupsRecreated",
-            Metric::ReplicationTimeouts => "ReplicationTimeouts",
-            Metric::OldestPendingOrderAge => "OldestPendingOrderAge",
-            Metric::SagaEventsResent => "SagaEventsResent",
-            Metric::OrdersTimedOut => "OrdersTimedOut",
-            Metric::ColdStart => "ColdStart",
-            Metric::HandlerDuration => "HandlerDuration",
-        }
+        self.name
     }
 
     /// The CloudWatch unit.
     pub fn unit(self) -> &'static str {
-        match self {
-            Metric::OutboxAge | Metric::OldestPendingOrderAge => "Seconds",
-            Metric::HandlerDuration => "Milliseconds",
-            _ => "Count",
-        }
+        self.unit.as_str()
     }
 
     /// The Prometheus name (counters end in `_total`).
     pub fn prometheus_name(self) -> &'static str {
-        match self {
-            Metric::OrdersCreated => "orders_created_total",
-            Metric::EventsPublished => "events_published_total",
-            Metric::OutboxAge => "outbox_age_seconds",
-            Metric::OutboxFailedRows => "outbox_failed_rows",
-            Metric::EventsProcessed => "events_processed_total",
-            Metric::EventsFailed => "events_failed_total",
-            Metric::EventsDeadLettered => "events_dead_lettered_total",
-            Metric::BatchSize => "batch_size",
-            Metric::StoreOutages => "store_outages_total",
-            Metric::ConsumerGroupsRecreated => "consumer_groups_recreated_total",
-            Metric::ReplicationTimeouts => "replication_timeouts_total",
-            Metric::OldestPendingOrderAge => "oldest_pending_order_age_seconds",
-            Metric::SagaEventsResent => "saga_events_resent_total",
-            Metric::OrdersTimedOut => "orders_timed_out_total",
-            Metric::ColdStart => "cold_starts_total",
-            Metric::HandlerDuration => "handler_duration_milliseconds",
-        }
+        self.prometheus
     }
 
     fn help(self) -> &'static str {
-        match self {
-            Metric::OrdersCreated => "Orders accepted by create-order.",
-            Metric::EventsPublished => "Events the outbox relay wrote to the streams.",
-            Metric::OutboxAge => {
-                "Age of the oldest unpublished outbox row, at the relay's last run."
-            }
-            Metric::OutboxFailedRows => {
-                "Outbox rows set aside as failed (never published), at the relay's last run."
-            }
-            Metric::EventsProcessed => "Records a consumer handled and acknowledged.",
-            Metric::EventsFailed => "Records whose handling failed (retried or dead-lettered).",
-            Metric::EventsDeadLettered => "Records moved to a dead-letter stream.",
-            Metric::BatchSize => "Records per batch handed to a consumer's handler.",
-            Metric::StoreOutages => {
-                "Times a consumer found its store unavailable and paused until it answered."
-            }
-            Metric::ConsumerGroupsRecreated => {
-                "Consumer groups found missing (NOGROUP) and created again from the oldest entry."
-            }
-            Metric::ReplicationTimeouts => {
-                "Relay batches kept because too few Redis replicas acknowledged them in time."
-            }
-            Metric::OldestPendingOrderAge => {
-                "Age of the oldest PENDING order, at the reconciler's last run."
-            }
-            Metric::SagaEventsResent => "Saga events the reconciler sent again.",
-            Metric::OrdersTimedOut => "Orders rejected for waiting past their deadline.",
-            Metric::ColdStart => "First invocations of a function process.",
-            Metric::HandlerDuration => "Duration of an invocation.",
-        }
+        self.help
     }
 
     fn kind(self) -> Kind {
-        match self {
-            Metric::OutboxAge | Metric::OldestPendingOrderAge => Kind::Gauge,
-            Metric::OutboxFailedRows => Kind::Gauge,
-            Metric::BatchSize => Kind::Distribution(BATCH_BUCKETS),
-            Metric::HandlerDuration => Kind::Distribution(DURATION_BUCKETS),
-            _ => Kind::Counter,
-        }
+        self.kind
     }
 
-    pub fn from_emf_name(name: &str) -> Option<Metric> {
-        Metric::ALL.into_iter().find(|m| m.emf_name() == name)
+    /// A metric known to this process by its CloudWatch name: the toolkit's,
+    /// one [`describe`]d or recorded, else one read from an EMF definition of
+    /// another process (a counter when its unit is `Count`, else a gauge; a
+    /// distribution when `values` came as an array), named for Prometheus
+    /// in snake case. Such a metric's names live for the process (a handful).
+    pub fn from_emf(name: &str, unit: &str, array: bool) -> Metric {
+        if let Some(toolkit) = Metric::TOOLKIT.into_iter().find(|m| m.name == name) {
+            return toolkit;
+        }
+        if let Some(known) = registry().known.get(name) {
+            return *known;
+        }
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let unit = Unit::parse(unit);
+        let snake = snake_case(name);
+        let metric = match (array, unit) {
+            (true, Unit::Count) => {
+                Metric::distribution(leak(name.to_owned()), leak(snake), unit, BATCH_BUCKETS, "")
+            }
+            (true, _) => Metric::distribution(
+                leak(name.to_owned()),
+                leak(snake),
+                unit,
+                DURATION_BUCKETS,
+                "",
+            ),
+            (false, Unit::Count) => {
+                Metric::counter(leak(name.to_owned()), leak(format!("{snake}_total")), "")
+            }
+            (false, _) => Metric::gauge(leak(name.to_owned()), leak(snake), unit, ""),
+        };
+        describe(&[metric]);
+        metric
+    }
+}
+
+/// `OrdersCreated` → `orders_created`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Makes `metrics` known to this process: `/metrics` lists them (HELP and
+/// TYPE) before their first value. A service calls it once at start.
+pub fn describe(metrics: &[Metric]) {
+    let mut registry = registry();
+    for m in metrics {
+        registry.known.entry(m.name).or_insert(*m);
     }
 }
 
@@ -259,6 +393,8 @@ fn series(service: &str) -> Series {
 struct Registry {
     namespace: String,
     emf: bool,
+    /// Every metric this process knows, by CloudWatch name.
+    known: BTreeMap<&'static str, Metric>,
     totals: BTreeMap<(Series, Metric), Total>,
     /// Values not yet flushed, per series, when EMF is on.
     pending: BTreeMap<Series, BTreeMap<Metric, Vec<f64>>>,
@@ -267,6 +403,7 @@ struct Registry {
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     namespace: String::new(),
     emf: false,
+    known: BTreeMap::new(),
     totals: BTreeMap::new(),
     pending: BTreeMap::new(),
 });
@@ -337,6 +474,7 @@ fn record(series: Series, metric: Metric, value: f64) {
         return;
     }
     let mut registry = registry();
+    registry.known.entry(metric.name).or_insert(metric);
     registry
         .totals
         .entry((series.clone(), metric))
@@ -378,10 +516,9 @@ pub fn take_emf(timestamp_ms: u64) -> Vec<String> {
                 Kind::Gauge => vec![values.iter().copied().fold(f64::MIN, f64::max).into()],
                 Kind::Distribution(_) => values
                     .chunks(EMF_MAX_VALUES)
-                    .map(|chunk| match chunk {
-                        [one] => Value::from(*one),
-                        many => Value::from(many.to_vec()),
-                    })
+                    // Always an array, even of one value: a reader tells a
+                    // distribution from a counter by it.
+                    .map(|chunk| Value::from(chunk.to_vec()))
                     .collect(),
             };
             for (round, value) in chunks.into_iter().enumerate() {
@@ -496,13 +633,12 @@ pub fn ingest_emf(line: &str) -> bool {
         .filter_map(|d| d.get("Metrics").and_then(Value::as_array))
         .flatten()
     {
-        let Some(metric) = definition
-            .get("Name")
-            .and_then(Value::as_str)
-            .and_then(Metric::from_emf_name)
-        else {
+        let Some(name) = definition.get("Name").and_then(Value::as_str) else {
             continue;
         };
+        let unit = definition.get("Unit").and_then(Value::as_str).unwrap_or("");
+        let array = matches!(document.get(name), Some(Value::Array(_)));
+        let metric = Metric::from_emf(name, unit, array);
         match document.get(metric.emf_name()) {
             Some(Value::Array(values)) => values
                 .iter()
@@ -533,9 +669,15 @@ fn record_total(series: &Series, metric: Metric, value: f64) {
 
 /// The totals in Prometheus' text exposition format (version 0.0.4).
 pub fn render_prometheus() -> String {
-    let totals = registry().totals.clone();
+    let (totals, known) = {
+        let mut registry = registry();
+        for m in Metric::TOOLKIT {
+            registry.known.entry(m.name).or_insert(m);
+        }
+        (registry.totals.clone(), registry.known.clone())
+    };
     let mut out = String::new();
-    for metric in Metric::ALL {
+    for metric in known.into_values() {
         let name = metric.prometheus_name();
         let kind = match metric.kind() {
             Kind::Counter => "counter",
@@ -591,7 +733,10 @@ pub fn render_prometheus() -> String {
 
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
+        // Whole and below 2^53: exact as an integer.
+        #[allow(clippy::cast_possible_truncation)]
+        let whole = v as i64;
+        format!("{whole}")
     } else {
         format!("{v}")
     }
@@ -641,16 +786,16 @@ mod tests {
     #[test]
     fn totals_add_up_per_service_and_kind() {
         let a = Recorder::new("metrics-test-a");
-        a.count(Metric::EventsProcessed, 3);
-        a.count(Metric::EventsProcessed, 4);
-        a.record(Metric::OutboxAge, 9.0);
-        a.record(Metric::OutboxAge, 2.0);
-        a.record(Metric::HandlerDuration, 3.0);
-        a.record(Metric::HandlerDuration, 700.0);
-        assert_eq!(total("metrics-test-a", Metric::EventsProcessed), 7.0);
-        assert_eq!(total("metrics-test-a", Metric::OutboxAge), 2.0);
-        assert_eq!(total("metrics-test-a", Metric::HandlerDuration), 2.0);
-        assert_eq!(total("metrics-test-b", Metric::EventsProcessed), 0.0);
+        a.count(Metric::EVENTS_PROCESSED, 3);
+        a.count(Metric::EVENTS_PROCESSED, 4);
+        a.record(Metric::OUTBOX_AGE, 9.0);
+        a.record(Metric::OUTBOX_AGE, 2.0);
+        a.record(Metric::HANDLER_DURATION, 3.0);
+        a.record(Metric::HANDLER_DURATION, 700.0);
+        assert_eq!(total("metrics-test-a", Metric::EVENTS_PROCESSED), 7.0);
+        assert_eq!(total("metrics-test-a", Metric::OUTBOX_AGE), 2.0);
+        assert_eq!(total("metrics-test-a", Metric::HANDLER_DURATION), 2.0);
+        assert_eq!(total("metrics-test-b", Metric::EVENTS_PROCESSED), 0.0);
 
         let text = render_prometheus();
         assert!(text.contains("# TYPE events_processed_total counter"));
@@ -691,8 +836,8 @@ mod tests {
             "NotOurs": 5
         });
         assert!(ingest_emf(&doc.to_string()));
-        assert_eq!(total("metrics-test-emf", Metric::EventsDeadLettered), 2.0);
-        assert_eq!(total("metrics-test-emf", Metric::BatchSize), 2.0);
+        assert_eq!(total("metrics-test-emf", Metric::EVENTS_DEAD_LETTERED), 2.0);
+        assert_eq!(total("metrics-test-emf", Metric::BATCH_SIZE), 2.0);
         assert!(!ingest_emf("{\"level\":\"INFO\",\"message\":\"hello\"}"));
         assert!(!ingest_emf("plain text"));
     }
@@ -702,19 +847,19 @@ mod tests {
     #[test]
     fn a_second_dimension_is_a_series_of_its_own() {
         let r = Recorder::new("metrics-test-dim");
-        r.record_for(Metric::OutboxFailedRows, ("outbox", "orders.outbox"), 2.0);
+        r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "orders.outbox"), 2.0);
         r.record_for(
-            Metric::OutboxFailedRows,
+            Metric::OUTBOX_FAILED_ROWS,
             ("outbox", "inventory.outbox"),
             1.0,
         );
-        r.record_for(Metric::OutboxFailedRows, ("outbox", "orders.outbox"), 3.0);
+        r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "orders.outbox"), 3.0);
         let dim = ("outbox", "orders.outbox");
         assert_eq!(
-            total_for("metrics-test-dim", Metric::OutboxFailedRows, dim),
+            total_for("metrics-test-dim", Metric::OUTBOX_FAILED_ROWS, dim),
             3.0
         );
-        assert_eq!(total("metrics-test-dim", Metric::OutboxFailedRows), 4.0);
+        assert_eq!(total("metrics-test-dim", Metric::OUTBOX_FAILED_ROWS), 4.0);
         let text = render_prometheus();
         assert!(
             text.contains(
@@ -733,7 +878,7 @@ mod tests {
                 .pending
                 .entry(key)
                 .or_default()
-                .insert(Metric::OutboxFailedRows, vec![5.0, 7.0]);
+                .insert(Metric::OUTBOX_FAILED_ROWS, vec![5.0, 7.0]);
         }
         let document = take_emf(1_700_000_000_000)
             .into_iter()
@@ -749,7 +894,7 @@ mod tests {
         assert!(ingest_emf(&document));
         let dim = ("outbox", "x.outbox");
         assert_eq!(
-            total_for("metrics-test-dim-emf", Metric::OutboxFailedRows, dim),
+            total_for("metrics-test-dim-emf", Metric::OUTBOX_FAILED_ROWS, dim),
             7.0
         );
     }
@@ -763,9 +908,9 @@ mod tests {
                 .pending
                 .entry(series("metrics-test-take"))
                 .or_default();
-            pending.insert(Metric::EventsPublished, vec![2.0, 3.0]);
-            pending.insert(Metric::OutboxAge, vec![4.0, 1.0]);
-            pending.insert(Metric::HandlerDuration, (0..150).map(f64::from).collect());
+            pending.insert(Metric::EVENTS_PUBLISHED, vec![2.0, 3.0]);
+            pending.insert(Metric::OUTBOX_AGE, vec![4.0, 1.0]);
+            pending.insert(Metric::HANDLER_DURATION, (0..150).map(f64::from).collect());
         }
         let documents: Vec<Value> = take_emf(1_700_000_000_000)
             .iter()
@@ -789,5 +934,38 @@ mod tests {
             .expect("metrics")
             .contains(&json!({"Name": "OutboxAge", "Unit": "Seconds"})));
         assert_eq!(first["_aws"]["Timestamp"], 1_700_000_000_000u64);
+    }
+
+    #[test]
+    fn a_metric_another_process_defined_is_read_from_its_emf() {
+        let line = serde_json::json!({
+            "_aws": {"Timestamp": 1, "CloudWatchMetrics": [{
+                "Namespace": "N", "Dimensions": [["service"]],
+                "Metrics": [{"Name": "ParcelsShipped", "Unit": "Count"},
+                            {"Name": "ShippingDelay", "Unit": "Milliseconds"},
+                            {"Name": "QueueDepth", "Unit": "Seconds"}]}]},
+            "service": "metrics-test-foreign",
+            "ParcelsShipped": 3, "ShippingDelay": [12.0], "QueueDepth": 4.5
+        })
+        .to_string();
+        assert!(ingest_emf(&line));
+        let text = render_prometheus();
+        assert!(
+            text.contains("# TYPE parcels_shipped_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("parcels_shipped_total{service=\"metrics-test-foreign\"} 3"));
+        assert!(text.contains("# TYPE shipping_delay histogram"), "{text}");
+        assert!(text.contains("shipping_delay_count{service=\"metrics-test-foreign\"} 1"));
+        assert!(text.contains("# TYPE queue_depth gauge"), "{text}");
+        // The toolkit's own keep their definitions.
+        assert_eq!(
+            Metric::from_emf("BatchSize", "Count", false),
+            Metric::BATCH_SIZE
+        );
+        assert!(matches!(
+            Metric::from_emf("BatchSize", "Count", false).kind(),
+            Kind::Distribution(_)
+        ));
     }
 }

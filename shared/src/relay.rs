@@ -115,37 +115,31 @@ impl RelayOptions {
     /// `DLQ_RETENTION_HOURS` (336), `STREAM_NAMESPACE` (`events`).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let batch = env.in_range("RELAY_BATCH_SIZE", i64::from(d.batch_size), 1, 10_000)?;
+        let batch = env.in_range("RELAY_BATCH_SIZE", d.batch_size, 1, 10_000)?;
         let max_entry = env.in_range(
             "RELAY_MAX_ENTRY_BYTES",
-            d.max_entry_bytes as i64,
+            d.max_entry_bytes,
             1024,
             512 * 1024 * 1024,
         )?;
-        let in_flight = env.in_range(
-            "RELAY_BATCHES_IN_FLIGHT",
-            i64::from(d.batches_in_flight),
-            1,
-            i64::from(SLOTS),
-        )?;
-        let hours = env.in_range("STREAM_RETENTION_HOURS", 168, 1, 24 * 365 * 10)?;
+        let in_flight = env.in_range("RELAY_BATCHES_IN_FLIGHT", d.batches_in_flight, 1, 16)?;
+        let hours: u64 = env.in_range("STREAM_RETENTION_HOURS", 168, 1, 24 * 365 * 10)?;
         let min_replicas = env.in_range("REDIS_MIN_REPLICAS", 0, 0, 5)?;
         let replica_timeout_ms = env.in_range("REDIS_REPLICA_TIMEOUT_MS", 1000, 1, 60_000)?;
         let outboxes = outboxes(env.require(
             "RELAY_OUTBOXES",
             "the outboxes to drain, comma-separated: orders.outbox,inventory.outbox",
         )?)?;
-        // The ranges above keep every value within its target type.
         Ok(Self {
             outboxes,
-            batch_size: batch as u32,
-            batches_in_flight: in_flight as u32,
+            batch_size: batch,
+            batches_in_flight: in_flight,
             stream_partitions: crate::streams::partitions(env)?,
-            max_entry_bytes: max_entry as usize,
-            stream_retention: Duration::from_secs(hours as u64 * 3600),
+            max_entry_bytes: max_entry,
+            stream_retention: Duration::from_secs(hours * 3600),
             dlq_retention: crate::retention::dlq_retention(env)?,
-            min_replicas: min_replicas as u32,
-            replica_timeout: Duration::from_millis(replica_timeout_ms as u64),
+            min_replicas,
+            replica_timeout: Duration::from_millis(replica_timeout_ms),
             stream_namespace: crate::streams::namespace(env)?,
             ..d
         })
@@ -400,7 +394,7 @@ impl Relay {
 
         let start = self.cursor.load(Ordering::Relaxed);
         let order: Vec<i16> = (0..SLOTS as usize)
-            .map(|i| ((start + i) % SLOTS as usize) as i16)
+            .map(|i| i16::try_from((start + i) % SLOTS as usize).unwrap_or(0))
             .collect();
         let slots: Vec<i16> = sqlx::query_scalar(
             "SELECT s FROM unnest($1::smallint[]) WITH ORDINALITY AS t(s, n)
@@ -483,7 +477,7 @@ impl Relay {
             if wanted > 0 {
                 let acked = replies.first().copied().unwrap_or(0);
                 if acked < u64::from(wanted) {
-                    self.metrics.count(Metric::ReplicationTimeouts, 1);
+                    self.metrics.count(Metric::REPLICATION_TIMEOUTS, 1);
                     return Err(RelayError::Replication {
                         acked,
                         wanted,
@@ -506,7 +500,7 @@ impl Relay {
         }
         tx.commit().await.map_err(db("committing a relay batch"))?;
         self.metrics
-            .count(Metric::EventsPublished, published.len() as u64);
+            .count(Metric::EVENTS_PUBLISHED, published.len() as u64);
         for (line, stream) in &logged {
             info!(
                 event_id = %line.event_id,
@@ -691,7 +685,7 @@ impl Relay {
                     if is_outage(&error) {
                         store_away(&mut away, &error);
                     } else {
-                        warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay failed; rows stay pending");
+                        warn!(%error, retry_in_ms = millis(backoff), "relay failed; rows stay pending");
                     }
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
@@ -775,7 +769,7 @@ impl Relay {
             .max()
             .unwrap_or(0);
         self.metrics
-            .record(Metric::OutboxAge, oldest_ms as f64 / 1000.0);
+            .record(Metric::OUTBOX_AGE, oldest_ms as f64 / 1000.0);
     }
 
     /// `OutboxFailedRows`, per outbox (dimension `outbox`): rows set aside,
@@ -783,7 +777,7 @@ impl Relay {
     fn record_failed_rows<'a>(&self, backlogs: impl Iterator<Item = (&'a str, &'a Backlog)>) {
         for (table, backlog) in backlogs {
             self.metrics.record_for(
-                Metric::OutboxFailedRows,
+                Metric::OUTBOX_FAILED_ROWS,
                 ("outbox", table),
                 backlog.failed as f64,
             );

@@ -24,12 +24,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sqlx::PgPool;
 use tracing::info;
 
 use crate::config::{ConfigError, Env};
 use crate::error::StoreError;
-use crate::inbox;
 
 /// `STREAM_RETENTION_HOURS`: how long stream entries are kept (the relay trims).
 pub const STREAM_RETENTION_HOURS: &str = "STREAM_RETENTION_HOURS";
@@ -125,9 +123,8 @@ impl RetentionConfig {
                 ),
             });
         }
-        // The ranges keep every value within its target type.
-        let batch_size = env.in_range(BATCH_SIZE, i64::from(d.batch_size), 1, 10_000)? as u32;
-        let max_batches = env.in_range(MAX_BATCHES, i64::from(d.max_batches), 1, 100_000)? as u32;
+        let batch_size = env.in_range(BATCH_SIZE, d.batch_size, 1, 10_000)?;
+        let max_batches = env.in_range(MAX_BATCHES, d.max_batches, 1, 100_000)?;
         Ok(Self {
             stream_retention,
             dlq_retention,
@@ -221,36 +218,6 @@ impl<'a> Purge<'a> {
         );
         self.summary
     }
-}
-
-/// The order service's purges: expired idempotency keys, and the order
-/// service's inbox (`orders.processed_events`) past `inbox_retention`. Runs
-/// at most `config.time_budget`.
-pub async fn purge_order_service(
-    pool: &PgPool,
-    config: &RetentionConfig,
-) -> Result<PurgeSummary, StoreError> {
-    purge_order_service_until(pool, config, Instant::now() + config.time_budget).await
-}
-
-/// [`purge_order_service`], starting no statement after `stop` (e.g. the
-/// invocation's deadline less a safety margin).
-pub async fn purge_order_service_until(
-    pool: &PgPool,
-    config: &RetentionConfig,
-    stop: Instant,
-) -> Result<PurgeSummary, StoreError> {
-    let mut run = Purge::new(config, stop);
-    run.table("orders.idempotency_keys", |limit| {
-        crate::idempotency::purge_expired(pool, limit)
-    })
-    .await?;
-    let orders_inbox = crate::orders::INBOX;
-    run.table(&orders_inbox, |limit| {
-        inbox::purge(pool, &orders_inbox, config.inbox_retention, limit)
-    })
-    .await?;
-    Ok(run.finish())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub fn partition_of(aggregate_id: &str, partitions: u16) -> u16 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     // The remainder is below `partitions`, a u16.
-    (hash % u64::from(partitions.max(1))) as u16
+    u16::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
 }
 
 /// The default namespace of stream keys (`STREAM_NAMESPACE`).
@@ -24,9 +24,7 @@ pub const DEFAULT_NAMESPACE: &str = "events";
 
 /// `STREAM_PARTITIONS` (1, 1..=1024): streams per aggregate type.
 pub fn partitions(env: &crate::config::Env) -> Result<u16, crate::config::ConfigError> {
-    // The range keeps the value within u16.
     env.in_range("STREAM_PARTITIONS", 1, 1, 1024)
-        .map(|n| n as u16)
 }
 
 /// `STREAM_NAMESPACE` ([`DEFAULT_NAMESPACE`]): ASCII letters, digits and `- _ . :`.

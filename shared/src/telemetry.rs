@@ -290,10 +290,10 @@ impl Invocation {
         let started = Instant::now();
         let output = work.instrument(self.span.clone()).await;
         if self.cold_start {
-            self.recorder.record(Metric::ColdStart, 1.0);
+            self.recorder.record(Metric::COLD_START, 1.0);
         }
         self.recorder.record(
-            Metric::HandlerDuration,
+            Metric::HANDLER_DURATION,
             started.elapsed().as_secs_f64() * 1000.0,
         );
         metrics::flush();

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use rand::Rng;
 
-use crate::domain::InvalidValue;
+use crate::value::InvalidValue;
 
 /// A parsed `traceparent` value: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -2,6 +2,8 @@
 //! banner, serves the saga end to end, and stops cleanly on SIGTERM with exit
 //! code 0; `generate-event` and `invoke` work together; errors are one line.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -286,7 +288,16 @@ async fn generate_event_feeds_invoke_and_errors_are_one_line() -> anyhow::Result
         "arn:aws:events:us-east-1:000000000000:rule/nightly"
     );
     let batch = Command::new(BIN)
-        .args(["generate-event", "stream-batch", "--count", "2"])
+        .args([
+            "generate-event",
+            "stream-batch",
+            "--count",
+            "2",
+            "--event-type",
+            "OrderCreated",
+            "--payload",
+            r#"{"order_id":"0190f0c8-0000-7000-8000-000000000001"}"#,
+        ])
         .output()?;
     let batch: Value = serde_json::from_slice(&batch.stdout)?;
     let records = batch["records"].as_array().cloned().unwrap_or_default();

@@ -11,6 +11,7 @@
 //!
 //! `cargo bench -p tests --bench auth -- [--clients 16] [--seconds 8] [--rounds 3] [--tokens 2000]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //!
 //! `cargo build --release --bins && cargo bench -p tests --bench cold_start -- [--samples 30]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;

@@ -14,16 +14,17 @@
 //!
 //! `cargo bench -p tests --bench consumer_throughput -- [--events 20000]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use contracts::events::{OrderCreatedItemV1, OrderCreatedV1, ORDER_AGGREGATE};
+use contracts::{OrderId, Quantity, Sku};
 use inventory_consumer::{Command, Inventory, Job};
-use shared::domain::{OrderId, Quantity, Sku};
 use shared::envelope::{AggregateType, EventEnvelope};
-use shared::events::{OrderCreatedItemV1, OrderCreatedV1, ORDER_AGGREGATE};
 use shared::streams::{partition_of, stream_keys};
 use tests::source::{append, connection, fast_settings, source, Running};
 use tests::{delete_streams, redis_url, unique_namespace, TestDb};
@@ -96,7 +97,7 @@ async fn database() -> Result<TestDb> {
         "INSERT INTO inventory.stock (sku, available, price_cents)
          SELECT 'SKU-' || g, 100000000, 100 FROM generate_series(0, $1 - 1) AS g",
     )
-    .bind(SKUS as i32)
+    .bind(i32::try_from(SKUS).expect("a few SKUs"))
     .execute(&db.pool)
     .await?;
     Ok(db)

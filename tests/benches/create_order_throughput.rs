@@ -5,6 +5,7 @@
 //!
 //! `cargo bench -p tests --bench create_order_throughput -- [--concurrency 8] [--seconds 10] [--rounds 2]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -23,6 +23,7 @@
 //! `--runtime-api` runs the release binaries: `cargo build --release --bins` first
 //! (the mode is skipped, with a note, when they are missing).
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -485,7 +486,7 @@ async fn steady_rate(
     let post_latencies = Arc::new(Mutex::new(Vec::new()));
     let http_errors = Arc::new(Mutex::new((0_usize, None::<String>)));
     let url = Arc::new(running.url("/orders"));
-    let total = rate as usize * seconds as usize;
+    let total = usize::try_from(u64::from(rate) * seconds).expect("a count");
 
     // The poller: every `poll`, the ids not yet decided, in one query.
     let poller = {
@@ -826,7 +827,7 @@ async fn main() -> Result<()> {
         let poll_avg = if e.polls == 0 {
             Duration::ZERO
         } else {
-            e.poll_time / e.polls as u32
+            e.poll_time / u32::try_from(e.polls).expect("polls in a run")
         };
         println!(
             "  {:<12} {:>7} {:>9} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>9} {:>9} {:>10}",

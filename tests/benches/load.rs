@@ -22,7 +22,8 @@
 //! Its tokens are signed with the development key of `--state-dir` (default the
 //! emulator's own state directory), the key that `emulator up` trusts.
 
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+#![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -133,8 +134,8 @@ impl Database {
                 .fetch_one(&self.pool)
                 .await?;
         let (orders, inventory) = (
-            self.relay.backlog(&shared::orders::OUTBOX).await?,
-            self.relay.backlog(&shared::inventory::OUTBOX).await?,
+            self.relay.backlog(&order_service::OUTBOX).await?,
+            self.relay.backlog(&inventory_service::OUTBOX).await?,
         );
         let streams =
             shared::source::stream_overview(&mut self.redis.clone(), &self.namespace).await?;

@@ -4,6 +4,7 @@
 //!
 //! `cargo bench -p tests --bench reconciler -- [--orders 1000000] [--stuck 1000]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@
 //!
 //! `cargo bench -p tests --bench relay_replication -- [--rows 200000] [--rounds 2]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@
 //!
 //! `cargo bench -p tests --bench relay_throughput -- [--rows 1000000] [--rate 1000] [--seconds 10]`
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -130,7 +131,7 @@ async fn relays(db: &TestDb, count: usize, namespace: &str) -> Result<(u64, Dura
             &redis_url(),
             RelayOptions {
                 stream_namespace: namespace.to_owned(),
-                outboxes: vec![shared::orders::OUTBOX],
+                outboxes: vec![order_service::OUTBOX],
                 ..tests::relay_options()
             },
         )
@@ -164,9 +165,9 @@ async fn clear_streams(namespace: &str) -> Result<()> {
 }
 
 fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        u64::try_from(d.as_millis()).expect("after 1970, before 2^64 ms")
+    })
 }
 
 /// Commit-to-XADD latency in LISTEN/NOTIFY mode at `rate` events per second.
@@ -202,7 +203,7 @@ async fn notify_latency(db: &TestDb, rate: u64, seconds: u64) -> Result<Vec<u64>
                 shared::envelope::Payload::from_json(format!(r#"{{"n":{n}}}"#))?,
             );
             let mut tx = pool.begin().await?;
-            outbox::append(&mut tx, &shared::orders::OUTBOX, &event).await?;
+            outbox::append(&mut tx, &order_service::OUTBOX, &event).await?;
             tx.commit().await?;
             anyhow::Ok((event.event_id, epoch_ms()))
         }));
@@ -293,7 +294,7 @@ async fn main() -> Result<()> {
     }
 
     let latencies = notify_latency(&db, args.rate, args.seconds).await?;
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+    let pct = |p: f64| latencies[tests::percentile_index(latencies.len(), p)];
     println!(
         "LISTEN/NOTIFY at {}/s for {} s: {} events, commit-to-XADD p50 {} ms, p99 {} ms, max {} ms",
         args.rate,

@@ -4,6 +4,9 @@
 //! Tests talk to the real PostgreSQL at `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); nothing is mocked.
 
+// Test code states what it relies on with `expect`, and reports on stderr.
+#![allow(clippy::expect_used, clippy::print_stderr)]
+
 pub mod auth;
 pub mod emulated;
 pub mod forwarder;
@@ -429,7 +432,7 @@ pub async fn read_streams(
 /// `RELAY_OUTBOXES` names them.
 pub fn relay_options() -> shared::relay::RelayOptions {
     shared::relay::RelayOptions {
-        outboxes: vec![shared::orders::OUTBOX, shared::inventory::OUTBOX],
+        outboxes: vec![order_service::OUTBOX, inventory_service::OUTBOX],
         ..shared::relay::RelayOptions::default()
     }
 }
@@ -667,11 +670,22 @@ pub async fn post_order(
         .ok_or_else(|| PostOrderError::Answer(text()))
 }
 
+/// The index of the `p` quantile (0.0..=1.0) in a sorted list of `len` values,
+/// rounding down: `(len - 1) * p`.
+pub fn percentile_index(len: usize, p: f64) -> usize {
+    // Between 0 and len - 1: no truncation (NaN and negatives are 0).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let index = ((len.saturating_sub(1)) as f64 * p) as usize;
+    index.min(len.saturating_sub(1))
+}
+
 /// The `p`th percentile (nearest rank) of sorted durations; zero for none.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
+    // A rank between 0 and the length: no truncation (NaN and negatives are 0).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

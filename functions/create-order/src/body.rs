@@ -2,11 +2,11 @@
 //! authenticated customer, with every rule it breaks reported against the field
 //! that breaks it.
 
-use http_api::{FieldError, Problem};
-use serde::{Deserialize, Serialize};
-use shared::domain::{
+use contracts::{
     CustomerId, Money, NewOrder, NewOrderError, OrderLine, Quantity, Sku, MAX_ORDER_LINES,
 };
+use http_api::{FieldError, Problem};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// The body as sent. Every field is optional here so that a missing one is

@@ -18,21 +18,22 @@ mod view;
 
 use std::time::Duration;
 
+use contracts::events::{OrderCancelledV1, OrderCreatedV1};
+use contracts::{CustomerId, OrderId, OrderStatus};
 use http_api::{
     check_body_size, check_content_type, decode_path_segment, end_transaction, json_response,
     request_id, request_path, store_failure, Caller,
 };
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
+use order_service::idempotency::{self, Fingerprint, IdempotencyKey, Lookup, StoredResponse};
+use order_service::orders::{self, Cancellation, Order};
 use shared::config::{ConfigError, DatabaseConfig, Env};
-use shared::domain::{EventId, OrderId, OrderStatus};
 use shared::envelope::now_utc;
-use shared::events::{OrderCancelledV1, OrderCreatedV1};
-use shared::idempotency::{self, Fingerprint, IdempotencyKey, Lookup, StoredResponse};
 use shared::metrics::{Metric, Recorder};
-use shared::orders::{self, Cancellation, Order};
 use shared::outbox;
 use shared::trace::TraceParent;
+use shared::value::EventId;
 use shared::StoreError;
 use sqlx::{PgConnection, PgPool};
 use tracing::{error, info, Instrument};
@@ -81,6 +82,7 @@ pub struct Deps {
 impl Deps {
     /// Builds the (lazily connecting) pool for `config`.
     pub fn new(config: &Config) -> Self {
+        shared::metrics::describe(&[ORDERS_CREATED]);
         Self {
             pool: shared::db::lazy_pool(&config.database),
             idempotency_ttl: config.idempotency_ttl,
@@ -198,8 +200,12 @@ async fn create_order(
                 .map_err(|e| Problem::bad_request(e.to_string()).into_response())?,
         ),
     };
-    let command = CreateOrder::parse(bytes, caller.subject.clone(), now_utc())
-        .map_err(Problem::into_response)?;
+    let command = CreateOrder::parse(
+        bytes,
+        customer(caller).map_err(Problem::into_response)?,
+        now_utc(),
+    )
+    .map_err(Problem::into_response)?;
     let order = &command.order;
     let fingerprint = Fingerprint::of(&command.canonical_bytes());
 
@@ -224,7 +230,7 @@ async fn create_order(
                 .map_err(|e| store_failure(StoreError::database("committing the order", e)))?;
             tracing::Span::current().record("order_id", tracing::field::display(order.id()));
             info!(%event_id, total_cents = order.total().cents(), "order created");
-            Recorder::new(SERVICE).count(Metric::OrdersCreated, 1);
+            Recorder::new(SERVICE).count(ORDERS_CREATED, 1);
             Ok(to_response(response))
         }
         Ok(Written::Replay(stored)) => {
@@ -278,7 +284,7 @@ async fn write_order(
     let stored = orders::insert(tx, order, &event)
         .await
         .map_err(store_failure)?;
-    outbox::append(tx, &shared::orders::OUTBOX, &event)
+    outbox::append(tx, &order_service::OUTBOX, &event)
         .await
         .map_err(store_failure)?;
     let response = created_response(&OrderView::from(&stored));
@@ -301,13 +307,29 @@ async fn write_order(
 }
 
 /// `GET /orders/{id}`: the caller's own order, or any for an admin.
+/// Orders accepted (not replays of an `Idempotency-Key`).
+pub const ORDERS_CREATED: Metric = Metric::counter(
+    "OrdersCreated",
+    "orders_created_total",
+    "Orders accepted by create-order.",
+);
+
+/// The scope that lets a caller read and cancel any customer's orders.
+pub const ADMIN_SCOPE: &str = "orders:admin";
+
+/// The customer a caller acts as: the token's subject (a subject is always a
+/// valid customer id: both are the same kind of identifier).
+fn customer(caller: &Caller) -> Result<CustomerId, Problem> {
+    CustomerId::parse(caller.subject.as_str()).map_err(|e| Problem::bad_request(e.to_string()))
+}
+
 async fn get(deps: &Deps, caller: &Caller, id: &str) -> Response<Body> {
     let Ok(id) = parse_order_id(id) else {
         return invalid_order_id().into_response();
     };
     tracing::Span::current().record("order_id", tracing::field::display(id));
     match orders::find(&deps.pool, id).await {
-        Ok(Some(order)) if caller.may_act_for(&order.customer_id) => {
+        Ok(Some(order)) if caller.may_act_for(order.customer_id.as_str(), ADMIN_SCOPE) => {
             json_response(StatusCode::OK, &OrderView::from(&order))
         }
         // Another customer's order does not exist for this caller.
@@ -343,7 +365,11 @@ async fn cancel_order(
         .await
         .map_err(|e| store_failure(StoreError::database("starting a transaction", e)))?;
     // An admin cancels any order; anyone else only their own.
-    match write_cancellation(&mut tx, id, caller.only_owner(), traceparent).await {
+    let owner = match caller.only_owner(ADMIN_SCOPE) {
+        Some(_) => Some(customer(caller).map_err(Problem::into_response)?),
+        None => None,
+    };
+    match write_cancellation(&mut tx, id, owner.as_ref(), traceparent).await {
         Ok((order, event_id)) => {
             tx.commit().await.map_err(|e| {
                 store_failure(StoreError::database("committing the cancellation", e))
@@ -362,7 +388,7 @@ async fn cancel_order(
 async fn write_cancellation(
     tx: &mut PgConnection,
     id: OrderId,
-    owner: Option<&shared::domain::CustomerId>,
+    owner: Option<&contracts::CustomerId>,
     traceparent: TraceParent,
 ) -> Result<(Order, EventId), Response<Body>> {
     let event = OrderCancelledV1::envelope(id, Some(traceparent)).map_err(|e| {
@@ -374,7 +400,7 @@ async fn write_cancellation(
         .map_err(store_failure)?
     {
         Cancellation::Cancelled(order) => {
-            outbox::append(tx, &shared::orders::OUTBOX, &event)
+            outbox::append(tx, &order_service::OUTBOX, &event)
                 .await
                 .map_err(store_failure)?;
             Ok((order, event.event_id))
@@ -389,7 +415,7 @@ async fn write_cancellation(
 
 /// The `{id}` of the path, percent-decoded as API Gateway decodes path parameters
 /// (and as inventory-api decodes its SKU): `%30` is `0`.
-fn parse_order_id(segment: &str) -> Result<OrderId, shared::domain::InvalidValue> {
+fn parse_order_id(segment: &str) -> Result<OrderId, shared::value::InvalidValue> {
     OrderId::parse(&decode_path_segment(segment))
 }
 

@@ -1,8 +1,8 @@
 //! The order as the API shows it.
 
+use order_service::orders::Order;
 use serde::Serialize;
 use shared::envelope::format_timestamp;
-use shared::orders::Order;
 
 /// `{"id","customer_id","status","items":[...],"total_cents","created_at"}`, and
 /// `"status_reason"` when the status has one (e.g. why the order was rejected).

@@ -1,13 +1,15 @@
 //! Property tests of the `POST /orders` body parser (the `order_body` fuzz target
 //! covers the same ground for longer; RELIABILITY.md, "Fuzzing").
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::collections::BTreeMap;
 
+use contracts::{CustomerId, Money};
 use create_order::CreateOrder;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use shared::domain::{CustomerId, Money};
 use time::OffsetDateTime;
 
 /// Parses a body for `customer` (the caller).

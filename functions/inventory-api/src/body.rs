@@ -1,10 +1,10 @@
 //! The `PUT /inventory/{sku}` body, `{"available": 10, "price_cents": 1999}`:
 //! parsed once at the edge, every broken rule reported against its field.
 
+use contracts::Money;
 use http_api::{FieldError, Problem};
 use lambda_http::Request;
 use serde::Deserialize;
-use shared::domain::Money;
 
 /// The most units a SKU may have available (well inside the `integer` column).
 pub const MAX_AVAILABLE: i32 = 1_000_000_000;
@@ -103,7 +103,7 @@ fn validate(body: SetAvailableBody) -> Result<SetAvailable, Problem> {
 }
 
 /// `422`: a SKU the inventory does not know needs its price.
-pub fn price_required(sku: &shared::domain::Sku) -> Problem {
+pub fn price_required(sku: &contracts::Sku) -> Problem {
     Problem::invalid_fields(vec![FieldError::new(
         "price_cents",
         format!("is required for {sku}, a SKU the inventory does not know yet"),

@@ -9,14 +9,14 @@
 
 mod body;
 
+use contracts::Sku;
 use http_api::{decode_path_segment, json_response, request_id, request_path, store_failure};
 use http_api::{FieldError, Problem};
+use inventory_service::{self as inventory, StockLevel};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use shared::config::{ConfigError, DatabaseConfig, Env};
-use shared::domain::Sku;
-use shared::inventory::{self, StockLevel};
 use sqlx::PgPool;
 use tracing::{info, Instrument};
 

@@ -1,6 +1,8 @@
 //! Property tests of the `PUT /inventory/{sku}` body parser (the `inventory_body`
 //! fuzz target covers the same ground for longer; RELIABILITY.md, "Fuzzing").
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use inventory_api::{SetAvailable, MAX_AVAILABLE};
 use proptest::collection::vec;
 use proptest::prelude::*;

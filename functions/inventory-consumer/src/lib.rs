@@ -12,8 +12,8 @@
 pub mod retention;
 mod store;
 
-use shared::domain::{OrderId, Quantity, Sku};
-use shared::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
+use contracts::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
+use contracts::{OrderId, Quantity, Sku};
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     StreamBatch, StreamRecord,
@@ -150,7 +150,7 @@ pub type Deps = Consumer<Inventory>;
 impl ConsumerFunction for Inventory {
     const SERVICE: &'static str = SERVICE;
     const GROUP: &'static str = GROUP;
-    const AGGREGATES: &'static [&'static str] = &[shared::events::ORDER_AGGREGATE];
+    const AGGREGATES: &'static [&'static str] = &[contracts::events::ORDER_AGGREGATE];
 
     fn new(config: &ConsumerConfig) -> Self {
         Self {

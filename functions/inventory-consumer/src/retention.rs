@@ -82,7 +82,7 @@ pub async fn purge_inventory_service(
 ) -> Result<PurgeSummary, StoreError> {
     let older_than = config.inbox_retention;
     let mut run = Purge::new(config, stop);
-    let inventory_inbox = shared::inventory::INBOX;
+    let inventory_inbox = inventory_service::INBOX;
     run.table(&inventory_inbox, |limit| {
         inbox::purge(pool, &inventory_inbox, older_than, limit)
     })

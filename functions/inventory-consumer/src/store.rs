@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use shared::envelope::{EventEnvelope, OutboxColumnArrays, OutboxColumns};
-use shared::events::{
+use contracts::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, ReservedItemV1, ShortageV1,
     ORDER_CANCELLED, ORDER_CREATED,
 };
+use inventory_service as inventory;
+use shared::envelope::{EventEnvelope, OutboxColumnArrays, OutboxColumns};
 use shared::inbox;
-use shared::inventory;
 use shared::outbox;
 use shared::source::RecordOutcome;
 use shared::{Retry, StoreError};
@@ -219,7 +219,7 @@ impl Outgoing {
     fn answer(
         &mut self,
         job: &Job,
-        event: Result<EventEnvelope, shared::domain::InvalidValue>,
+        event: Result<EventEnvelope, shared::value::InvalidValue>,
     ) -> Result<(), StoreError> {
         let event = event.map_err(|e| StoreError::corrupt("building an answer event", e))?;
         self.sent.insert(event.event_id.as_uuid());
@@ -623,7 +623,7 @@ async fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::domain::{Quantity, Sku};
+    use contracts::{Quantity, Sku};
 
     fn line(sku: &str, price: i64) -> crate::Line {
         crate::Line {

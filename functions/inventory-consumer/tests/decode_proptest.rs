@@ -2,12 +2,14 @@
 //! the same ground for longer; RELIABILITY.md, "Fuzzing"): any envelope decodes
 //! to a command or a permanent failure, never a panic; valid events round trip.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
+use contracts::events::{OrderCancelledV1, OrderCreatedItemV1, OrderCreatedV1};
 use inventory_consumer::{decode, Command};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
-use shared::events::{OrderCancelledV1, OrderCreatedItemV1, OrderCreatedV1};
 use shared::source::StreamRecord;
 use shared::trace::TraceParent;
 use uuid::Uuid;

@@ -2,6 +2,8 @@
 //! own per test), with a local HTTP server standing in for CloudFormation's
 //! pre-signed `ResponseURL`.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -20,18 +20,20 @@
 use std::time::Duration;
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use contracts::events::{OrderCancelledV1, OrderCreatedItemV1, OrderCreatedV1, ORDER_AGGREGATE};
+use contracts::OrderId;
 use lambda_runtime::LambdaEvent;
+use order_service::orders::{self, Order, UnconfirmedRelease};
+use order_service::retention;
 use serde::Serialize;
 use shared::config::{ConfigError, DatabaseConfig, Env};
-use shared::domain::{EventId, OrderId};
 use shared::envelope::EventEnvelope;
-use shared::events::{OrderCancelledV1, OrderCreatedItemV1, OrderCreatedV1, ORDER_AGGREGATE};
-use shared::metrics::{Metric, Recorder};
-use shared::orders::{self, Order, UnconfirmedRelease};
+use shared::metrics::{Metric, Recorder, Unit};
 use shared::outbox;
-use shared::retention::{self, RetentionConfig};
+use shared::retention::RetentionConfig;
 use shared::telemetry::Invocation;
 use shared::trace::TraceParent;
+use shared::value::EventId;
 use shared::{Retry, StoreError};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -89,11 +91,30 @@ impl Settings {
             pending_timeout: Duration::from_secs(timeout as u64),
             pending_deadline: Duration::from_secs(deadline as u64),
             batch_size: env.in_range("RECONCILE_BATCH_SIZE", d.batch_size, 1, 10_000)?,
-            max_batches: env.in_range("RECONCILE_MAX_BATCHES", i64::from(d.max_batches), 1, 1000)?
-                as u32,
+            max_batches: env.in_range("RECONCILE_MAX_BATCHES", d.max_batches, 1, 1000)?,
         })
     }
 }
+
+/// Age of the oldest `PENDING` order, in seconds (0 when none).
+pub const OLDEST_PENDING_ORDER_AGE: Metric = Metric::gauge(
+    "OldestPendingOrderAge",
+    "oldest_pending_order_age_seconds",
+    Unit::Seconds,
+    "Age of the oldest PENDING order, at the reconciler's last run.",
+);
+/// Events sent again for orders that waited too long.
+pub const SAGA_EVENTS_RESENT: Metric = Metric::counter(
+    "SagaEventsResent",
+    "saga_events_resent_total",
+    "Saga events the reconciler sent again.",
+);
+/// Orders rejected for having waited past their deadline.
+pub const ORDERS_TIMED_OUT: Metric = Metric::counter(
+    "OrdersTimedOut",
+    "orders_timed_out_total",
+    "Orders rejected for waiting past their deadline.",
+);
 
 /// The function's settings, read once at cold start.
 #[derive(Debug, Clone)]
@@ -123,6 +144,11 @@ pub struct Deps {
 
 impl Deps {
     pub fn new(config: &Config) -> Self {
+        shared::metrics::describe(&[
+            OLDEST_PENDING_ORDER_AGE,
+            SAGA_EVENTS_RESENT,
+            ORDERS_TIMED_OUT,
+        ]);
         Self {
             pool: shared::db::lazy_pool(&config.database),
             settings: config.settings.clone(),
@@ -178,14 +204,14 @@ pub async fn reconcile(
 
     let metrics = Recorder::new(SERVICE);
     metrics.record(
-        Metric::OldestPendingOrderAge,
+        OLDEST_PENDING_ORDER_AGE,
         summary.oldest_pending_seconds.unwrap_or(0) as f64,
     );
     metrics.count(
-        Metric::SagaEventsResent,
+        SAGA_EVENTS_RESENT,
         summary.created_resent + summary.cancelled_resent,
     );
-    metrics.count(Metric::OrdersTimedOut, summary.timed_out);
+    metrics.count(ORDERS_TIMED_OUT, summary.timed_out);
     Ok(summary)
 }
 
@@ -234,7 +260,7 @@ async fn time_out(
     let ids: Vec<Uuid> = overdue.iter().map(|o| o.id.as_uuid()).collect();
     let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
     let rejected = orders::reject_timed_out(&mut tx, &ids, &event_ids, now, TIMED_OUT).await?;
-    outbox::append_all(&mut tx, &shared::orders::OUTBOX, &events).await?;
+    outbox::append_all(&mut tx, &order_service::OUTBOX, &events).await?;
     commit(tx).await?;
     for o in &overdue {
         warn!(order_id = %o.id, trace_id = trace_id(o.traceparent.as_deref()), "order rejected: no answer before its deadline");
@@ -274,7 +300,7 @@ async fn resend_created(
         orders::assign_created_event_ids(&mut tx, &unnamed, &new_ids).await?;
     }
     let ids: Vec<Uuid> = stuck.iter().map(|s| s.order.id.as_uuid()).collect();
-    outbox::append_all(&mut tx, &shared::orders::OUTBOX, &events).await?;
+    outbox::append_all(&mut tx, &order_service::OUTBOX, &events).await?;
     orders::mark_resent(&mut tx, &ids, now).await?;
     commit(tx).await?;
     for (s, e) in stuck.iter().zip(&events) {
@@ -303,7 +329,7 @@ async fn resend_cancelled(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ids: Vec<Uuid> = unconfirmed.iter().map(|u| u.id.as_uuid()).collect();
-    outbox::append_all(&mut tx, &shared::orders::OUTBOX, &events).await?;
+    outbox::append_all(&mut tx, &order_service::OUTBOX, &events).await?;
     orders::mark_resent(&mut tx, &ids, now).await?;
     commit(tx).await?;
     for u in &unconfirmed {
@@ -335,7 +361,7 @@ pub fn created_event(
         total_cents: order.total.cents(),
     };
     let mut event = rebuild(
-        shared::events::ORDER_CREATED,
+        contracts::events::ORDER_CREATED,
         OrderCreatedV1::SCHEMA_VERSION,
         order.id,
         &payload,
@@ -357,7 +383,7 @@ pub fn cancelled_event(
         order_id: order_id.as_uuid(),
     };
     let mut event = rebuild(
-        shared::events::ORDER_CANCELLED,
+        contracts::events::ORDER_CANCELLED,
         OrderCancelledV1::SCHEMA_VERSION,
         order_id,
         &payload,
@@ -376,7 +402,7 @@ fn rebuild(
     traceparent: Option<&str>,
 ) -> Result<EventEnvelope, StoreError> {
     use shared::envelope::{AggregateId, AggregateType, EventType, Payload};
-    let corrupt = |e: shared::domain::InvalidValue| StoreError::corrupt("rebuilding an event", e);
+    let corrupt = |e: shared::value::InvalidValue| StoreError::corrupt("rebuilding an event", e);
     Ok(EventEnvelope::new(
         EventType::parse(event_type).map_err(corrupt)?,
         schema_version,
@@ -461,8 +487,8 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::domain::Money;
-    use shared::domain::{CustomerId, NewOrder, OrderLine, OrderStatus, Quantity, Sku};
+    use contracts::Money;
+    use contracts::{CustomerId, NewOrder, OrderLine, OrderStatus, Quantity, Sku};
 
     #[test]
     fn the_resent_order_created_is_the_event_create_order_wrote() {

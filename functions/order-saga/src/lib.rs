@@ -8,11 +8,11 @@
 
 use std::collections::HashSet;
 
-use shared::domain::OrderStatus;
-use shared::events::{
+use contracts::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, INVENTORY_REJECTED,
     INVENTORY_RELEASED, INVENTORY_RESERVED, RESERVATION_AGGREGATE,
 };
+use contracts::OrderStatus;
 use shared::inbox;
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
@@ -145,7 +145,7 @@ pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
         .await
         .map_err(|e| StoreError::database("starting a transaction", e))?;
     let event_ids: Vec<Uuid> = steps.iter().map(|s| s.event_id).collect();
-    let fresh = inbox::record(&mut tx, &shared::orders::INBOX, GROUP, &event_ids).await?;
+    let fresh = inbox::record(&mut tx, &order_service::INBOX, GROUP, &event_ids).await?;
     // The first answer about an order decides; later ones find it no longer PENDING.
     let mut orders = HashSet::new();
     let (mut ids, mut statuses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
@@ -163,7 +163,7 @@ pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
         }
     }
     if !released.is_empty() {
-        shared::orders::confirm_released(&mut tx, &released).await?;
+        order_service::orders::confirm_released(&mut tx, &released).await?;
     }
     let changed = if ids.is_empty() {
         0

@@ -2,13 +2,15 @@
 //! the same ground for longer; RELIABILITY.md, "Fuzzing"): any envelope decodes
 //! to a step or a permanent failure, never a panic; valid answers round trip.
 
+#![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
+
+use contracts::events::{InventoryRejectedV1, InventoryReservedV1, ReservedItemV1, ShortageV1};
+use contracts::OrderStatus;
 use order_saga::{decode, Action};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::Value;
-use shared::domain::OrderStatus;
 use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
-use shared::events::{InventoryRejectedV1, InventoryReservedV1, ReservedItemV1, ShortageV1};
 use shared::source::StreamRecord;
 use shared::trace::TraceParent;
 use uuid::Uuid;

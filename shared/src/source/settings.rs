@@ -93,11 +93,9 @@ impl SourceSettings {
     /// `CONSUMER_GROUP`, `CONSUMER_NAME`.
     pub fn from_env(mut self, env: &Env) -> Result<Self, ConfigError> {
         // Every value below is range-checked before its cast.
-        self.batch_size = env.in_range("BATCH_SIZE", self.batch_size as i64, 1, 10_000)? as usize;
+        self.batch_size = env.in_range("BATCH_SIZE", self.batch_size, 1, 10_000)?;
         self.maximum_batching_window =
-            Duration::from_secs(
-                env.in_range("MAXIMUM_BATCHING_WINDOW_IN_SECONDS", 0, 0, 300)? as u64,
-            );
+            Duration::from_secs(env.in_range("MAXIMUM_BATCHING_WINDOW_IN_SECONDS", 0, 0, 300)?);
         self.maximum_retry_attempts = match env.in_range(
             "MAXIMUM_RETRY_ATTEMPTS",
             i64::from(self.maximum_retry_attempts),
@@ -105,7 +103,7 @@ impl SourceSettings {
             10_000,
         )? {
             -1 => 10_000,
-            n => n as u32,
+            n => u32::try_from(n).unwrap_or(10_000),
         };
         self.maximum_record_age =
             match env.in_range("MAXIMUM_RECORD_AGE_IN_SECONDS", -1, -1, 604_800)? {

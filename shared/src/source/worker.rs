@@ -246,7 +246,7 @@ impl<H: BatchHandler> Worker<H> {
         self.handler_away |= handler;
         if self.breaker.trip() {
             self.stats.outages.inc();
-            self.metrics.count(Metric::StoreOutages, 1);
+            self.metrics.count(Metric::STORE_OUTAGES, 1);
             warn!(stream = %self.stream, group = %self.settings.group, reason, "store unavailable; pausing");
         } else {
             debug!(stream = %self.stream, reason, "store still unavailable");
@@ -276,7 +276,7 @@ impl<H: BatchHandler> Worker<H> {
         match create_group(&mut self.redis, &self.stream, group, "0").await {
             Ok(true) => {
                 self.stats.groups_recreated.inc();
-                self.metrics.count(Metric::ConsumerGroupsRecreated, 1);
+                self.metrics.count(Metric::CONSUMER_GROUPS_RECREATED, 1);
                 warn!(stream = %self.stream, %group, "the consumer group was missing (NOGROUP); created it again from the oldest entry, whose records are delivered again");
                 true
             }
@@ -423,7 +423,7 @@ impl<H: BatchHandler> Worker<H> {
         if !records.is_empty() {
             self.stats.batches.inc();
             self.stats.records.add(records.len() as u64);
-            self.metrics.count(Metric::BatchSize, records.len() as u64);
+            self.metrics.count(Metric::BATCH_SIZE, records.len() as u64);
             let meta: Vec<Handled> = records
                 .iter()
                 .map(|r| Handled {
@@ -739,9 +739,9 @@ impl<H: BatchHandler> Worker<H> {
         if !trimmed.is_empty() {
             info!(stream = %self.stream, count = trimmed.len(), "pending records were trimmed from the stream before they were handled; acknowledged");
         }
-        self.metrics.count(Metric::EventsProcessed, ok);
-        self.metrics.count(Metric::EventsFailed, retried + dead);
-        self.metrics.count(Metric::EventsDeadLettered, dead);
+        self.metrics.count(Metric::EVENTS_PROCESSED, ok);
+        self.metrics.count(Metric::EVENTS_FAILED, retried + dead);
+        self.metrics.count(Metric::EVENTS_DEAD_LETTERED, dead);
         self.stats.succeeded.add(ok);
         self.stats.retried.add(retried);
         self.stats.waiting.add(waiting + held_back.len() as u64);

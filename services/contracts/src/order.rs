@@ -4,7 +4,9 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
-use super::{CustomerId, InvalidValue, Money, OrderId, Quantity, Sku};
+use shared::value::InvalidValue;
+
+use crate::{CustomerId, Money, OrderId, Quantity, Sku};
 
 /// The most lines one order may have.
 pub const MAX_ORDER_LINES: usize = 100;

@@ -4,15 +4,9 @@
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
-use crate::domain::{CustomerId, Money, NewOrder, OrderId, OrderLine, OrderStatus, Quantity, Sku};
-use crate::envelope::EventEnvelope;
-use crate::error::StoreError;
-
-/// The orders service's outbox, `orders.outbox`.
-pub const OUTBOX: crate::outbox::Outbox = crate::outbox::Outbox::in_schema("orders");
-
-/// The orders service's inbox, `orders.processed_events`.
-pub const INBOX: crate::inbox::Inbox = crate::inbox::Inbox::in_schema("orders");
+use contracts::{CustomerId, Money, NewOrder, OrderId, OrderLine, OrderStatus, Quantity, Sku};
+use shared::envelope::EventEnvelope;
+use shared::StoreError;
 
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +60,9 @@ pub async fn insert(
 ) -> Result<Order, StoreError> {
     let lines = order.lines();
     // Line numbers are 1..=MAX_ORDER_LINES (100), so they fit in i16.
-    let line_nos: Vec<i16> = (1..=lines.len()).map(|n| n as i16).collect();
+    let line_nos: Vec<i16> = (1..=lines.len())
+        .map(|n| i16::try_from(n).unwrap_or(i16::MAX))
+        .collect();
     let skus: Vec<String> = lines.iter().map(|l| l.sku.to_string()).collect();
     let quantities: Vec<i32> = lines.iter().map(|l| i32::from(l.quantity.get())).collect();
     let prices: Vec<i64> = lines.iter().map(|l| l.unit_price.cents()).collect();

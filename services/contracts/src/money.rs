@@ -1,6 +1,8 @@
 use std::fmt;
 
-use super::{InvalidValue, Quantity};
+use shared::value::InvalidValue;
+
+use crate::Quantity;
 
 /// An amount of money in integer minor units (cents). Never negative, never a
 /// float; arithmetic is checked, so an overflow is an error, not a wrong total.

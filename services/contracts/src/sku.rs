@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{check_identifier, InvalidValue};
+use shared::value::{check_identifier, InvalidValue};
 
 /// A stock keeping unit: 1 to 64 of ASCII letters, digits and `-_.:@`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,14 +5,14 @@
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
-use crate::domain::Sku;
-use crate::error::StoreError;
+use contracts::Sku;
+use shared::StoreError;
 
 /// The inventory service's outbox, `inventory.outbox`.
-pub const OUTBOX: crate::outbox::Outbox = crate::outbox::Outbox::in_schema("inventory");
+pub const OUTBOX: shared::outbox::Outbox = shared::outbox::Outbox::in_schema("inventory");
 
 /// The inventory service's inbox, `inventory.processed_events`.
-pub const INBOX: crate::inbox::Inbox = crate::inbox::Inbox::in_schema("inventory");
+pub const INBOX: shared::inbox::Inbox = shared::inbox::Inbox::in_schema("inventory");
 
 /// One SKU's stock: units that can still be reserved, units reserved for orders,
 /// and the catalog's unit price (`None` for a SKU stocked before prices existed,

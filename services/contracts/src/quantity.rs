@@ -1,4 +1,4 @@
-use super::InvalidValue;
+use shared::value::InvalidValue;
 
 /// How many units of one SKU an order line asks for: 1 to 1000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,15 +17,13 @@ impl TryFrom<i64> for Quantity {
     type Error = InvalidValue;
 
     fn try_from(value: i64) -> Result<Self, Self::Error> {
-        if (Self::MIN..=Self::MAX).contains(&value) {
-            // The range check above keeps the value within u16.
-            Ok(Self(value as u16))
-        } else {
-            Err(InvalidValue::new(format!(
+        match u16::try_from(value) {
+            Ok(n) if (Self::MIN..=Self::MAX).contains(&value) => Ok(Self(n)),
+            _ => Err(InvalidValue::new(format!(
                 "a quantity must be between {} and {} (got {value})",
                 Self::MIN,
                 Self::MAX
-            )))
+            ))),
         }
     }
 }

@@ -4,9 +4,11 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{InvalidValue, NewOrder, OrderId};
-use crate::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
-use crate::trace::TraceParent;
+use shared::value::InvalidValue;
+
+use crate::{NewOrder, OrderId};
+use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
+use shared::trace::TraceParent;
 
 /// The aggregate type of every order event.
 pub const ORDER_AGGREGATE: &str = "Order";

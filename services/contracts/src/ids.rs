@@ -1,63 +1,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use uuid::Uuid;
+use shared::value::{check_identifier, InvalidValue};
 
-use super::{check_identifier, InvalidValue};
-
-/// A UUID v7 id: new ids sort by creation time; any UUID parses, so ids minted
-/// elsewhere stay valid.
-macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Uuid);
-
-        impl $name {
-            pub fn new() -> Self {
-                Self(Uuid::now_v7())
-            }
-
-            pub fn parse(value: &str) -> Result<Self, InvalidValue> {
-                Uuid::try_parse(value)
-                    .map(Self)
-                    .map_err(|_| InvalidValue::new(concat!($what, " must be a UUID")))
-            }
-
-            pub fn as_uuid(&self) -> Uuid {
-                self.0
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl From<Uuid> for $name {
-            fn from(value: Uuid) -> Self {
-                Self(value)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    };
-}
-
-uuid_id!(
+shared::uuid_id!(
     /// An order's id.
     OrderId,
     "an order id"
-);
-uuid_id!(
-    /// An event's id; consumers' inboxes are keyed by it.
-    EventId,
-    "an event id"
 );
 
 /// The customer an order belongs to: 1 to 64 of ASCII letters, digits and `-_.:@`.

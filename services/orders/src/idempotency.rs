@@ -14,8 +14,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{CustomerId, InvalidValue};
-use crate::error::StoreError;
+use contracts::{CustomerId, InvalidValue};
+use shared::StoreError;
 
 /// Advisory-lock namespace (the first key of the two-key form) for idempotency
 /// keys, so these locks never collide with other advisory locks of the system.

@@ -152,7 +152,7 @@ async fn every_route_refuses_what_api_gateway_refuses_and_writes_nothing() -> Re
     ];
     let stranger = DevKey::generate()?;
     // Once the saga has answered the order, nothing moves unless a request writes.
-    tests::source::wait_until(Duration::from_secs(20), "the order is answered", || async {
+    tests::wait_until(Duration::from_secs(20), "the order is answered", || async {
         let pending: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM orders.orders WHERE status = 'PENDING')
                   + (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox)",

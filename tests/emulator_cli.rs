@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use shared::source::Selection;
-use tests::source::wait_until;
+use tests::wait_until;
 use tests::{redis_url, Answer, ApiRequest, TestDb};
 
 #[tokio::test]

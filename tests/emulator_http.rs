@@ -257,7 +257,7 @@ async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
             anyhow::Ok(v)
         }
     };
-    tests::source::wait_until(
+    tests::wait_until(
         Duration::from_secs(30),
         "both orders are decided",
         || async {
@@ -287,7 +287,7 @@ async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
         .send()
         .await?;
     assert_eq!(cancelled.status(), 200);
-    tests::source::wait_until(
+    tests::wait_until(
         Duration::from_secs(30),
         "the lamp is back in stock",
         || async {

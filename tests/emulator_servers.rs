@@ -114,7 +114,7 @@ async fn a_private_redis_keeps_its_data_across_restarts_and_stops() -> anyhow::R
     // Dropped without `stop`, as on an early return: the watchdog's pipe closes.
     let addr = addr_of(&again.url)?;
     drop(again);
-    tests::source::wait_until(
+    tests::wait_until(
         Duration::from_secs(5),
         "the dropped Redis shuts down",
         || async { Ok(!answers(addr).await) },

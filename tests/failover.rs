@@ -20,7 +20,8 @@ use shared::envelope::AggregateType;
 use shared::relay::{Relay, RelayError, RelayOptions};
 use shared::streams::stream_keys;
 use tests::forwarder::Forwarder;
-use tests::source::{fast_settings, wait_until, Running};
+use tests::source::{fast_settings, Running};
+use tests::wait_until;
 use tests::{spare_port, Answer, ApiRequest, RedisServer, RunningRelay, TestDb};
 
 const BEFORE: usize = 15;

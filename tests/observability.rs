@@ -75,7 +75,7 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
         orders.push((expected, id));
     }
     for (_, id) in &orders {
-        tests::source::wait_until(Duration::from_secs(30), "the order is confirmed", || {
+        tests::wait_until(Duration::from_secs(30), "the order is confirmed", || {
             let url = format!("{}/orders/{id}", running.base);
             let http = http.clone();
             async move {
@@ -87,7 +87,7 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
     }
     // The saga's log line is written after its commit; give the last lines a moment.
     let mut lines = Vec::new();
-    tests::source::wait_until(
+    tests::wait_until(
         Duration::from_secs(10),
         "every order's journey is in the logs",
         || {

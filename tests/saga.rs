@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use shared::envelope::AggregateType;
 use shared::relay::RelayOptions;
 use shared::streams::stream_keys;
-use tests::source::{append, fast_settings, source, wait_until, Running};
+use tests::source::{append, fast_settings, source, Running};
+use tests::wait_until;
 use tests::{
     delete_streams, redis_url, relay, unique_namespace, Answer, ApiRequest, RunningRelay, TestDb,
 };

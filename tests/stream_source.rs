@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use shared::source::{RecordOutcome, Selection, StartingPosition};
 use tests::source::{
-    append, connection, deliver, event, fast_settings, pending_count, source, wait_until, Recorder,
-    Running,
+    append, connection, deliver, event, fast_settings, pending_count, source, Recorder, Running,
 };
-use tests::{delete_streams, redis_url, unique_namespace};
+use tests::{delete_streams, redis_url, unique_namespace, wait_until};
 
 const GROUP: &str = "test-consumer";
 const WAIT: Duration = Duration::from_secs(20);

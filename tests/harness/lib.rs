@@ -13,97 +13,17 @@ pub mod forwarder;
 pub mod load;
 pub mod source;
 
+pub use test_support::{
+    admin_url, record, redis_url, spare_port, unique_namespace, wait_until, TestDb,
+};
+
 use std::time::Duration;
 
 pub use auth::{bearer, client_as, token};
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
-use shared::config::DatabaseConfig;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
-
-/// The server tests create their databases on.
-pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A database of its own for one test, migrated, dropped when the value is dropped.
-#[derive(Debug)]
-pub struct TestDb {
-    pub pool: PgPool,
-    pub config: DatabaseConfig,
-    name: String,
-}
-
-impl TestDb {
-    pub async fn fresh() -> anyhow::Result<Self> {
-        let db = Self::empty().await?;
-        shared::db::migrate(&db.pool, migrate::migrations()).await?;
-        Ok(db)
-    }
-
-    /// A database of its own with nothing in it, not even the migrations.
-    pub async fn empty() -> anyhow::Result<Self> {
-        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = PgConnection::connect(&admin_url()).await.with_context(|| {
-            format!(
-                "connecting to PostgreSQL at {} (is it running?)",
-                admin_url()
-            )
-        })?;
-        // The name is ours and alphanumeric; identifiers cannot be bound parameters.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-        admin.close().await?;
-        let config = DatabaseConfig::from_url(&admin_url())?.with_database(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(config.connect_options())
-            .await?;
-        Ok(Self { pool, config, name })
-    }
-
-    /// The database's URL, for what connects by itself (the emulator's functions).
-    pub fn url(&self) -> String {
-        let admin = admin_url();
-        let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
-        format!("{server}/{}", self.name)
-    }
-
-    /// A counted `SELECT count(*) FROM <table>`.
-    pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = std::mem::take(&mut self.name);
-        // Drop runs inside the test's runtime, which cannot be blocked on; a thread
-        // with a runtime of its own removes the database.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url()).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        });
-        let _ = dropped.join();
-    }
-}
+use sqlx::postgres::PgPool;
 
 /// An API Gateway HTTP API (v2) event built from a fixture, then changed.
 #[derive(Debug, Clone)]
@@ -291,23 +211,6 @@ pub fn problem(answer: &Answer, status: u16) -> Value {
         "{body}"
     );
     body
-}
-
-/// The Redis tests use: `TEST_REDIS_URL` or the local default.
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A stream namespace no other test uses.
-pub fn unique_namespace() -> String {
-    format!("test-{}", uuid::Uuid::now_v7().simple())
-}
-
-/// A free TCP port on loopback (bound, then released).
-pub fn spare_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A private `redis-server` on a spare loopback port, for tests that stop and

@@ -3,7 +3,7 @@
 //! source in the background.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use shared::source::{
@@ -222,20 +222,4 @@ impl Running {
     pub fn crash(self) {
         self.task.abort();
     }
-}
-
-/// Waits until `done()` holds, or fails after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut done: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if done().await? {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    anyhow::bail!("timed out after {timeout:?} waiting until {what}")
 }

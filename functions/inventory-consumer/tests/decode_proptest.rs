@@ -9,27 +9,12 @@ use inventory_consumer::{decode, Command};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
+use shared::envelope::Payload;
 use shared::source::StreamRecord;
-use shared::trace::TraceParent;
 use uuid::Uuid;
 
 fn record(event_type: &str, schema_version: u32, payload: Payload) -> StreamRecord {
-    let event = EventEnvelope::new(
-        EventType::parse(event_type).expect("valid event type"),
-        schema_version,
-        AggregateType::parse("Order").expect("valid"),
-        AggregateId::parse("o-1").expect("valid"),
-        None,
-        payload,
-    );
-    StreamRecord {
-        stream: "events:{Order:0}".into(),
-        id: "1-0".into(),
-        attempt: 1,
-        event,
-        trace: TraceParent::new_root(),
-    }
+    test_support::record("Order", event_type, schema_version, payload)
 }
 
 /// JSON shaped like the payloads, with any values.

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use shared::config::Env;
 use sqlx::migrate::Migrate as _;
 use sqlx::{Connection as _, PgConnection};
+use test_support::TestDb;
 use tokio::sync::mpsc;
 
 const SIGNATURE: &str = "sekrit-signature-Zm9v";
@@ -23,69 +24,18 @@ const STACK_ID: &str =
     "arn:aws:cloudformation:us-east-1:000000000000:stack/orders/5b1c2a10-0000-4000-8000-000000000000";
 const REQUEST_ID: &str = "9a1d7f52-0000-4000-8000-000000000001";
 
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+/// Whether sqlx's bookkeeping table exists in `db` (a migration run creates it).
+async fn touched(db: &TestDb) -> anyhow::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await?,
+    )
 }
 
-/// An empty database of its own (not migrated), dropped at the end.
-struct ScratchDb {
-    name: String,
-}
-
-impl ScratchDb {
-    async fn create() -> anyhow::Result<Self> {
-        let name = format!("mig_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = PgConnection::connect(&admin_url()).await?;
-        // Our own alphanumeric name; identifiers cannot be bound parameters.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-        admin.close().await?;
-        Ok(Self { name })
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
-        format!("{server}/{}", self.name)
-    }
-
-    async fn connect(&self) -> anyhow::Result<PgConnection> {
-        Ok(PgConnection::connect(&self.url()).await?)
-    }
-
-    /// Whether sqlx's bookkeeping table exists (a migration run creates it).
-    async fn touched(&self) -> anyhow::Result<bool> {
-        let mut conn = self.connect().await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-                .fetch_one(&mut conn)
-                .await?;
-        conn.close().await?;
-        Ok(exists)
-    }
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        let name = std::mem::take(&mut self.name);
-        // Drop runs inside the test's runtime, which cannot be blocked on.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url()).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        });
-        let _ = dropped.join();
-    }
+/// A connection of its own to `db`.
+async fn connect(db: &TestDb) -> anyhow::Result<PgConnection> {
+    Ok(PgConnection::connect(&db.url()).await?)
 }
 
 /// One request the stand-in for the `ResponseURL` received.
@@ -291,7 +241,7 @@ impl Logs {
 #[tokio::test]
 async fn create_applies_the_migrations_and_answers_success() -> anyhow::Result<()> {
     let (logs, _guard) = Logs::capture();
-    let db = ScratchDb::create().await?;
+    let db = TestDb::empty().await?;
     let mut server = ResponseServer::start(StatusCode::OK).await?;
     let deps = deps(&[("DATABASE_URL", &db.url())]);
 
@@ -311,7 +261,7 @@ async fn create_applies_the_migrations_and_answers_success() -> anyhow::Result<(
     assert_eq!(received.content_type, None);
     let body = &received.body;
     let versions = all_versions();
-    let physical = format!("{}-migrations", db.name);
+    let physical = format!("{}-migrations", db.name());
     assert_eq!(body["Status"], "SUCCESS", "{body}");
     assert_eq!(body["StackId"], STACK_ID);
     assert_eq!(body["RequestId"], REQUEST_ID);
@@ -338,7 +288,7 @@ async fn create_applies_the_migrations_and_answers_success() -> anyhow::Result<(
     ));
 
     // The schema is really there.
-    let mut conn = db.connect().await?;
+    let mut conn = connect(&db).await?;
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&mut conn)
         .await?;
@@ -374,7 +324,7 @@ async fn create_applies_the_migrations_and_answers_success() -> anyhow::Result<(
 #[tokio::test]
 async fn delete_answers_success_and_touches_nothing() -> anyhow::Result<()> {
     let (logs, _guard) = Logs::capture();
-    let db = ScratchDb::create().await?;
+    let db = TestDb::empty().await?;
     let mut server = ResponseServer::start(StatusCode::OK).await?;
     for url in [db.url(), unreachable_database()] {
         let deps = deps(&[("DATABASE_URL", &url)]);
@@ -392,7 +342,7 @@ async fn delete_answers_success_and_touches_nothing() -> anyhow::Result<()> {
         assert_eq!(body["RequestId"], REQUEST_ID);
         assert!(matches!(answer, Answer::CloudFormation(_)));
     }
-    assert!(!db.touched().await?, "Delete ran migrations");
+    assert!(!touched(&db).await?, "Delete ran migrations");
     logs.assert_clean();
     Ok(())
 }
@@ -453,11 +403,11 @@ async fn an_unreachable_database_answers_failed_with_a_reason() -> anyhow::Resul
 #[tokio::test]
 async fn running_out_of_time_answers_failed_before_the_deadline() -> anyhow::Result<()> {
     let (logs, _guard) = Logs::capture();
-    let db = ScratchDb::create().await?;
+    let db = TestDb::empty().await?;
     let mut server = ResponseServer::start(StatusCode::OK).await?;
     let deps = deps(&[("DATABASE_URL", &db.url()), ("SAFETY_MARGIN_MS", "1000")]);
 
-    let mut holder = db.connect().await?;
+    let mut holder = connect(&db).await?;
     holder.lock().await?;
     let started = Instant::now();
     migrate::handle(
@@ -502,7 +452,7 @@ async fn running_out_of_time_answers_failed_before_the_deadline() -> anyhow::Res
 /// CloudFormation request), it applies the migrations and returns what it did.
 #[tokio::test]
 async fn a_direct_invocation_applies_and_reports() -> anyhow::Result<()> {
-    let db = ScratchDb::create().await?;
+    let db = TestDb::empty().await?;
     let deps = deps(&[("DATABASE_URL", &db.url())]);
     let versions = all_versions();
 

@@ -87,11 +87,11 @@ impl ShopFunction {
             ),
             "inventory-consumer" => {
                 let config = local(stream_consumer::config::<Inventory>(env)?);
-                Self::InventoryConsumer(Arc::new(stream_consumer::connect(&config).await?))
+                Self::InventoryConsumer(Arc::new(stream_consumer::connect(&config, env).await?))
             }
             "order-saga" => {
                 let config = local(stream_consumer::config::<Saga>(env)?);
-                Self::OrderSaga(Arc::new(stream_consumer::connect(&config).await?))
+                Self::OrderSaga(Arc::new(stream_consumer::connect(&config, env).await?))
             }
             "order-reconciler" => Self::OrderReconciler(order_reconciler::Deps::new(
                 &order_reconciler::Config::from_env(env)?,

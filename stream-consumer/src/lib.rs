@@ -29,9 +29,10 @@ pub trait ConsumerFunction: BatchHandler + Sized {
     /// `STREAM_SOURCE` names others (the template declares it).
     const AGGREGATES: &'static [&'static str];
 
-    /// The handler for `config`, connecting lazily: a cold start does not wait
-    /// for (or fail on) a database that is briefly away.
-    fn new(config: &ConsumerConfig) -> Self;
+    /// The handler for `config` and the function's other settings in `env`,
+    /// connecting lazily: a cold start does not wait for (or fail on) a
+    /// database that is briefly away.
+    fn new(config: &ConsumerConfig, env: &Env) -> Result<Self, ConfigError>;
 }
 
 /// The function's settings: its group on its streams, with the event source
@@ -42,11 +43,22 @@ pub fn config<F: ConsumerFunction>(env: &Env) -> Result<ConsumerConfig, ConfigEr
     Ok(config)
 }
 
+/// Why a consumer function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
 /// The event source with the function's handler, as its `main` builds it.
 pub async fn connect<F: ConsumerFunction>(
     config: &ConsumerConfig,
-) -> Result<Consumer<F>, redis::RedisError> {
-    Consumer::connect(config, F::new(config)).await
+    env: &Env,
+) -> Result<Consumer<F>, StartError> {
+    let handler = F::new(config, env)?;
+    Ok(Consumer::connect(config, handler).await?)
 }
 
 /// One scheduled invocation: read the streams until the time budget is spent.
@@ -71,7 +83,7 @@ pub async fn main<F: ConsumerFunction>() -> Result<(), lambda_runtime::Error> {
     let env = Env::from_process();
     shared::telemetry::init(&env, F::SERVICE);
     let config = config::<F>(&env)?;
-    let consumer = Arc::new(connect::<F>(&config).await?);
+    let consumer = Arc::new(connect::<F>(&config, &env).await?);
     consumer.stop_on_sigterm();
     lambda_runtime::run(service_fn(|event: LambdaEvent<CloudWatchEvent>| {
         handle(&consumer, event)

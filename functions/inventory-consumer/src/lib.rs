@@ -14,6 +14,7 @@ mod store;
 
 use contracts::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
 use contracts::{OrderId, Quantity, Sku};
+use shared::config::{ConfigError, Env};
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
     StreamBatch, StreamRecord,
@@ -152,10 +153,10 @@ impl ConsumerFunction for Inventory {
     const GROUP: &'static str = GROUP;
     const AGGREGATES: &'static [&'static str] = &[contracts::events::ORDER_AGGREGATE];
 
-    fn new(config: &ConsumerConfig) -> Self {
-        Self {
+    fn new(config: &ConsumerConfig, _env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
             pool: shared::db::lazy_pool(&config.database),
-        }
+        })
     }
 }
 

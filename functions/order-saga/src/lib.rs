@@ -13,6 +13,7 @@ use contracts::events::{
     INVENTORY_RELEASED, INVENTORY_RESERVED, RESERVATION_AGGREGATE,
 };
 use contracts::OrderStatus;
+use shared::config::{ConfigError, Env};
 use shared::inbox;
 use shared::source::{
     decode_and_apply, BatchHandler, BatchResponse, Consumer, ConsumerConfig, HandlerError,
@@ -203,9 +204,9 @@ impl ConsumerFunction for Saga {
     const GROUP: &'static str = GROUP;
     const AGGREGATES: &'static [&'static str] = &[RESERVATION_AGGREGATE];
 
-    fn new(config: &ConsumerConfig) -> Self {
-        Self {
+    fn new(config: &ConsumerConfig, _env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
             pool: shared::db::lazy_pool(&config.database),
-        }
+        })
     }
 }

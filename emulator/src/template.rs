@@ -969,7 +969,10 @@ Resources:
 "#,
         )
         .expect("parses");
-        assert_eq!(function(&template, "Migrate").custom_resources, ["Schema", "More"]);
+        assert_eq!(
+            function(&template, "Migrate").custom_resources,
+            ["Schema", "More"]
+        );
         assert_eq!(function(&template, "Seed").custom_resources, ["Data"]);
         assert!(function(&template, "Relay").is_relay());
         assert!(!function(&template, "Seed").is_relay());

@@ -75,7 +75,9 @@ fn the_toolkit_depends_on_no_service() {
         "contracts",
         "order-service",
         "inventory-service",
+        "customer-service",
         "create-order",
+        "customers-api",
         "inventory-api",
         "inventory-consumer",
         "order-saga",
@@ -142,7 +144,7 @@ fn no_function_migrates_at_cold_start() {
     let template = include_str!("../template.yaml");
     assert_eq!(
         template.matches("DependsOn: DatabaseMigrations").count(),
-        7,
+        8,
         "every function but MigrateFunction waits for the migrations"
     );
 }

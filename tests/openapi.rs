@@ -391,6 +391,7 @@ async fn the_documented_methods_are_the_ones_answered() -> Result<()> {
         ("/orders/{id}", format!("/orders/{order}")),
         ("/orders/{id}/cancel", format!("/orders/{order}/cancel")),
         ("/inventory/{sku}", "/inventory/NO-SUCH-SKU".to_owned()),
+        ("/customers/{id}/credit", "/customers/c-1/credit".to_owned()),
     ]);
     let documented_paths: BTreeSet<String> =
         operations(&doc)?.into_iter().map(|(_, p)| p).collect();
@@ -581,6 +582,34 @@ async fn answers_match_the_document() -> Result<()> {
     run(c, h, r, get_inv("/inventory/NO-SUCH-SKU", 404)).await?;
     run(c, h, r, get_inv("/inventory/bad%20sku", 400)).await?;
     run(c, h, r, get_inv("/inventory/%FF", 400)).await?;
+
+    // PUT and GET /customers/{id}/credit (the client is customer c-1)
+    let credit = "/customers/{id}/credit";
+    let put_credit = |path: &str, expect| Case::new(Method::PUT, path, credit, expect);
+    let get_credit = |path: &str, expect| Case::new(Method::GET, path, credit, expect);
+    run(c, h, r, get_credit("/customers/c-1/credit", 200)).await?;
+    run(
+        c,
+        h,
+        r,
+        put_credit("/customers/c-1/credit", 200).json(&json!({"limit_cents": 250_000})),
+    )
+    .await?;
+    let mine = run(c, h, r, get_credit("/customers/c-1/credit", 200)).await?;
+    assert_eq!(mine.json()["available_cents"], 250_000);
+    run(c, h, r, get_credit("/customers/someone-else/credit", 404)).await?;
+    run(c, h, r, get_credit("/customers/bad%20id/credit", 400)).await?;
+    for body in [json!({"limit_cents": -1}), json!({"limit_cents": 1.5}), json!({})] {
+        run(c, h, r, put_credit("/customers/c-1/credit", 422).json(&body)).await?;
+    }
+    run(
+        c,
+        h,
+        r,
+        put_credit("/customers/c-1/credit", 400).raw("application/json", b"{".to_vec()),
+    )
+    .await?;
+    run(c, h, r, put_credit("/customers/c-1/credit", 415)).await?;
 
     // POST /orders
     let orders = |expect| Case::new(Method::POST, "/orders", "/orders", expect);

@@ -13,6 +13,7 @@ use tests::{redis_url, unique_namespace, Answer, ApiRequest, TestDb};
 const ORDER: &str = "order_service";
 const INVENTORY: &str = "inventory_service";
 const RELAY: &str = "outbox_relay";
+const CUSTOMER: &str = "customer_service";
 
 /// A pool on the test's database logged in as `role` (loopback trusts: no password).
 async fn pool_as(db: &TestDb, role: &str) -> Result<PgPool> {
@@ -79,6 +80,20 @@ async fn each_role_is_refused_the_other_services_tables() -> Result<()> {
     }
     allowed(&inventory, "SELECT * FROM inventory.stock").await?;
     allowed(&inventory, "SELECT * FROM inventory.answers").await?;
+    refused(&inventory, "SELECT * FROM customers.credit").await?;
+    refused(&order, "UPDATE customers.credit SET limit_cents = 0").await?;
+
+    // The customer service: its schema, and neither orders nor stock.
+    let customer = pool_as(&db, CUSTOMER).await?;
+    for sql in [
+        "SELECT * FROM orders.orders",
+        "SELECT * FROM inventory.stock",
+        "SELECT * FROM orders.outbox",
+    ] {
+        refused(&customer, sql).await?;
+    }
+    allowed(&customer, "SELECT * FROM customers.credit").await?;
+    allowed(&customer, "SELECT * FROM customers.outbox").await?;
 
     // The relay: the outboxes, and only to read, set aside and delete.
     for sql in [

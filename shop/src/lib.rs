@@ -15,14 +15,15 @@ use inventory_consumer::Inventory;
 use order_saga::Saga;
 use shared::config::Env;
 
-/// The shop's registry: its eight functions and its migrations.
+/// The shop's registry: its nine functions and its migrations.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Shop;
 
 /// The binaries [`Shop`] links.
-pub const LINKED: [&str; 8] = [
+pub const LINKED: [&str; 9] = [
     "create-order",
     "inventory-api",
+    "customers-api",
     "outbox-relay",
     "inventory-consumer",
     "order-saga",
@@ -63,6 +64,7 @@ impl Registry for Shop {
 pub enum ShopFunction {
     CreateOrder(create_order::Deps),
     InventoryApi(inventory_api::Deps),
+    CustomersApi(customers_api::Deps),
     OutboxRelay(outbox_relay::Deps),
     InventoryConsumer(Arc<inventory_consumer::Deps>),
     OrderSaga(Arc<order_saga::Deps>),
@@ -81,6 +83,9 @@ impl ShopFunction {
             )),
             "inventory-api" => Self::InventoryApi(inventory_api::Deps::new(
                 &inventory_api::Config::from_env(env)?,
+            )),
+            "customers-api" => Self::CustomersApi(customers_api::Deps::new(
+                &customers_api::Config::from_env(env)?,
             )),
             "outbox-relay" => Self::OutboxRelay(
                 outbox_relay::Deps::connect(&outbox_relay::Config::from_env(env)?).await?,
@@ -118,6 +123,9 @@ impl Linked for ShopFunction {
                 }
                 Self::InventoryApi(deps) => {
                     http(&payload, |request| inventory_api::handle(deps, request)).await
+                }
+                Self::CustomersApi(deps) => {
+                    http(&payload, |request| customers_api::handle(deps, request)).await
                 }
                 Self::OutboxRelay(deps) => {
                     let e = event::<CloudWatchEvent>(&payload, context)?;
@@ -160,6 +168,7 @@ impl Linked for ShopFunction {
                 Self::OrderSaga(c) => Some(format!("{:?}", c.run(shutdown).await)),
                 Self::CreateOrder(_)
                 | Self::InventoryApi(_)
+                | Self::CustomersApi(_)
                 | Self::InventoryRetention(_)
                 | Self::OrderReconciler(_)
                 | Self::Migrate(_) => None,

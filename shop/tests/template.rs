@@ -16,8 +16,8 @@ fn function<'a>(template: &'a Template, id: &str) -> &'a FunctionSpec {
         .unwrap_or_else(|| panic!("no function {id}"))
 }
 
-/// The shop's template reads as the emulator expects: its eight functions, the
-/// create-order routes, Globals applied, the relay's schedule,
+/// The shop's template reads as the emulator expects: its nine functions, the
+/// create-order and customers routes, Globals applied, the relay's schedule,
 /// the database URL left to the emulator.
 #[test]
 fn the_shops_template() {
@@ -27,11 +27,33 @@ fn the_shops_template() {
         .iter()
         .map(|f| f.logical_id.as_str())
         .collect();
-    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert_eq!(ids.len(), 9, "{ids:?}");
     assert_eq!(ids[0], "CreateOrderFunction");
     let migrate = function(&template, "MigrateFunction");
     assert_eq!(migrate.custom_resources, ["DatabaseMigrations"]);
     assert!(function(&template, "OutboxRelayFunction").is_relay());
+
+    let customers = function(&template, "CustomersApiFunction");
+    let routes: Vec<(&str, &str, &str)> = customers
+        .http_routes
+        .iter()
+        .map(|r| {
+            (
+                r.method.as_str(),
+                r.path.as_str(),
+                r.auth.scopes[0].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("GET", "/customers/{id}/credit", "customers:read"),
+            ("PUT", "/customers/{id}/credit", "customers:write")
+        ]
+    );
+    assert_eq!(customers.environment["DEFAULT_CREDIT_LIMIT_CENTS"], "0");
+    assert_eq!(customers.environment["DATABASE_USER"], "customer_service");
 
     let create_order = function(&template, "CreateOrderFunction");
     assert_eq!(create_order.binary, "create-order");
@@ -141,6 +163,7 @@ fn the_shops_template() {
     assert_eq!(
         migrate.unresolved_environment,
         [
+            "CUSTOMER_SERVICE_DATABASE_PASSWORD",
             "DATABASE_PASSWORD",
             "DATABASE_URL",
             "INVENTORY_SERVICE_DATABASE_PASSWORD",
@@ -195,7 +218,7 @@ fn the_shops_template() {
     let relay = function(&with_own, "OutboxRelayFunction");
     assert_eq!(
         relay.environment["RELAY_OUTBOXES"],
-        "orders.outbox,inventory.outbox"
+        "orders.outbox,inventory.outbox,customers.outbox"
     );
     assert!(relay
         .unresolved_environment

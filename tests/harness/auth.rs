@@ -9,7 +9,8 @@ use std::time::Duration;
 use emulator::auth::{DevKey, TokenRequest, Trust, DEV_AUDIENCE, DEV_ISSUER};
 
 /// Every scope a customer's client and a stock operator need, but not `orders:admin`.
-pub const ALL_SCOPES: &str = "orders:read orders:write inventory:read inventory:write";
+pub const ALL_SCOPES: &str =
+    "orders:read orders:write inventory:read inventory:write customers:read customers:write";
 
 static KEY: OnceLock<Arc<DevKey>> = OnceLock::new();
 

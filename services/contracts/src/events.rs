@@ -203,6 +203,103 @@ impl InventoryReleasedV1 {
     }
 }
 
+pub const ORDER_REJECTED: &str = "OrderRejected";
+
+/// `OrderRejected`, schema version 1: a participant of the order's saga refused
+/// it, so the order will never be confirmed; every participant releases what it
+/// reserved for it (compensation), and a later `OrderCreated` reserves nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRejectedV1 {
+    pub order_id: Uuid,
+    /// The refusal, for people: the participant's reason.
+    pub reason: String,
+}
+
+impl OrderRejectedV1 {
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    pub fn envelope(
+        &self,
+        traceparent: Option<TraceParent>,
+    ) -> Result<EventEnvelope, InvalidValue> {
+        event(
+            ORDER_REJECTED,
+            Self::SCHEMA_VERSION,
+            ORDER_AGGREGATE,
+            OrderId::from(self.order_id),
+            self,
+            traceparent,
+        )
+    }
+}
+
+/// The aggregate type of the customer service's answers about one order's
+/// credit; the aggregate id is the order id, so the answers about one order
+/// stay in order.
+pub const CREDIT_AGGREGATE: &str = "Credit";
+pub const CREDIT_RESERVED: &str = "CreditReserved";
+pub const CREDIT_REJECTED: &str = "CreditRejected";
+pub const CREDIT_RELEASED: &str = "CreditReleased";
+
+/// `CreditReserved`, schema version 1: the order's total is held against the
+/// customer's credit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditReservedV1 {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_cents: i64,
+}
+
+/// `CreditRejected`, schema version 1: nothing was reserved, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditRejectedV1 {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    /// For people: e.g. `insufficient credit for cust-1: the order needs 5000
+    /// cents, 1200 are available (short by 3800)`.
+    pub reason: String,
+    /// For programs: how much credit was missing (0 when the order was refused
+    /// for another reason).
+    pub shortfall_cents: i64,
+}
+
+/// `CreditReleased`, schema version 1: the customer service has applied an
+/// `OrderCancelled` or `OrderRejected`: what it held for the order is released,
+/// and a later `OrderCreated` of the order reserves nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditReleasedV1 {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    /// What was released; 0 when the order held nothing.
+    pub amount_cents: i64,
+}
+
+macro_rules! credit_event {
+    ($payload:ty, $event_type:expr) => {
+        impl $payload {
+            pub const SCHEMA_VERSION: u32 = 1;
+
+            pub fn envelope(
+                &self,
+                traceparent: Option<TraceParent>,
+            ) -> Result<EventEnvelope, InvalidValue> {
+                event(
+                    $event_type,
+                    Self::SCHEMA_VERSION,
+                    CREDIT_AGGREGATE,
+                    OrderId::from(self.order_id),
+                    self,
+                    traceparent,
+                )
+            }
+        }
+    };
+}
+
+credit_event!(CreditReservedV1, CREDIT_RESERVED);
+credit_event!(CreditRejectedV1, CREDIT_REJECTED);
+credit_event!(CreditReleasedV1, CREDIT_RELEASED);
+
 fn event(
     event_type: &str,
     schema_version: u32,

@@ -937,4 +937,291 @@ mod tests {
         );
         assert_eq!(refused.shortages.len(), 2);
     }
+
+    // `decide`, without a database: what `load` would have read, built by hand.
+
+    use shared::domain::OrderId;
+    use shared::events::{INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED};
+
+    fn order(n: u128) -> OrderId {
+        OrderId::from(Uuid::from_u128(n))
+    }
+
+    fn reserve(event: u128, order_id: OrderId, wanted: &[(&str, i64, i64)]) -> Job {
+        Job {
+            event_id: Uuid::from_u128(event),
+            traceparent: None,
+            command: Command::Reserve {
+                order_id,
+                lines: lines(wanted),
+            },
+        }
+    }
+
+    fn release(event: u128, order_id: OrderId) -> Job {
+        Job {
+            event_id: Uuid::from_u128(event),
+            traceparent: None,
+            command: Command::Release { order_id },
+        }
+    }
+
+    /// `jobs` all seen for the first time, nothing answered, nothing held or
+    /// cancelled, in the [`shop`].
+    fn loaded(jobs: &[Job]) -> Loaded {
+        let (stock, prices) = shop();
+        Loaded {
+            fresh: jobs.iter().map(|j| j.event_id).collect(),
+            stock,
+            prices,
+            ..Loaded::default()
+        }
+    }
+
+    fn types(d: &Decision) -> Vec<&str> {
+        d.out.events.iter().map(|e| e.event_type.as_str()).collect()
+    }
+
+    fn rejection(event: &EventEnvelope) -> InventoryRejectedV1 {
+        assert_eq!(event.event_type.as_str(), INVENTORY_REJECTED);
+        event
+            .payload
+            .decode()
+            .expect("an InventoryRejected payload")
+    }
+
+    #[test]
+    fn decide_reserves_every_line_and_answers_reserved() {
+        let jobs = [reserve(1, order(10), &[("LAMP-1", 2, 2500)])];
+        let d = decide(&jobs, loaded(&jobs)).expect("decided");
+        assert_eq!(
+            d.applied,
+            Applied {
+                reserved: 1,
+                ..Applied::default()
+            }
+        );
+        assert_eq!(
+            d.stock["LAMP-1"],
+            (3, 2),
+            "2 moved from available to reserved"
+        );
+        assert_eq!(d.stock["OLD-1"], (5, 0));
+        assert_eq!(
+            d.new_reservations,
+            [(order(10).as_uuid(), "LAMP-1".to_owned(), 2)]
+        );
+        assert!(d.released_orders.is_empty() && d.newly_cancelled.is_empty());
+        assert_eq!(types(&d), [INVENTORY_RESERVED]);
+        let reserved: InventoryReservedV1 = d.out.events[0].payload.decode().expect("payload");
+        assert_eq!(
+            reserved,
+            InventoryReservedV1 {
+                order_id: order(10).as_uuid(),
+                items: vec![ReservedItemV1 {
+                    sku: "LAMP-1".into(),
+                    quantity: 2
+                }],
+            }
+        );
+        assert_eq!(d.out.recorded.len(), 1, "the new answer is recorded");
+        assert_eq!(d.out.recorded[0].0, order(10).as_uuid());
+        assert_eq!(d.out.recorded[0].1, ORDER_CREATED);
+        assert_eq!(d.out.recorded[0].2, d.out.events[0]);
+    }
+
+    #[test]
+    fn decide_rejects_an_unknown_sku_short_stock_and_a_wrong_price_reserving_nothing() {
+        let jobs = [
+            reserve(1, order(10), &[("LAMP-1", 1, 2500), ("NOPE-1", 1, 10)]),
+            reserve(2, order(11), &[("LAMP-1", 6, 2500)]),
+            reserve(3, order(12), &[("LAMP-1", 1, 2499)]),
+        ];
+        let d = decide(&jobs, loaded(&jobs)).expect("decided");
+        assert_eq!(d.applied.rejected, 3);
+        assert_eq!(d.applied.reserved, 0);
+        assert!(d.new_reservations.is_empty());
+        assert_eq!(
+            d.stock["LAMP-1"],
+            (5, 0),
+            "no line of a rejected order is held"
+        );
+        assert_eq!(types(&d), [INVENTORY_REJECTED; 3]);
+        let reasons: Vec<String> = d.out.events.iter().map(|e| rejection(e).reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "unknown SKU NOPE-1",
+                "insufficient stock for LAMP-1: requested 6, available 5",
+                "price of LAMP-1 is 2500 cents in the catalog, not 2499 as ordered",
+            ]
+        );
+        assert_eq!(
+            rejection(&d.out.events[1]).shortages,
+            [ShortageV1 {
+                sku: "LAMP-1".into(),
+                requested: 6,
+                available: 5
+            }]
+        );
+        assert_eq!(
+            d.out.recorded.len(),
+            3,
+            "rejections are recorded answers too"
+        );
+    }
+
+    #[test]
+    fn decide_sees_the_stock_as_earlier_orders_of_the_batch_left_it() {
+        let jobs = [
+            reserve(1, order(10), &[("LAMP-1", 3, 2500)]),
+            reserve(2, order(11), &[("LAMP-1", 3, 2500)]),
+        ];
+        let d = decide(&jobs, loaded(&jobs)).expect("decided");
+        assert_eq!(types(&d), [INVENTORY_RESERVED, INVENTORY_REJECTED]);
+        assert_eq!(
+            rejection(&d.out.events[1]).reason,
+            "insufficient stock for LAMP-1: requested 3, available 2"
+        );
+        assert_eq!(d.stock["LAMP-1"], (2, 3));
+    }
+
+    #[test]
+    fn decide_releases_what_a_cancelled_order_holds_and_confirms_it() {
+        let (held_order, empty_order) = (order(10), order(11));
+        let jobs = [release(1, held_order), release(2, empty_order)];
+        let mut l = loaded(&jobs);
+        l.stock.insert("LAMP-1".into(), (3, 2));
+        l.held.insert(
+            held_order.as_uuid(),
+            vec![Held {
+                sku: "LAMP-1".into(),
+                quantity: 2,
+                released: false,
+            }],
+        );
+        l.reserved_before.insert(held_order.as_uuid());
+        let d = decide(&jobs, l).expect("decided");
+        assert_eq!(
+            d.applied,
+            Applied {
+                released: 1,
+                ..Applied::default()
+            }
+        );
+        assert_eq!(d.stock["LAMP-1"], (5, 0), "the 2 held are available again");
+        assert_eq!(d.released_orders, [held_order.as_uuid()]);
+        assert_eq!(
+            d.newly_cancelled,
+            [held_order.as_uuid(), empty_order.as_uuid()]
+        );
+        assert_eq!(types(&d), [INVENTORY_RELEASED; 2]);
+        let released: Vec<InventoryReleasedV1> = d
+            .out
+            .events
+            .iter()
+            .map(|e| e.payload.decode().expect("payload"))
+            .collect();
+        assert_eq!(
+            released[0].items,
+            [ReservedItemV1 {
+                sku: "LAMP-1".into(),
+                quantity: 2
+            }]
+        );
+        assert!(
+            released[1].items.is_empty(),
+            "an order that held nothing is confirmed all the same"
+        );
+        assert_eq!(d.out.recorded[1].1, ORDER_CANCELLED);
+    }
+
+    #[test]
+    fn decide_answers_a_repeated_request_with_the_recorded_answer() {
+        let first = [reserve(1, order(10), &[("LAMP-1", 2, 2500)])];
+        let answer = decide(&first, loaded(&first)).expect("decided").out.events[0].clone();
+        // The same event again, and a new event asking the same, after the
+        // price changed and the stock ran out: never decided again.
+        let jobs = [
+            reserve(1, order(10), &[("LAMP-1", 2, 2500)]),
+            reserve(2, order(10), &[("LAMP-1", 2, 2500)]),
+        ];
+        let mut l = loaded(&jobs);
+        l.fresh.remove(&Uuid::from_u128(1));
+        l.answered
+            .insert((order(10).as_uuid(), ORDER_CREATED), answer.clone());
+        l.stock.insert("LAMP-1".into(), (0, 0));
+        l.prices.insert("LAMP-1".into(), Some(9999));
+        let d = decide(&jobs, l).expect("decided");
+        assert_eq!(
+            d.out.events,
+            [answer],
+            "the recorded event, byte for byte, once"
+        );
+        assert!(d.out.recorded.is_empty(), "nothing new to record");
+        assert_eq!(
+            d.applied,
+            Applied {
+                duplicates: 1,
+                answered_again: 1,
+                ..Applied::default()
+            }
+        );
+        assert!(d.new_reservations.is_empty());
+    }
+
+    #[test]
+    fn decide_skips_a_redelivery_never_answered_and_an_order_reserved_before() {
+        let jobs = [
+            reserve(1, order(10), &[("LAMP-1", 1, 2500)]),
+            reserve(2, order(11), &[("LAMP-1", 1, 2500)]),
+            reserve(2, order(11), &[("LAMP-1", 1, 2500)]),
+        ];
+        let mut l = loaded(&jobs);
+        l.fresh.remove(&Uuid::from_u128(1));
+        l.held.insert(
+            order(11).as_uuid(),
+            vec![Held {
+                sku: "LAMP-1".into(),
+                quantity: 1,
+                released: false,
+            }],
+        );
+        l.reserved_before.insert(order(11).as_uuid());
+        let d = decide(&jobs, l).expect("decided");
+        assert!(d.out.events.is_empty());
+        assert!(d.new_reservations.is_empty());
+        assert_eq!(
+            d.applied.duplicates, 2,
+            "in the inbox, and twice in the batch"
+        );
+        assert_eq!(d.stock["LAMP-1"], (5, 0));
+    }
+
+    #[test]
+    fn decide_rejects_an_order_created_after_its_cancellation() {
+        // Cancelled by an earlier batch, and cancelled earlier in this batch.
+        let jobs = [
+            reserve(1, order(10), &[("LAMP-1", 1, 2500)]),
+            release(2, order(11)),
+            reserve(3, order(11), &[("LAMP-1", 1, 2500)]),
+        ];
+        let mut l = loaded(&jobs);
+        l.cancelled.insert(order(10).as_uuid());
+        let d = decide(&jobs, l).expect("decided");
+        assert_eq!(
+            types(&d),
+            [INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_REJECTED]
+        );
+        for event in [&d.out.events[0], &d.out.events[2]] {
+            assert_eq!(
+                rejection(event).reason,
+                "the order was cancelled before its stock was reserved"
+            );
+        }
+        assert!(d.new_reservations.is_empty());
+        assert_eq!(d.stock["LAMP-1"], (5, 0));
+        assert_eq!(d.newly_cancelled, [order(11).as_uuid()]);
+        assert_eq!(d.applied.rejected, 2);
+    }
 }

@@ -1224,3 +1224,518 @@ fn pause_after(
     };
     Some(deadline_left.map_or(rest, |left| rest.min(left)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
+
+    const MS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// The defaults (backoff 1 s doubling up to 60 s, visibility timeout 30 s,
+    /// 4 attempts, batches of 100), for consumer `me`.
+    fn settings() -> SourceSettings {
+        let mut s = SourceSettings::new("g", vec!["s".into()]);
+        s.consumer = "me".into();
+        s
+    }
+
+    /// An entry of `aggregate` (not a whole event: enough to plan).
+    fn entry(id: &str, aggregate: &str) -> RawEntry {
+        RawEntry {
+            id: id.into(),
+            fields: vec![(b"aggregate_id".to_vec(), aggregate.as_bytes().to_vec())],
+        }
+    }
+
+    /// A whole event of `aggregate` as the stream holds it.
+    fn event_entry(id: &str, aggregate: &str) -> RawEntry {
+        let event = EventEnvelope::new(
+            EventType::parse("TestHappened").expect("a type"),
+            1,
+            AggregateType::parse("Test").expect("a type"),
+            AggregateId::parse(aggregate).expect("an id"),
+            None,
+            Payload::from_json("{}".to_owned()).expect("json"),
+        );
+        RawEntry {
+            id: id.into(),
+            fields: event
+                .to_stream_fields()
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+                .collect(),
+        }
+    }
+
+    fn pending(id: &str, consumer: &str, idle: Duration, count: u32) -> Pending {
+        Pending {
+            id: id.into(),
+            consumer: consumer.into(),
+            idle,
+            count,
+        }
+    }
+
+    fn cache(entries: &[RawEntry]) -> HashMap<String, RawEntry> {
+        entries.iter().map(|e| (e.id.clone(), e.clone())).collect()
+    }
+
+    fn taken_ids(plan: &PendingPlan) -> Vec<(&str, u32)> {
+        plan.taken
+            .iter()
+            .map(|t| (t.entry.id.as_str(), t.attempt))
+            .collect()
+    }
+
+    #[test]
+    fn pending_records_are_taken_when_due_and_block_their_aggregates_until_then() {
+        let s = settings();
+        let entries = [
+            entry("1-0", "A"),
+            entry("2-0", "A"),
+            entry("3-0", "B"),
+            entry("4-0", "C"),
+            entry("5-0", "D"),
+            entry("7-0", "E"),
+        ];
+        let list = [
+            // Own retry, 500 ms into its 1 s backoff: not due; A waits.
+            pending("1-0", "me", 500 * MS, 1),
+            // Due by itself, but behind 1-0 of its aggregate.
+            pending("2-0", "me", 5 * SEC, 1),
+            // Own retry at the end of its backoff: taken as attempt 2.
+            pending("3-0", "me", SEC, 1),
+            // Another consumer's, 10 s idle: not presumed dead before 30 s.
+            pending("4-0", "other", 10 * SEC, 1),
+            // Another consumer's, past the visibility timeout: taken.
+            pending("5-0", "other", 31 * SEC, 1),
+            // Trimmed away: not in the cache.
+            pending("6-0", "me", SEC, 1),
+            // Due again after its 4th and last attempt: dead-lettered.
+            pending("7-0", "me", 60 * SEC, 4),
+        ];
+        let plan = plan_pending(&list, &cache(&entries), &s);
+        assert_eq!(taken_ids(&plan), [("3-0", 2), ("5-0", 2)]);
+        assert_eq!(
+            plan.claims,
+            [("3-0".to_owned(), 1000, 2), ("5-0".to_owned(), 30_000, 2)],
+            "a claim holds only if the entry is still that idle"
+        );
+        assert_eq!(plan.trimmed, ["6-0"]);
+        assert_eq!(plan.exhausted.len(), 1);
+        assert_eq!(plan.exhausted[0].0.id, "7-0");
+        assert_eq!(plan.exhausted[0].1, 4);
+        assert_eq!(
+            plan.blocked,
+            HashSet::from(["A".to_owned(), "C".to_owned()])
+        );
+        assert_eq!(
+            plan.next_due,
+            Some(500 * MS),
+            "the soonest of 500 ms and 20 s"
+        );
+        assert!(!plan.truncated);
+    }
+
+    #[test]
+    fn a_full_batch_leaves_the_rest_pending_and_a_long_list_is_truncated() {
+        let mut s = settings();
+        s.batch_size = 1;
+        let entries = [entry("1-0", "A"), entry("2-0", "B"), entry("3-0", "B")];
+        let list = [
+            pending("1-0", "me", SEC, 1),
+            pending("2-0", "me", SEC, 1),
+            pending("3-0", "me", SEC, 1),
+        ];
+        let plan = plan_pending(&list, &cache(&entries), &s);
+        assert_eq!(taken_ids(&plan), [("1-0", 2)]);
+        assert_eq!(plan.blocked, HashSet::from(["B".to_owned()]));
+        assert_eq!(plan.next_due, None, "due, only no room");
+
+        let many: Vec<Pending> = (0..PENDING_SCAN)
+            .map(|i| pending(&format!("{i}-0"), "me", SEC, 1))
+            .collect();
+        assert!(plan_pending(&many, &HashMap::new(), &s).truncated);
+    }
+
+    #[test]
+    fn new_records_are_read_unless_full_truncated_or_probing_and_waited_for_only_when_idle() {
+        let s = settings();
+        let idle = InHand::default();
+        assert_eq!(first_read_wait(&idle, &s, None), Some(s.block));
+        assert_eq!(
+            first_read_wait(&idle, &s, Some(300 * MS)),
+            Some(300 * MS),
+            "never past the deadline"
+        );
+        let due_soon = InHand {
+            next_due: Some(150 * MS),
+            ..InHand::default()
+        };
+        assert_eq!(first_read_wait(&due_soon, &s, None), Some(150 * MS));
+        for busy in [
+            InHand {
+                taken: 1,
+                ..InHand::default()
+            },
+            InHand {
+                other: 1,
+                ..InHand::default()
+            },
+        ] {
+            assert_eq!(first_read_wait(&busy, &s, None), Some(Duration::ZERO));
+        }
+        for no in [
+            InHand {
+                truncated: true,
+                ..InHand::default()
+            },
+            InHand {
+                taken: s.batch_size,
+                ..InHand::default()
+            },
+            InHand {
+                taken: 1,
+                probing: true,
+                ..InHand::default()
+            },
+        ] {
+            assert_eq!(first_read_wait(&no, &s, None), None, "{no:?}");
+        }
+    }
+
+    #[test]
+    fn records_are_gathered_until_the_batch_is_full_or_the_window_closes() {
+        let window = 400 * MS;
+        assert_eq!(gather_more(3, 10, true, window, None), Some(window));
+        assert_eq!(gather_more(3, 10, false, window, None), Some(window));
+        assert_eq!(
+            gather_more(0, 10, false, window, None),
+            None,
+            "nothing came"
+        );
+        assert_eq!(gather_more(10, 10, true, window, None), None, "full");
+        assert_eq!(gather_more(3, 10, true, Duration::ZERO, None), None);
+        assert_eq!(
+            gather_more(3, 10, true, window, Some(399 * MS)),
+            None,
+            "the deadline comes first"
+        );
+        assert_eq!(gather_more(3, 10, true, window, Some(window)), Some(window));
+    }
+
+    #[test]
+    fn a_record_older_than_the_maximum_age_is_too_old() {
+        let max = Some(Duration::from_secs(60));
+        let now = 1_000_000_000;
+        assert!(
+            !too_old(Some(now - 60_000), now, max),
+            "exactly the maximum"
+        );
+        assert!(too_old(Some(now - 60_001), now, max));
+        assert!(!too_old(Some(now + 5), now, max), "from a clock ahead");
+        assert!(!too_old(Some(0), now, None), "no maximum");
+        assert!(!too_old(None, now, max), "no readable timestamp");
+    }
+
+    #[test]
+    fn too_old_and_undecodable_records_are_dead_lettered_without_the_handler() {
+        let now = 1_000_000_000;
+        let taken = [
+            Taken {
+                entry: event_entry("1000-0", "A"),
+                attempt: 1,
+            },
+            Taken {
+                entry: entry(&format!("{now}-0"), "B"),
+                attempt: 1,
+            },
+            Taken {
+                entry: event_entry(&format!("{now}-1"), "C"),
+                attempt: 3,
+            },
+        ];
+        let (fates, records, slots) = prepare("s", &taken, now, Some(Duration::from_secs(60)));
+        assert_eq!(
+            fates[0],
+            Fate::DeadLetter("older than the maximum record age".into())
+        );
+        assert!(
+            matches!(&fates[1], Fate::DeadLetter(r) if r.starts_with("undecodable entry: ")),
+            "{:?}",
+            fates[1]
+        );
+        assert_eq!(fates[2], Fate::Ack);
+        assert_eq!(slots, [2]);
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].id.as_str(), records[0].attempt),
+            (taken[2].entry.id.as_str(), 3)
+        );
+        assert_eq!(records[0].stream, "s");
+    }
+
+    #[test]
+    fn outcomes_become_fates_and_a_failed_record_holds_back_its_aggregate() {
+        let failed = |r: &str| RecordOutcome::Retry(r.into());
+        let handled = [
+            ("A", 1),
+            ("B", 1),
+            ("B", 1),
+            ("C", 4),
+            ("D", 1),
+            ("E", 2),
+            ("E", 1),
+        ];
+        let outcomes = [
+            RecordOutcome::Done,
+            failed("boom"),
+            RecordOutcome::Done,
+            failed("boom"),
+            RecordOutcome::Reject("never".into()),
+            RecordOutcome::Outage("db away".into()),
+            RecordOutcome::Done,
+        ];
+        let judged = judge(&handled, &outcomes, 4);
+        assert_eq!(
+            judged.fates,
+            [
+                Fate::Ack,
+                Fate::Retry,
+                Fate::Wait,
+                Fate::DeadLetter("failed 4 times, the last time: boom".into()),
+                Fate::DeadLetter("never".into()),
+                Fate::Outage,
+                Fate::Wait,
+            ]
+        );
+        assert_eq!(judged.outage.as_deref(), Some("db away"));
+        assert!(judged.store_answered);
+
+        let away = judge(
+            &[("A", 1), ("A", 1)],
+            &[
+                RecordOutcome::Outage("db away".into()),
+                RecordOutcome::Outage("db away".into()),
+            ],
+            4,
+        );
+        assert_eq!(away.fates, [Fate::Outage, Fate::Wait]);
+        assert!(
+            !away.store_answered,
+            "only outages: the store did not answer"
+        );
+    }
+
+    #[test]
+    fn the_settlement_dead_letters_before_acknowledging_and_gives_back_unused_attempts() {
+        let taken: Vec<Taken> = ["1-0", "2-0", "3-0", "4-0", "5-0"]
+            .iter()
+            .map(|id| Taken {
+                entry: entry(id, "A"),
+                attempt: 2,
+            })
+            .collect();
+        let fates = [
+            Fate::Ack,
+            Fate::Retry,
+            Fate::Wait,
+            Fate::Outage,
+            Fate::DeadLetter("never".into()),
+        ];
+        let exhausted = [(entry("0-5", "Z"), 4)];
+        let trimmed = ["0-1".to_owned()];
+        let held_back = ["9-0".to_owned()];
+        let plan = settlement(&taken, &fates, &exhausted, &trimmed, &held_back);
+        assert_eq!(plan.acks, ["0-1", "1-0", "5-0", "0-5"]);
+        assert_eq!(plan.restore, [("9-0", 0), ("3-0", 1), ("4-0", 1)]);
+        let dead: Vec<(&str, &str, u32)> = plan
+            .dead_letters
+            .iter()
+            .map(|(e, reason, n)| (e.id.as_str(), reason.as_str(), *n))
+            .collect();
+        assert_eq!(
+            dead,
+            [
+                ("5-0", "never", 2),
+                (
+                    "0-5",
+                    "4 attempts made; the last one did not finish (a crash or a timeout)",
+                    4
+                ),
+            ]
+        );
+        assert_eq!(
+            plan.counts,
+            Settled {
+                succeeded: 1,
+                retried: 1,
+                waiting: 2,
+                outage_waits: 1,
+                dead_lettered: 2,
+                trimmed: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn nothing_is_left_pending_only_when_everything_looked_at_is_final() {
+        let done = [Fate::Ack, Fate::DeadLetter("x".into())];
+        assert!(left_nothing_pending(&done, 2, 2, 0, false));
+        assert!(!left_nothing_pending(
+            &[Fate::Ack, Fate::Retry],
+            2,
+            2,
+            0,
+            false
+        ));
+        assert!(!left_nothing_pending(&done, 2, 2, 1, false), "held back");
+        assert!(!left_nothing_pending(&done, 2, 2, 0, true), "truncated");
+        assert!(
+            !left_nothing_pending(&done, 2, 3, 0, false),
+            "one was claimed elsewhere"
+        );
+    }
+
+    // Time: tokio's clock, paused; it moves only when the test advances it or
+    // every task sleeps.
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_pending_is_trusted_for_one_second() {
+        let since = Instant::now();
+        assert!(trust_clear(Some(since), Instant::now()));
+        tokio::time::advance(999 * MS).await;
+        assert!(trust_clear(Some(since), Instant::now()));
+        tokio::time::advance(MS).await;
+        assert!(!trust_clear(Some(since), Instant::now()));
+        assert!(!trust_clear(None, Instant::now()));
+    }
+
+    /// Runs `steps` steps that fail (`failed`), sleeping each pause; the
+    /// instants (ms from the start) at which each following step runs.
+    async fn pace(
+        breaker: &mut Breaker,
+        backoff: &mut Backoff,
+        failed: bool,
+        steps: usize,
+        deadline: Option<Instant>,
+    ) -> Vec<u128> {
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..steps {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Some(rest) = pause_after(breaker, backoff, failed, left) {
+                tokio::time::sleep(rest).await;
+            }
+            at.push((Instant::now() - start).as_millis());
+        }
+        at
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_failures_the_loop_pauses_longer_each_time_and_a_good_step_starts_over() {
+        let mut breaker = Breaker::new(SEC, 30 * SEC);
+        let mut backoff = Backoff::default();
+        let at = pace(&mut breaker, &mut backoff, true, 9, None).await;
+        // 100 ms, doubling, at most 5 s.
+        assert_eq!(
+            at,
+            [100, 300, 700, 1500, 3100, 6300, 11_300, 16_300, 21_300]
+        );
+        // A step that works goes on at once, and the next failure starts over.
+        assert_eq!(pause_after(&mut breaker, &mut backoff, false, None), None);
+        backoff.reset();
+        assert_eq!(
+            pace(&mut breaker, &mut backoff, true, 2, None).await,
+            [100, 300]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_store_is_away_the_breaker_pauses_longer_each_time_and_tells_how_long() {
+        let s = settings();
+        // As the worker builds it: the retry backoff, at most 30 s.
+        let mut breaker = Breaker::new(
+            s.retry_backoff,
+            s.max_retry_backoff.min(LONGEST_OUTAGE_PAUSE),
+        );
+        let mut backoff = Backoff::default();
+        assert!(breaker.trip());
+        // The breaker's pause, whether or not the step counted as failed.
+        let at = pace(&mut breaker, &mut backoff, false, 7, None).await;
+        assert_eq!(at, [1_000, 3_000, 7_000, 15_000, 31_000, 61_000, 91_000]);
+        assert_eq!(
+            breaker.close(),
+            Some(91 * SEC),
+            "down for exactly that long"
+        );
+        assert_eq!(pause_after(&mut breaker, &mut backoff, false, None), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_pause_outlasts_the_deadline() {
+        let mut breaker = Breaker::new(SEC, 30 * SEC);
+        let mut backoff = Backoff::default();
+        breaker.trip();
+        let deadline = Instant::now() + 2500 * MS;
+        let at = pace(&mut breaker, &mut backoff, true, 3, Some(deadline)).await;
+        assert_eq!(
+            at,
+            [1_000, 2_500, 2_500],
+            "1 s, then 2 s cut to the 1.5 s left"
+        );
+    }
+
+    /// A record that fails every attempt, in a paused clock: the steps at which
+    /// it is handled follow its backoff (1 s, 2 s, 4 s), and after its 4th
+    /// attempt it is dead-lettered; another consumer's record waits for the
+    /// visibility timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_record_is_retried_after_each_backoff_then_dead_lettered() {
+        let s = settings();
+        let entries = cache(&[entry("1-0", "A")]);
+        let start = Instant::now();
+        // First delivered (attempt 1) at the start, by a read of new entries.
+        let (mut delivered_at, mut count) = (start, 1);
+        let mut attempts_at = vec![(0, 1)];
+        let mut dead_letter = None;
+        while dead_letter.is_none() && Instant::now() - start < 60 * SEC {
+            tokio::time::advance(10 * MS).await;
+            let idle = Instant::now() - delivered_at;
+            let plan = plan_pending(&[pending("1-0", "me", idle, count)], &entries, &s);
+            let Some(t) = plan.taken.first() else {
+                continue;
+            };
+            delivered_at = Instant::now();
+            count = t.attempt;
+            attempts_at.push(((delivered_at - start).as_millis(), t.attempt));
+            let judged = judge(
+                &[("A", t.attempt)],
+                &[RecordOutcome::Retry("boom".into())],
+                s.maximum_attempts(),
+            );
+            if let Fate::DeadLetter(reason) = &judged.fates[0] {
+                dead_letter = Some(reason.clone());
+            }
+        }
+        assert_eq!(attempts_at, [(0, 1), (1_000, 2), (3_000, 3), (7_000, 4)]);
+        assert_eq!(
+            dead_letter.as_deref(),
+            Some("failed 4 times, the last time: boom")
+        );
+
+        // Delivered to a consumer that died: taken only after 30 s of silence.
+        let since = Instant::now();
+        let taken_after = loop {
+            tokio::time::advance(100 * MS).await;
+            let idle = Instant::now() - since;
+            let plan = plan_pending(&[pending("1-0", "dead", idle, 1)], &entries, &s);
+            if !plan.taken.is_empty() {
+                break idle;
+            }
+        };
+        assert_eq!(taken_after, s.visibility_timeout);
+    }
+}

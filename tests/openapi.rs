@@ -599,8 +599,18 @@ async fn answers_match_the_document() -> Result<()> {
     assert_eq!(mine.json()["available_cents"], 250_000);
     run(c, h, r, get_credit("/customers/someone-else/credit", 404)).await?;
     run(c, h, r, get_credit("/customers/bad%20id/credit", 400)).await?;
-    for body in [json!({"limit_cents": -1}), json!({"limit_cents": 1.5}), json!({})] {
-        run(c, h, r, put_credit("/customers/c-1/credit", 422).json(&body)).await?;
+    for body in [
+        json!({"limit_cents": -1}),
+        json!({"limit_cents": 1.5}),
+        json!({}),
+    ] {
+        run(
+            c,
+            h,
+            r,
+            put_credit("/customers/c-1/credit", 422).json(&body),
+        )
+        .await?;
     }
     run(
         c,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use shared::source::{RecordOutcome, Selection, StartingPosition};
+use shared::source::{Outcome, RecordOutcome, Selection, StartingPosition, StreamWorker};
 use tests::source::{
     append, connection, deliver, event, fast_settings, pending_count, source, Recorder, Running,
 };
@@ -827,4 +827,100 @@ async fn a_lost_consumer_group_is_created_again_from_the_oldest_entry() -> anyho
         "acknowledged entries are delivered again from the oldest: {done:?}"
     );
     delete_streams(&redis_url(), &ns).await
+}
+
+/// The source driven one step at a time (`poll_once`), as the relay is with
+/// `relay_once`: each step says what it did. A record of aggregate "a" fails
+/// every attempt: the later record of "a" waits behind it while "b" goes on;
+/// after its second and last attempt it is dead-lettered and the waiting one
+/// handled.
+#[tokio::test]
+async fn a_worker_driven_step_by_step_says_what_each_step_did() -> anyhow::Result<()> {
+    let ns = unique_namespace();
+    let s = stream(&ns, 0);
+    let ids = append(&s, &[event("a", 0), event("b", 0), event("a", 1)]).await?;
+    let bad = ids[0].clone();
+    let handler = Recorder::new(move |r| {
+        if r.id == bad {
+            RecordOutcome::Retry("boom".into())
+        } else {
+            RecordOutcome::Done
+        }
+    });
+    let mut settings = fast_settings(&ns, GROUP, vec![s.clone()]);
+    settings.maximum_retry_attempts = 1;
+    let src = source(settings).await?;
+    let mut worker = src.worker(&s, handler.clone());
+    assert_eq!(worker.stream(), s);
+
+    let first = worker.poll_once().await;
+    assert_eq!(
+        first,
+        Outcome {
+            handled: 3,
+            succeeded: 1,
+            retried: 1,
+            waiting: 1,
+            ..Outcome::default()
+        }
+    );
+    // The failed record is due again after its backoff (50 ms): the steps in
+    // between find nothing to do (each waits at most until it is due).
+    let second = step_until_handled(&mut worker).await?;
+    assert_eq!(
+        second,
+        Outcome {
+            handled: 2,
+            dead_lettered: 1,
+            waiting: 1,
+            ..Outcome::default()
+        },
+        "attempt 2 of 2 failed: dead-lettered; the later record of \"a\" waited once more"
+    );
+    let third = step_until_handled(&mut worker).await?;
+    assert_eq!(
+        third,
+        Outcome {
+            handled: 1,
+            succeeded: 1,
+            ..Outcome::default()
+        }
+    );
+    assert_eq!(worker.poll_once().await, Outcome::default(), "nothing left");
+    assert_eq!(pending_count(&s, GROUP).await?, 0);
+    assert_eq!(src.dead_letters().count().await?, 1);
+    let stats = src.stats();
+    assert_eq!((stats.succeeded, stats.dead_lettered), (2, 1));
+    let attempts: Vec<(String, u32)> = handler
+        .seen()
+        .into_iter()
+        .map(|x| (x.id, x.attempt))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (ids[0].clone(), 1),
+            (ids[1].clone(), 1),
+            (ids[2].clone(), 1),
+            (ids[0].clone(), 2),
+            (ids[2].clone(), 1),
+            (ids[2].clone(), 1),
+        ],
+        "a record that waited is handed over again as the same attempt"
+    );
+    delete_streams(&redis_url(), &ns).await
+}
+
+/// Steps until one hands records to the handler.
+async fn step_until_handled<H: shared::source::BatchHandler>(
+    worker: &mut StreamWorker<H>,
+) -> anyhow::Result<Outcome> {
+    for _ in 0..100 {
+        let outcome = worker.poll_once().await;
+        anyhow::ensure!(outcome.error.is_none(), "{outcome:?}");
+        if outcome.handled > 0 {
+            return Ok(outcome);
+        }
+    }
+    anyhow::bail!("no step handled anything")
 }

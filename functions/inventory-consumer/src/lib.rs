@@ -137,7 +137,7 @@ impl BatchHandler for Inventory {
     async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
         Ok(
             decode_and_apply(&batch.records, decode, |jobs: Vec<Job>| async move {
-                store::apply_isolating(&self.pool, &jobs, Fault::None).await
+                store::apply_isolating(&self.pool, &jobs, &store::Recorded).await
             })
             .await,
         )
@@ -172,7 +172,9 @@ pub enum Fault {
     ApplyRedeliveries,
 }
 
-/// [`Inventory`] with a [`Fault`] injected (tests only).
+/// [`Inventory`] with a [`Fault`] injected (tests only). The fault is a
+/// [`store::Memory`] put in the place of the real one: the store's decision has
+/// no test branch.
 #[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct Faulty {
@@ -182,11 +184,50 @@ pub struct Faulty {
 
 impl BatchHandler for Faulty {
     async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
+        let pool = &self.inventory.pool;
         Ok(
             decode_and_apply(&batch.records, decode, |jobs: Vec<Job>| async move {
-                store::apply_isolating(&self.inventory.pool, &jobs, self.fault).await
+                match self.fault {
+                    Fault::None => store::apply_isolating(pool, &jobs, &store::Recorded).await,
+                    Fault::ApplyRedeliveries => {
+                        store::apply_isolating(pool, &jobs, &Forgetful).await
+                    }
+                }
             })
             .await,
         )
+    }
+}
+
+/// A memory that forgets ([`Fault::ApplyRedeliveries`]): every event is new
+/// (the inbox is neither read nor written), no answer was recorded, and no
+/// order was reserved by an earlier batch.
+#[derive(Debug, Clone, Copy)]
+struct Forgetful;
+
+impl store::Memory for Forgetful {
+    fn record_events(
+        &self,
+        _: &mut sqlx::PgConnection,
+        event_ids: &[uuid::Uuid],
+    ) -> impl std::future::Future<
+        Output = Result<std::collections::HashSet<uuid::Uuid>, shared::StoreError>,
+    > + Send {
+        std::future::ready(Ok(event_ids.iter().copied().collect()))
+    }
+
+    fn answers(
+        &self,
+        _: &mut sqlx::PgConnection,
+        _: &[uuid::Uuid],
+    ) -> impl std::future::Future<Output = Result<store::Answers, shared::StoreError>> + Send {
+        std::future::ready(Ok(store::Answers::new()))
+    }
+
+    fn reserved_before(
+        &self,
+        _: std::collections::HashSet<uuid::Uuid>,
+    ) -> std::collections::HashSet<uuid::Uuid> {
+        std::collections::HashSet::new()
     }
 }

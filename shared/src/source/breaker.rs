@@ -6,7 +6,10 @@
 //! It decides nothing about errors: which ones are outages is
 //! [`crate::error::Failure`]'s table.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the system's, unless a test pauses it).
+use tokio::time::Instant;
 
 /// Closed (the store answers) or open since some instant, with the next pause.
 #[derive(Debug)]

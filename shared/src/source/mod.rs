@@ -57,7 +57,7 @@ pub use entry::RawEntry;
 pub use overview::{streams as stream_overview, GroupOverview, StreamOverview};
 pub use settings::{default_consumer_name, SourceSettings, StartingPosition};
 
-use worker::Worker;
+pub use worker::{Outcome, StreamWorker};
 
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -236,6 +236,22 @@ impl EventSource {
         format!(
             "{}:members:{}",
             self.settings.namespace, self.settings.group
+        )
+    }
+
+    /// A reader of `stream` alone, to drive one step at a time with
+    /// [`StreamWorker::poll_once`] (as the relay is driven with
+    /// `Relay::relay_once`). It takes no lease: the caller makes sure no other
+    /// consumer of the group reads `stream` meanwhile. What it does is counted
+    /// in [`EventSource::stats`].
+    pub fn worker<H: BatchHandler>(&self, stream: &str, handler: Arc<H>) -> StreamWorker<H> {
+        StreamWorker::new(
+            stream.to_owned(),
+            Arc::clone(&self.settings),
+            self.client.clone(),
+            self.redis.clone(),
+            handler,
+            Arc::clone(&self.stats),
         )
     }
 
@@ -442,14 +458,7 @@ impl EventSource {
             }
             info!(%stream, consumer = %s.consumer, group = %s.group, "reading the stream");
             let (stop, stop_rx) = watch::channel(false);
-            let worker = Worker::new(
-                stream.clone(),
-                Arc::clone(&self.settings),
-                self.client.clone(),
-                self.redis.clone(),
-                Arc::clone(handler),
-                Arc::clone(&self.stats),
-            );
+            let worker = self.worker(stream, Arc::clone(handler));
             let task = Task(Some(tokio::spawn(worker.run(stop_rx, deadline))));
             held.insert(stream.clone(), Held { stop, task });
         }

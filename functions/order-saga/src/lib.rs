@@ -169,19 +169,7 @@ pub async fn apply(pool: &PgPool, steps: &[Step]) -> Result<u64, StoreError> {
     let changed = if ids.is_empty() {
         0
     } else {
-        sqlx::query!(
-            r#"UPDATE orders.orders o
-               SET status = u.status, status_reason = NULLIF(u.reason, ''), updated_at = now()
-               FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
-               WHERE o.id = u.id AND o.status = 'PENDING'"#,
-            &ids,
-            &statuses,
-            &reasons,
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::database("moving orders on", e))?
-        .rows_affected()
+        order_service::orders::decide_pending(&mut tx, &ids, &statuses, &reasons).await?
     };
     tx.commit()
         .await

@@ -434,6 +434,29 @@ pub async fn unconfirmed_releases(
         .collect())
 }
 
+/// Moves each `PENDING` order of `decisions` (id, new status, reason or `""`)
+/// on; an order no longer `PENDING` stays as it is. Returns how many moved.
+pub async fn decide_pending(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+    statuses: &[String],
+    reasons: &[String],
+) -> Result<u64, StoreError> {
+    let moved = sqlx::query!(
+        r#"UPDATE orders.orders o
+           SET status = u.status, status_reason = NULLIF(u.reason, ''), updated_at = now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
+           WHERE o.id = u.id AND o.status = 'PENDING'"#,
+        ids,
+        statuses,
+        reasons,
+    )
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::database("moving orders on", e))?;
+    Ok(moved.rows_affected())
+}
+
 /// The inventory confirmed the release of `ids` (`InventoryReleased`): their
 /// cancellations are no longer sent again. Returns how many were awaited.
 pub async fn confirm_released(

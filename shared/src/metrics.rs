@@ -111,13 +111,7 @@ impl std::hash::Hash for Metric {
 impl Metric {
     /// Values that add up (Prometheus: a name ending in `_total`).
     pub const fn counter(name: &'static str, prometheus: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            prometheus,
-            unit: Unit::Count,
-            kind: Kind::Counter,
-            help,
-        }
+        Self::define(name, prometheus, Unit::Count, Kind::Counter, help)
     }
 
     /// A level: the latest value stands.
@@ -127,13 +121,7 @@ impl Metric {
         unit: Unit,
         help: &'static str,
     ) -> Self {
-        Self {
-            name,
-            prometheus,
-            unit,
-            kind: Kind::Gauge,
-            help,
-        }
+        Self::define(name, prometheus, unit, Kind::Gauge, help)
     }
 
     /// Every value counts: a histogram with these bucket bounds locally.
@@ -144,11 +132,21 @@ impl Metric {
         buckets: &'static [f64],
         help: &'static str,
     ) -> Self {
+        Self::define(name, prometheus, unit, Kind::Distribution(buckets), help)
+    }
+
+    const fn define(
+        name: &'static str,
+        prometheus: &'static str,
+        unit: Unit,
+        kind: Kind,
+        help: &'static str,
+    ) -> Self {
         Self {
             name,
             prometheus,
             unit,
-            kind: Kind::Distribution(buckets),
+            kind,
             help,
         }
     }
@@ -288,22 +286,13 @@ impl Metric {
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         let unit = Unit::parse(unit);
         let snake = snake_case(name);
-        let metric = match (array, unit) {
-            (true, Unit::Count) => {
-                Metric::distribution(leak(name.to_owned()), leak(snake), unit, BATCH_BUCKETS, "")
-            }
-            (true, _) => Metric::distribution(
-                leak(name.to_owned()),
-                leak(snake),
-                unit,
-                DURATION_BUCKETS,
-                "",
-            ),
-            (false, Unit::Count) => {
-                Metric::counter(leak(name.to_owned()), leak(format!("{snake}_total")), "")
-            }
-            (false, _) => Metric::gauge(leak(name.to_owned()), leak(snake), unit, ""),
+        let (prometheus, kind) = match (array, unit) {
+            (true, Unit::Count) => (snake, Kind::Distribution(BATCH_BUCKETS)),
+            (true, _) => (snake, Kind::Distribution(DURATION_BUCKETS)),
+            (false, Unit::Count) => (format!("{snake}_total"), Kind::Counter),
+            (false, _) => (snake, Kind::Gauge),
         };
+        let metric = Metric::define(leak(name.to_owned()), leak(prometheus), unit, kind, "");
         describe(&[metric]);
         metric
     }

@@ -357,6 +357,9 @@ pub struct Relay {
     /// cycle through all of them.
     cursor: AtomicUsize,
     metrics: Recorder,
+    /// The SQL of each configured outbox, written once at start (batches run
+    /// thousands of times a second).
+    sql: HashMap<Outbox, std::sync::Arc<OutboxSql>>,
 }
 
 impl fmt::Debug for Relay {
@@ -369,13 +372,28 @@ impl fmt::Debug for Relay {
 
 impl Relay {
     pub fn new(pool: PgPool, redis: ConnectionManager, options: RelayOptions) -> Self {
+        let sql = options
+            .outboxes
+            .iter()
+            .map(|o| (o.clone(), std::sync::Arc::new(OutboxSql::of(o))))
+            .collect();
         Self {
             pool,
             redis,
             options,
             cursor: AtomicUsize::new(rand::random_range(0..SLOTS as usize)),
             metrics: Recorder::new(SERVICE),
+            sql,
         }
+    }
+
+    /// `outbox`'s SQL: written at start for a configured outbox, else now (an
+    /// operator's command on another one).
+    fn sql(&self, outbox: &Outbox) -> std::sync::Arc<OutboxSql> {
+        self.sql
+            .get(outbox)
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::new(OutboxSql::of(outbox)))
     }
 
     pub fn options(&self) -> &RelayOptions {
@@ -384,7 +402,7 @@ impl Relay {
 
     /// One batch from `outbox`: claim, publish, delete, commit.
     pub async fn relay_once(&self, outbox: &Outbox) -> Result<Batch, RelayError> {
-        let sql = OutboxSql::of(outbox);
+        let sql = self.sql(outbox);
         let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
         let mut tx = self
             .pool
@@ -786,8 +804,8 @@ impl Relay {
 
     /// Pending and failed rows of `outbox`, and the age of the oldest pending one.
     pub async fn backlog(&self, outbox: &Outbox) -> Result<Backlog, RelayError> {
-        let sql = OutboxSql::of(outbox).backlog;
-        let (pending, age, failed): (i64, Option<i64>, i64) = sqlx::query_as(&sql)
+        let sql = self.sql(outbox);
+        let (pending, age, failed): (i64, Option<i64>, i64) = sqlx::query_as(&sql.backlog)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| {
@@ -873,9 +891,9 @@ impl Relay {
         outbox: &Outbox,
         limit: i64,
     ) -> Result<Vec<FailedRow>, RelayError> {
-        let sql = OutboxSql::of(outbox).failed;
+        let sql = self.sql(outbox);
         let rows: Vec<(i64, uuid::Uuid, String, String, i32, Option<String>)> =
-            sqlx::query_as(&sql)
+            sqlx::query_as(&sql.failed)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await
@@ -899,7 +917,7 @@ impl Relay {
 
     /// Puts failed rows back in line (after an operator fixed them); returns how many.
     pub async fn redrive(&self, outbox: &Outbox, ids: &[i64]) -> Result<u64, RelayError> {
-        sqlx::query(&OutboxSql::of(outbox).redrive)
+        sqlx::query(&self.sql(outbox).redrive)
             .bind(ids)
             .execute(&self.pool)
             .await
@@ -910,7 +928,7 @@ impl Relay {
     /// Deletes rows of `outbox` set aside as failed (an operator gave up on
     /// them); returns how many. Ids of pending rows are ignored.
     pub async fn purge_failed(&self, outbox: &Outbox, ids: &[i64]) -> Result<u64, RelayError> {
-        sqlx::query(&OutboxSql::of(outbox).purge_failed)
+        sqlx::query(&self.sql(outbox).purge_failed)
             .bind(ids)
             .execute(&self.pool)
             .await
@@ -920,7 +938,7 @@ impl Relay {
 
     /// Deletes every row of `outbox` set aside as failed; returns how many.
     pub async fn purge_all_failed(&self, outbox: &Outbox) -> Result<u64, RelayError> {
-        sqlx::query(&OutboxSql::of(outbox).purge_all_failed)
+        sqlx::query(&self.sql(outbox).purge_all_failed)
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())

@@ -10,6 +10,30 @@ use crate::{NewOrder, OrderId};
 use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use shared::trace::TraceParent;
 
+/// Schema version 1 of a payload about one order, and its envelope: an event of
+/// `$event_type` on the `$aggregate` aggregate whose id is the order's.
+macro_rules! order_event {
+    ($payload:ty, $event_type:expr, $aggregate:expr) => {
+        impl $payload {
+            pub const SCHEMA_VERSION: u32 = 1;
+
+            pub fn envelope(
+                &self,
+                traceparent: Option<TraceParent>,
+            ) -> Result<EventEnvelope, InvalidValue> {
+                event(
+                    $event_type,
+                    Self::SCHEMA_VERSION,
+                    $aggregate,
+                    OrderId::from(self.order_id),
+                    self,
+                    traceparent,
+                )
+            }
+        }
+    };
+}
+
 /// The aggregate type of every order event.
 pub const ORDER_AGGREGATE: &str = "Order";
 pub const ORDER_CREATED: &str = "OrderCreated";
@@ -118,23 +142,11 @@ pub struct ReservedItemV1 {
     pub quantity: u16,
 }
 
-impl InventoryReservedV1 {
-    pub const SCHEMA_VERSION: u32 = 1;
-
-    pub fn envelope(
-        &self,
-        traceparent: Option<TraceParent>,
-    ) -> Result<EventEnvelope, InvalidValue> {
-        event(
-            INVENTORY_RESERVED,
-            Self::SCHEMA_VERSION,
-            RESERVATION_AGGREGATE,
-            OrderId::from(self.order_id),
-            self,
-            traceparent,
-        )
-    }
-}
+order_event!(
+    InventoryReservedV1,
+    INVENTORY_RESERVED,
+    RESERVATION_AGGREGATE
+);
 
 /// `InventoryRejected`, schema version 1: nothing was reserved, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,23 +166,11 @@ pub struct ShortageV1 {
     pub available: i64,
 }
 
-impl InventoryRejectedV1 {
-    pub const SCHEMA_VERSION: u32 = 1;
-
-    pub fn envelope(
-        &self,
-        traceparent: Option<TraceParent>,
-    ) -> Result<EventEnvelope, InvalidValue> {
-        event(
-            INVENTORY_REJECTED,
-            Self::SCHEMA_VERSION,
-            RESERVATION_AGGREGATE,
-            OrderId::from(self.order_id),
-            self,
-            traceparent,
-        )
-    }
-}
+order_event!(
+    InventoryRejectedV1,
+    INVENTORY_REJECTED,
+    RESERVATION_AGGREGATE
+);
 
 pub const INVENTORY_RELEASED: &str = "InventoryReleased";
 
@@ -185,23 +185,11 @@ pub struct InventoryReleasedV1 {
     pub items: Vec<ReservedItemV1>,
 }
 
-impl InventoryReleasedV1 {
-    pub const SCHEMA_VERSION: u32 = 1;
-
-    pub fn envelope(
-        &self,
-        traceparent: Option<TraceParent>,
-    ) -> Result<EventEnvelope, InvalidValue> {
-        event(
-            INVENTORY_RELEASED,
-            Self::SCHEMA_VERSION,
-            RESERVATION_AGGREGATE,
-            OrderId::from(self.order_id),
-            self,
-            traceparent,
-        )
-    }
-}
+order_event!(
+    InventoryReleasedV1,
+    INVENTORY_RELEASED,
+    RESERVATION_AGGREGATE
+);
 
 pub const ORDER_REJECTED: &str = "OrderRejected";
 
@@ -215,23 +203,7 @@ pub struct OrderRejectedV1 {
     pub reason: String,
 }
 
-impl OrderRejectedV1 {
-    pub const SCHEMA_VERSION: u32 = 1;
-
-    pub fn envelope(
-        &self,
-        traceparent: Option<TraceParent>,
-    ) -> Result<EventEnvelope, InvalidValue> {
-        event(
-            ORDER_REJECTED,
-            Self::SCHEMA_VERSION,
-            ORDER_AGGREGATE,
-            OrderId::from(self.order_id),
-            self,
-            traceparent,
-        )
-    }
-}
+order_event!(OrderRejectedV1, ORDER_REJECTED, ORDER_AGGREGATE);
 
 /// The aggregate type of the customer service's answers about one order's
 /// credit; the aggregate id is the order id, so the answers about one order
@@ -274,31 +246,9 @@ pub struct CreditReleasedV1 {
     pub amount_cents: i64,
 }
 
-macro_rules! credit_event {
-    ($payload:ty, $event_type:expr) => {
-        impl $payload {
-            pub const SCHEMA_VERSION: u32 = 1;
-
-            pub fn envelope(
-                &self,
-                traceparent: Option<TraceParent>,
-            ) -> Result<EventEnvelope, InvalidValue> {
-                event(
-                    $event_type,
-                    Self::SCHEMA_VERSION,
-                    CREDIT_AGGREGATE,
-                    OrderId::from(self.order_id),
-                    self,
-                    traceparent,
-                )
-            }
-        }
-    };
-}
-
-credit_event!(CreditReservedV1, CREDIT_RESERVED);
-credit_event!(CreditRejectedV1, CREDIT_REJECTED);
-credit_event!(CreditReleasedV1, CREDIT_RELEASED);
+order_event!(CreditReservedV1, CREDIT_RESERVED, CREDIT_AGGREGATE);
+order_event!(CreditRejectedV1, CREDIT_REJECTED, CREDIT_AGGREGATE);
+order_event!(CreditReleasedV1, CREDIT_RELEASED, CREDIT_AGGREGATE);
 
 fn event(
     event_type: &str,

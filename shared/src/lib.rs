@@ -12,6 +12,7 @@
 //! - [`source`]: reading Redis Streams with the semantics of a Lambda event source mapping.
 //! - [`streams`]: stream names and partitions.
 //! - [`inbox`]: the ids of the events a consumer has applied.
+//! - [`answers`]: a saga participant's recorded answers, sent again as they were.
 //! - [`table`]: the names of a service's outbox and inbox, checked.
 //! - [`retention`]: how long things are kept, and the bounded purges.
 //! - [`db`]: connection pool, and migration folders applied in order.
@@ -23,6 +24,7 @@
 //! This crate knows no AWS event shape: those belong to `functions/*` and the
 //! emulator, which translate them into calls on this crate.
 
+pub mod answers;
 pub mod config;
 pub mod db;
 pub mod envelope;

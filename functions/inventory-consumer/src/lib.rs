@@ -74,6 +74,18 @@ pub struct Job {
     pub command: Command,
 }
 
+impl shared::answers::Request for Job {
+    fn event_id(&self) -> uuid::Uuid {
+        self.event_id
+    }
+    fn order_id(&self) -> uuid::Uuid {
+        self.command.order_id().as_uuid()
+    }
+    fn request(&self) -> &'static str {
+        self.command.request()
+    }
+}
+
 /// What `record` asks for; `Err` is why it never can be handled.
 pub fn decode(record: &StreamRecord) -> Result<Job, String> {
     let event = &record.event;

@@ -15,16 +15,15 @@ use std::future::Future;
 
 use contracts::events::{
     InventoryRejectedV1, InventoryReleasedV1, InventoryReservedV1, ReservedItemV1, ShortageV1,
-    ORDER_CANCELLED, ORDER_CREATED,
 };
 use inventory_service as inventory;
-use shared::envelope::{EventEnvelope, OutboxColumnArrays, OutboxColumns};
+use shared::answers::{self, triage, Outgoing, Triage};
 use shared::inbox;
 use shared::outbox;
 use shared::source::RecordOutcome;
-use shared::{Retry, StoreError};
+use shared::StoreError;
 use sqlx::{PgConnection, PgPool};
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 
 use crate::{Command, Job, GROUP};
@@ -42,7 +41,7 @@ pub struct Applied {
 }
 
 /// Answers recorded before, by order and request (the event type answered).
-pub(crate) type Answers = HashMap<(Uuid, &'static str), EventEnvelope>;
+pub(crate) type Answers = answers::Recorded;
 
 /// What the store remembers of earlier batches: which events it has seen, the
 /// answers it gave, which orders it reserved. The seam where a test makes the
@@ -86,7 +85,7 @@ impl Memory for Recorded {
         tx: &mut PgConnection,
         order_ids: &[Uuid],
     ) -> Result<Answers, StoreError> {
-        answers_of(tx, order_ids).await
+        answers::load(tx, &inventory::ANSWERS, order_ids).await
     }
 
     fn reserved_before(&self, holding: HashSet<Uuid>) -> HashSet<Uuid> {
@@ -94,67 +93,19 @@ impl Memory for Recorded {
     }
 }
 
-/// Applies `jobs` in one transaction. On a permanent database error with more
-/// than one job, applies them one at a time instead, so one bad event does not
-/// fail the others. One outcome per job, in order.
+/// Applies `jobs` in one transaction, or one at a time when the batch hits a
+/// permanent error ([`shared::source::apply_isolating`]). One outcome per job.
 pub(crate) async fn apply_isolating(
     pool: &PgPool,
     jobs: &[Job],
     memory: &impl Memory,
 ) -> Vec<RecordOutcome> {
-    if jobs.is_empty() {
-        return Vec::new();
-    }
-    match apply_with(pool, jobs, memory).await {
-        Ok(applied) => {
-            debug!(?applied, "batch applied");
-            vec![RecordOutcome::Done; jobs.len()]
-        }
-        // The database is away: that says nothing about these events, so they
-        // are neither retried against their attempts nor applied one by one;
-        // the event source waits the outage out (and logs it once).
-        Err(e) if e.is_outage() => {
-            debug!(error = %e, jobs = jobs.len(), "the database is unavailable");
-            vec![RecordOutcome::Outage(e.to_string()); jobs.len()]
-        }
-        Err(e) if e.retry() == Retry::Retryable || jobs.len() == 1 => {
-            warn!(error = %e, jobs = jobs.len(), "applying the batch failed");
-            let reason = e.to_string();
-            let outcome = match e.retry() {
-                Retry::Retryable => RecordOutcome::Retry(reason),
-                // A single event that the database refuses for good.
-                Retry::Permanent => RecordOutcome::Reject(reason),
-            };
-            vec![outcome; jobs.len()]
-        }
-        Err(e) => {
-            warn!(error = %e, "a permanent error in a batch; applying its events one by one");
-            let mut outcomes = Vec::with_capacity(jobs.len());
-            // Once the database is away, the rest wait for it untried.
-            let mut away: Option<String> = None;
-            for job in jobs {
-                if let Some(reason) = &away {
-                    outcomes.push(RecordOutcome::Outage(reason.clone()));
-                    continue;
-                }
-                outcomes.push(
-                    match apply_with(pool, std::slice::from_ref(job), memory).await {
-                        Ok(_) => RecordOutcome::Done,
-                        Err(e) if e.is_outage() => {
-                            let reason = e.to_string();
-                            away = Some(reason.clone());
-                            RecordOutcome::Outage(reason)
-                        }
-                        Err(e) if e.retry() == Retry::Retryable => {
-                            RecordOutcome::Retry(e.to_string())
-                        }
-                        Err(e) => RecordOutcome::Reject(e.to_string()),
-                    },
-                );
-            }
-            outcomes
-        }
-    }
+    shared::source::apply_isolating(jobs, |range| async move {
+        let applied = apply_with(pool, &jobs[range], memory).await?;
+        debug!(?applied, "batch applied");
+        Ok(())
+    })
+    .await
 }
 
 /// Applies `jobs`, in order, in one transaction.
@@ -238,11 +189,11 @@ async fn load(
     let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
     let fresh = memory.record_events(tx, &event_ids).await?;
     // What was answered before, for every order of the batch.
-    let (new_jobs, repeated) = sort_batch(jobs, &fresh);
-    let order_ids: Vec<Uuid> = new_jobs
+    let order_ids: Vec<Uuid> = jobs
         .iter()
-        .chain(&repeated)
         .map(|j| j.command.order_id().as_uuid())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     let answered = memory.answers(tx, &order_ids).await?;
     let to_decide = triage(jobs, &fresh, &answered).to_decide;
@@ -322,57 +273,6 @@ async fn load(
     })
 }
 
-/// The jobs of a batch, each event once: those seen for the first time
-/// (`fresh`), and the repeated ones.
-fn sort_batch<'a>(jobs: &'a [Job], fresh: &HashSet<Uuid>) -> (Vec<&'a Job>, Vec<&'a Job>) {
-    let mut seen_in_batch = HashSet::new();
-    let (mut new_jobs, mut repeated): (Vec<&Job>, Vec<&Job>) = (Vec::new(), Vec::new());
-    for job in jobs {
-        if !seen_in_batch.insert(job.event_id) {
-            continue;
-        }
-        if fresh.contains(&job.event_id) {
-            new_jobs.push(job);
-        } else {
-            repeated.push(job);
-        }
-    }
-    (new_jobs, repeated)
-}
-
-/// A batch sorted before any decision.
-#[derive(Debug)]
-struct Triage<'a> {
-    /// Events of the batch not seen for the first time (in the inbox already,
-    /// or twice in the batch).
-    duplicates: usize,
-    /// The recorded answers to send again, each once, in order.
-    again: Outgoing,
-    /// New requests never answered: to decide, in order.
-    to_decide: Vec<&'a Job>,
-}
-
-/// Sorts a batch: a request answered before gets that answer again, whether it
-/// is a redelivery or a new event asking the same (never decided again); a
-/// redelivery never answered takes no effect; the rest is to decide.
-fn triage<'a>(jobs: &'a [Job], fresh: &HashSet<Uuid>, answered: &Answers) -> Triage<'a> {
-    let (new_jobs, repeated) = sort_batch(jobs, fresh);
-    let duplicates = jobs.len() - new_jobs.len();
-    let mut again = Outgoing::default();
-    for job in &repeated {
-        again.again(answered, job);
-    }
-    let to_decide = new_jobs
-        .into_iter()
-        .filter(|job| !again.again(answered, job))
-        .collect();
-    Triage {
-        duplicates,
-        again,
-        to_decide,
-    }
-}
-
 /// What a batch writes and sends: the decision on it.
 #[derive(Debug, Default)]
 struct Decision {
@@ -409,7 +309,7 @@ fn decide(jobs: &[Job], loaded: Loaded) -> Result<Decision, StoreError> {
     } = loaded;
     let Triage {
         duplicates,
-        again: mut out,
+        mut out,
         to_decide,
     } = triage(jobs, &fresh, &answered);
     let mut applied = Applied {
@@ -596,130 +496,9 @@ async fn write(tx: &mut PgConnection, decision: Decision) -> Result<Applied, Sto
         .await
         .map_err(|e| StoreError::database("recording cancellations", e))?;
     }
-    write_answers(tx, &out.recorded).await?;
+    answers::record(tx, &inventory::ANSWERS, &out.recorded).await?;
     outbox::append_all(tx, &inventory::OUTBOX, &out.events).await?;
     Ok(applied)
-}
-
-/// The events a batch sends, and the answers to record among them.
-#[derive(Debug, Default)]
-struct Outgoing {
-    events: Vec<EventEnvelope>,
-    /// New answers: (order, request, event).
-    recorded: Vec<(Uuid, &'static str, EventEnvelope)>,
-    sent: HashSet<Uuid>,
-}
-
-impl Outgoing {
-    /// Queues the recorded answer to `job`'s request, if there is one; true if so.
-    fn again(&mut self, answered: &Answers, job: &Job) -> bool {
-        let key = (job.command.order_id().as_uuid(), job.command.request());
-        match answered.get(&key) {
-            Some(event) => {
-                if self.sent.insert(event.event_id.as_uuid()) {
-                    self.events.push(event.clone());
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Queues a new answer to `job`'s request and records it.
-    fn answer(
-        &mut self,
-        job: &Job,
-        event: Result<EventEnvelope, shared::value::InvalidValue>,
-    ) -> Result<(), StoreError> {
-        let event = event.map_err(|e| StoreError::corrupt("building an answer event", e))?;
-        self.sent.insert(event.event_id.as_uuid());
-        self.recorded.push((
-            job.command.order_id().as_uuid(),
-            job.command.request(),
-            event.clone(),
-        ));
-        self.events.push(event);
-        Ok(())
-    }
-}
-
-/// The answers recorded for `order_ids`, by order and request.
-async fn answers_of(tx: &mut PgConnection, order_ids: &[Uuid]) -> Result<Answers, StoreError> {
-    if order_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = sqlx::query!(
-        r#"SELECT order_id, request, event_id, event_type, schema_version, aggregate_type,
-                  aggregate_id, occurred_at, traceparent, payload::text AS "payload!"
-           FROM inventory.answers WHERE order_id = ANY($1)"#,
-        order_ids,
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| StoreError::database("reading earlier answers", e))?;
-    let mut answered = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let request = match r.request.as_str() {
-            ORDER_CREATED => ORDER_CREATED,
-            ORDER_CANCELLED => ORDER_CANCELLED,
-            other => return Err(StoreError::corrupt("reading earlier answers", other)),
-        };
-        let event = EventEnvelope::try_from(OutboxColumns {
-            event_id: r.event_id,
-            event_type: r.event_type,
-            schema_version: r.schema_version,
-            aggregate_type: r.aggregate_type,
-            aggregate_id: r.aggregate_id,
-            occurred_at: r.occurred_at,
-            traceparent: r.traceparent,
-            payload: r.payload,
-        })
-        .map_err(|e| StoreError::corrupt("reading earlier answers", e))?;
-        answered.insert((r.order_id, request), event);
-    }
-    Ok(answered)
-}
-
-/// Records new answers (`request` is the event type answered).
-async fn write_answers(
-    tx: &mut PgConnection,
-    recorded: &[(Uuid, &'static str, EventEnvelope)],
-) -> Result<(), StoreError> {
-    if recorded.is_empty() {
-        return Ok(());
-    }
-    let orders: Vec<Uuid> = recorded.iter().map(|(order, ..)| *order).collect();
-    let requests: Vec<String> = recorded
-        .iter()
-        .map(|(_, request, _)| (*request).to_owned())
-        .collect();
-    let a: OutboxColumnArrays = recorded.iter().map(|(.., event)| event).collect();
-    sqlx::query!(
-        r#"INSERT INTO inventory.answers
-           (order_id, request, event_id, event_type, schema_version, aggregate_type, aggregate_id,
-            occurred_at, traceparent, payload)
-           SELECT a.order_id, a.request, a.event_id, a.event_type, a.schema_version, a.aggregate_type,
-                  a.aggregate_id, a.occurred_at, NULLIF(a.traceparent, ''), a.payload::json
-           FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::integer[], $6::text[],
-                       $7::text[], $8::timestamptz[], $9::text[], $10::text[])
-                AS a(order_id, request, event_id, event_type, schema_version, aggregate_type,
-                     aggregate_id, occurred_at, traceparent, payload)
-           ON CONFLICT (order_id, request) DO NOTHING"#,
-        &orders,
-        &requests,
-        &a.event_ids,
-        &a.event_types,
-        &a.schema_versions,
-        &a.aggregate_types,
-        &a.aggregate_ids,
-        &a.occurred_at,
-        &a.traceparents,
-        &a.payloads,
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| StoreError::database("recording answers", e))?;
-    Ok(())
 }
 
 /// Why an order cannot be reserved: the reason its `InventoryRejected` gives,
@@ -801,7 +580,9 @@ fn price_mismatches(lines: &[crate::Line], catalog: &BTreeMap<String, Option<i64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contracts::events::{ORDER_CANCELLED, ORDER_CREATED};
     use contracts::{Quantity, Sku};
+    use shared::envelope::EventEnvelope;
 
     fn line(sku: &str, price: i64) -> crate::Line {
         crate::Line {
@@ -1025,9 +806,9 @@ mod tests {
             }
         );
         assert_eq!(d.out.recorded.len(), 1, "the new answer is recorded");
-        assert_eq!(d.out.recorded[0].0, order(10).as_uuid());
-        assert_eq!(d.out.recorded[0].1, ORDER_CREATED);
-        assert_eq!(d.out.recorded[0].2, d.out.events[0]);
+        assert_eq!(d.out.recorded[0].order_id, order(10).as_uuid());
+        assert_eq!(d.out.recorded[0].request, ORDER_CREATED);
+        assert_eq!(d.out.recorded[0].event, d.out.events[0]);
     }
 
     #[test]
@@ -1133,7 +914,7 @@ mod tests {
             released[1].items.is_empty(),
             "an order that held nothing is confirmed all the same"
         );
-        assert_eq!(d.out.recorded[1].1, ORDER_CANCELLED);
+        assert_eq!(d.out.recorded[1].request, ORDER_CANCELLED);
     }
 
     #[test]
@@ -1148,8 +929,10 @@ mod tests {
         ];
         let mut l = loaded(&jobs);
         l.fresh.remove(&Uuid::from_u128(1));
-        l.answered
-            .insert((order(10).as_uuid(), ORDER_CREATED), answer.clone());
+        l.answered.insert(
+            (order(10).as_uuid(), ORDER_CREATED.to_owned()),
+            answer.clone(),
+        );
         l.stock.insert("LAMP-1".into(), (0, 0));
         l.prices.insert("LAMP-1".into(), Some(9999));
         let d = decide(&jobs, l).expect("decided");

@@ -14,6 +14,9 @@ pub const OUTBOX: shared::outbox::Outbox = shared::outbox::Outbox::in_schema("in
 /// The inventory service's inbox, `inventory.processed_events`.
 pub const INBOX: shared::inbox::Inbox = shared::inbox::Inbox::in_schema("inventory");
 
+/// The inventory service's recorded answers, `inventory.answers`.
+pub const ANSWERS: shared::answers::Answers = shared::answers::Answers::in_schema("inventory");
+
 /// One SKU's stock: units that can still be reserved, units reserved for orders,
 /// and the catalog's unit price (`None` for a SKU stocked before prices existed,
 /// which takes no order until it has one).

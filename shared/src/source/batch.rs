@@ -6,7 +6,10 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+use tracing::{debug, warn};
+
 use crate::envelope::EventEnvelope;
+use crate::error::{Retry, StoreError};
 use crate::trace::TraceParent;
 
 /// One stream entry handed to a handler.
@@ -183,6 +186,68 @@ where
     }
     outcomes_in_order(records, &mut outcomes);
     BatchResponse::from_outcomes(records.iter().zip(&outcomes))
+}
+
+/// Applies `jobs` with `apply` in one go (one transaction); on a permanent
+/// error with more than one job, applies them one at a time instead, so one
+/// bad event does not fail the others. One outcome per job, in order:
+/// - the database away ([`StoreError::is_outage`]) says nothing about the
+///   events: [`RecordOutcome::Outage`], neither retried against their attempts
+///   nor applied one by one (the event source waits the outage out);
+/// - a retryable error: [`RecordOutcome::Retry`];
+/// - a single job the database refuses for good: [`RecordOutcome::Reject`].
+///
+/// `apply` is given the range of `jobs` to apply (a range rather than a slice,
+/// so that its future may borrow what the caller's closure borrows).
+pub async fn apply_isolating<J, Fut>(
+    jobs: &[J],
+    apply: impl Fn(std::ops::Range<usize>) -> Fut,
+) -> Vec<RecordOutcome>
+where
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    match apply(0..jobs.len()).await {
+        Ok(()) => vec![RecordOutcome::Done; jobs.len()],
+        Err(e) if e.is_outage() => {
+            debug!(error = %e, jobs = jobs.len(), "the database is unavailable");
+            vec![RecordOutcome::Outage(e.to_string()); jobs.len()]
+        }
+        Err(e) if e.retry() == Retry::Retryable || jobs.len() == 1 => {
+            warn!(error = %e, jobs = jobs.len(), "applying the batch failed");
+            let reason = e.to_string();
+            let outcome = match e.retry() {
+                Retry::Retryable => RecordOutcome::Retry(reason),
+                Retry::Permanent => RecordOutcome::Reject(reason),
+            };
+            vec![outcome; jobs.len()]
+        }
+        Err(e) => {
+            warn!(error = %e, "a permanent error in a batch; applying its events one by one");
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            // Once the database is away, the rest wait for it untried.
+            let mut away: Option<String> = None;
+            for i in 0..jobs.len() {
+                if let Some(reason) = &away {
+                    outcomes.push(RecordOutcome::Outage(reason.clone()));
+                    continue;
+                }
+                outcomes.push(match apply(i..i + 1).await {
+                    Ok(()) => RecordOutcome::Done,
+                    Err(e) if e.is_outage() => {
+                        let reason = e.to_string();
+                        away = Some(reason.clone());
+                        RecordOutcome::Outage(reason)
+                    }
+                    Err(e) if e.retry() == Retry::Retryable => RecordOutcome::Retry(e.to_string()),
+                    Err(e) => RecordOutcome::Reject(e.to_string()),
+                });
+            }
+            outcomes
+        }
+    }
 }
 
 /// The reason of a record that waits behind a failed record of its aggregate.

@@ -45,8 +45,8 @@ use tracing::{debug, info, warn};
 use crate::error::Failure;
 
 pub use batch::{
-    decode_and_apply, outcomes_in_order, BatchHandler, BatchItemFailure, BatchResponse,
-    HandlerError, RecordOutcome, StreamBatch, StreamRecord, WAITING_FOR_EARLIER,
+    apply_isolating, decode_and_apply, outcomes_in_order, BatchHandler, BatchItemFailure,
+    BatchResponse, HandlerError, RecordOutcome, StreamBatch, StreamRecord, WAITING_FOR_EARLIER,
 };
 pub use consumer::{stop_at, Consumer, ConsumerConfig};
 pub use dead_letter::{

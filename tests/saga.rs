@@ -1,6 +1,7 @@
 //! The order saga end to end, in-process, against real PostgreSQL and Redis:
-//! create-order → outbox → relay → inventory-consumer → inventory outbox →
-//! relay → order-saga, and the compensation on cancel.
+//! create-order → outbox → relay → inventory-consumer and customers-consumer →
+//! their outboxes → relay → order-saga, and the compensations on a rejection
+//! and on cancel.
 
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 
@@ -28,10 +29,20 @@ struct System {
     relay: Option<RunningRelay>,
     consumers: Vec<Running>,
     partitions: u16,
+    /// The credit limit of a customer without a record.
+    default_credit: i64,
 }
 
 impl System {
     async fn start(partitions: u16, consumers_per_group: usize) -> anyhow::Result<Self> {
+        Self::start_with_credit(partitions, consumers_per_group, 100_000_000_000).await
+    }
+
+    async fn start_with_credit(
+        partitions: u16,
+        consumers_per_group: usize,
+        default_credit: i64,
+    ) -> anyhow::Result<Self> {
         let db = TestDb::fresh().await?;
         let ns = unique_namespace();
         let options = RelayOptions {
@@ -54,9 +65,11 @@ impl System {
             relay: Some(relay),
             consumers: Vec::new(),
             partitions,
+            default_credit,
         };
         for i in 0..consumers_per_group {
             system.start_inventory(&format!("inv-{i}")).await?;
+            system.start_customers(&format!("cust-{i}")).await?;
             system.start_saga(&format!("saga-{i}")).await?;
         }
         Ok(system)
@@ -82,8 +95,23 @@ impl System {
         Ok(())
     }
 
+    async fn start_customers(&mut self, consumer: &str) -> anyhow::Result<()> {
+        let mut settings =
+            fast_settings(&self.ns, customers_consumer::GROUP, self.streams("Order"));
+        settings.consumer = consumer.into();
+        let handler = Arc::new(customers_consumer::Customers {
+            pool: self.db.pool.clone(),
+            default_limit_cents: self.default_credit,
+        });
+        self.consumers
+            .push(Running::start(source(settings).await?, handler));
+        Ok(())
+    }
+
     async fn start_saga(&mut self, consumer: &str) -> anyhow::Result<()> {
-        let mut settings = fast_settings(&self.ns, order_saga::GROUP, self.streams("Reservation"));
+        let mut streams = self.streams("Reservation");
+        streams.extend(self.streams("Credit"));
+        let mut settings = fast_settings(&self.ns, order_saga::GROUP, streams);
         settings.consumer = consumer.into();
         let handler = Arc::new(order_saga::Saga {
             pool: self.db.pool.clone(),
@@ -160,6 +188,113 @@ impl System {
     }
 }
 
+impl System {
+    /// The customer of order `id` (the caller's subject).
+    async fn customer_of(&self, id: &str) -> anyhow::Result<String> {
+        Ok(
+            sqlx::query_scalar("SELECT customer_id FROM orders.orders WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(&self.db.pool)
+                .await?,
+        )
+    }
+
+    /// (limit, reserved) of `customer`'s credit, after checking that what is
+    /// reserved is what the customer's `RESERVED` reservations hold.
+    async fn credit(&self, customer: &str) -> anyhow::Result<(i64, i64)> {
+        let (limit, reserved, held): (i64, i64, i64) = sqlx::query_as(
+            "SELECT c.limit_cents, c.reserved_cents,
+                    (SELECT coalesce(sum(amount_cents), 0)::bigint FROM customers.credit_reservations r
+                     WHERE r.customer_id = c.customer_id AND r.status = 'RESERVED')
+             FROM customers.credit c WHERE c.customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&self.db.pool)
+        .await?;
+        anyhow::ensure!(reserved == held, "reserved {reserved}, held {held}");
+        Ok((limit, reserved))
+    }
+
+    /// Waits until `id`'s compensation is settled: every participant released.
+    async fn wait_settled(&self, id: &str) -> anyhow::Result<()> {
+        wait_until(
+            WAIT,
+            &format!("order {id}'s release is confirmed"),
+            || async { Ok(!self.awaiting_release(id).await?) },
+        )
+        .await
+    }
+}
+
+/// Credit is the second participant: an order beyond the customer's available
+/// credit is rejected with the shortfall even though its stock was reserved,
+/// and the stock is released (compensation); cancelling a confirmed order
+/// releases both its stock and its credit.
+#[tokio::test]
+async fn an_order_beyond_the_customers_credit_is_rejected_and_its_stock_released(
+) -> anyhow::Result<()> {
+    let system = System::start_with_credit(1, 1, 1000).await?;
+    system.set_stock("WIDGET-1", 20).await?;
+    let first = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":3,"unit_price_cents":100}]))
+        .await?;
+    system.wait_for_status(&first, "CONFIRMED").await?;
+    let customer = system.customer_of(&first).await?;
+    assert_eq!(system.credit(&customer).await?, (1000, 300));
+
+    let second = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":8,"unit_price_cents":100}]))
+        .await?;
+    let rejected = system.wait_for_status(&second, "REJECTED").await?;
+    assert_eq!(
+        rejected["status_reason"],
+        format!(
+            "insufficient credit for {customer}: the order needs 800 cents, 700 are available (short by 100)"
+        )
+    );
+    system.wait_settled(&second).await?;
+    assert_eq!(
+        system.stock("WIDGET-1").await?,
+        (17, 3),
+        "its stock released"
+    );
+    assert_eq!(system.credit(&customer).await?, (1000, 300));
+
+    assert_eq!(system.cancel(&first).await.status, 200);
+    system.wait_settled(&first).await?;
+    assert_eq!(system.stock("WIDGET-1").await?, (20, 0));
+    assert_eq!(system.credit(&customer).await?, (1000, 0));
+    system.stop().await
+}
+
+/// The other way round: an order the inventory refuses releases the credit
+/// the customer service reserved for it, whichever answered first.
+#[tokio::test]
+async fn an_order_out_of_stock_has_its_credit_released() -> anyhow::Result<()> {
+    let system = System::start_with_credit(1, 1, 10_000).await?;
+    system.set_stock("WIDGET-1", 2).await?;
+    let id = system
+        .post_order(json!([{"sku":"WIDGET-1","quantity":5,"unit_price_cents":100}]))
+        .await?;
+    let rejected = system.wait_for_status(&id, "REJECTED").await?;
+    assert_eq!(
+        rejected["status_reason"],
+        "insufficient stock for WIDGET-1: requested 5, available 2"
+    );
+    system.wait_settled(&id).await?;
+    let customer = system.customer_of(&id).await?;
+    assert_eq!(system.credit(&customer).await?, (10_000, 0));
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM customers.credit_reservations WHERE status = 'RELEASED'")
+            .await?,
+        1,
+        "the credit was reserved, then released"
+    );
+    assert_eq!(system.stock("WIDGET-1").await?, (2, 0));
+    system.stop().await
+}
+
 #[tokio::test]
 async fn an_order_in_stock_is_confirmed_and_one_out_of_stock_is_rejected_with_the_reason(
 ) -> anyhow::Result<()> {
@@ -232,6 +367,7 @@ async fn an_order_at_a_price_the_catalog_does_not_hold_is_rejected_with_the_reas
 async fn a_price_changed_after_an_order_does_not_change_that_order() -> anyhow::Result<()> {
     let mut system = System::start(1, 0).await?;
     system.start_inventory("inv-0").await?;
+    system.start_customers("cust-0").await?;
     system.set_stock("WIDGET-1", 10).await?;
     let id = system
         .post_order(json!([{"sku":"WIDGET-1","quantity":3,"unit_price_cents":100}]))
@@ -348,6 +484,7 @@ async fn the_same_event_delivered_twice_takes_effect_once() -> anyhow::Result<()
         .await?;
     system.wait_for_status(&id, "CONFIRMED").await?;
     system.wait_for_status(&short, "REJECTED").await?;
+    system.wait_settled(&short).await?;
     // Publish the very same events again, as a relay crash would.
     let streams = tests::read_streams(&redis_url(), &system.ns).await?;
     let of_type = |t: &str| -> Vec<shared::envelope::EventEnvelope> {
@@ -386,17 +523,20 @@ async fn the_same_event_delivered_twice_takes_effect_once() -> anyhow::Result<()
             .await?,
         1
     );
+    // The inventory's inbox: the two OrderCreated and the rejected order's
+    // compensation (OrderCancelled); the saga's: each participant's answer to
+    // each order and its release of the rejected one.
     assert_eq!(
         system
             .count("SELECT count(*) FROM inventory.processed_events")
             .await?,
-        2
+        3
     );
     assert_eq!(
         system
             .count("SELECT count(*) FROM orders.processed_events")
             .await?,
-        2
+        6
     );
     assert_eq!(
         system
@@ -695,6 +835,7 @@ async fn a_lost_answer_is_sent_again_by_the_inventory_and_the_order_confirmed_ex
 ) -> anyhow::Result<()> {
     let mut system = System::start(1, 0).await?;
     system.start_inventory("inv-0").await?;
+    system.start_customers("cust-0").await?;
     system.set_stock("WIDGET-1", 10).await?;
     let id = system
         .post_order(json!([{"sku":"WIDGET-1","quantity":3,"unit_price_cents":100}]))
@@ -740,6 +881,7 @@ async fn an_order_nobody_answers_is_rejected_at_its_deadline_and_its_stock_relea
 ) -> anyhow::Result<()> {
     let mut system = System::start(1, 0).await?;
     system.start_inventory("inv-0").await?;
+    system.start_customers("cust-0").await?;
     system.set_stock("WIDGET-1", 10).await?;
     let id = system
         .post_order(json!([{"sku":"WIDGET-1","quantity":4,"unit_price_cents":100}]))
@@ -785,6 +927,7 @@ async fn a_lost_cancellation_is_sent_again_until_the_inventory_confirms_the_rele
 ) -> anyhow::Result<()> {
     let mut system = System::start(1, 0).await?;
     system.start_inventory("inv-0").await?;
+    system.start_customers("cust-0").await?;
     system.start_saga("saga-0").await?;
     system.set_stock("WIDGET-1", 10).await?;
     let id = system

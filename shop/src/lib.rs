@@ -9,23 +9,25 @@ use std::time::Duration;
 
 use aws_lambda_events::cloudwatch_events::CloudWatchEvent;
 use bytes::Bytes;
+use customers_consumer::Customers;
 use emulator::functions::{answer, event, http, local, BoxFuture, Linked, Registry};
 use emulator::invoke::InvokeError;
 use inventory_consumer::Inventory;
 use order_saga::Saga;
 use shared::config::Env;
 
-/// The shop's registry: its nine functions and its migrations.
+/// The shop's registry: its ten functions and its migrations.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Shop;
 
 /// The binaries [`Shop`] links.
-pub const LINKED: [&str; 9] = [
+pub const LINKED: [&str; 10] = [
     "create-order",
     "inventory-api",
     "customers-api",
     "outbox-relay",
     "inventory-consumer",
+    "customers-consumer",
     "order-saga",
     "inventory-retention",
     "order-reconciler",
@@ -67,6 +69,7 @@ pub enum ShopFunction {
     CustomersApi(customers_api::Deps),
     OutboxRelay(outbox_relay::Deps),
     InventoryConsumer(Arc<inventory_consumer::Deps>),
+    CustomersConsumer(Arc<shared::source::Consumer<Customers>>),
     OrderSaga(Arc<order_saga::Deps>),
     InventoryRetention(inventory_retention::Deps),
     OrderReconciler(order_reconciler::Deps),
@@ -93,6 +96,10 @@ impl ShopFunction {
             "inventory-consumer" => {
                 let config = local(stream_consumer::config::<Inventory>(env)?);
                 Self::InventoryConsumer(Arc::new(stream_consumer::connect(&config, env).await?))
+            }
+            "customers-consumer" => {
+                let config = local(stream_consumer::config::<Customers>(env)?);
+                Self::CustomersConsumer(Arc::new(stream_consumer::connect(&config, env).await?))
             }
             "order-saga" => {
                 let config = local(stream_consumer::config::<Saga>(env)?);
@@ -135,6 +142,10 @@ impl Linked for ShopFunction {
                     let e = event::<CloudWatchEvent>(&payload, context)?;
                     answer(stream_consumer::handle(deps, e).await)
                 }
+                Self::CustomersConsumer(deps) => {
+                    let e = event::<CloudWatchEvent>(&payload, context)?;
+                    answer(stream_consumer::handle(deps, e).await)
+                }
                 Self::OrderSaga(deps) => {
                     let e = event::<CloudWatchEvent>(&payload, context)?;
                     answer(stream_consumer::handle(deps, e).await)
@@ -165,6 +176,7 @@ impl Linked for ShopFunction {
                     },
                 ),
                 Self::InventoryConsumer(c) => Some(format!("{:?}", c.run(shutdown).await)),
+                Self::CustomersConsumer(c) => Some(format!("{:?}", c.run(shutdown).await)),
                 Self::OrderSaga(c) => Some(format!("{:?}", c.run(shutdown).await)),
                 Self::CreateOrder(_)
                 | Self::InventoryApi(_)
@@ -179,6 +191,7 @@ impl Linked for ShopFunction {
     fn stop(&self) {
         match self {
             Self::InventoryConsumer(c) => c.stop(),
+            Self::CustomersConsumer(c) => c.stop(),
             Self::OrderSaga(c) => c.stop(),
             _ => {}
         }

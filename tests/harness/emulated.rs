@@ -86,6 +86,10 @@ pub async fn start_with(
     let namespace = crate::unique_namespace();
     let mut parameters: BTreeMap<&str, &str> = env.iter().copied().collect();
     parameters.insert("STREAM_NAMESPACE", &namespace);
+    // Every customer may buy unless the test says otherwise.
+    parameters
+        .entry("DEFAULT_CREDIT_LIMIT_CENTS")
+        .or_insert(crate::TEST_CREDIT_LIMIT_CENTS);
     let overrides = serde_json::json!({ "Parameters": parameters });
     emulator::template::apply_env_overrides(&mut template, &overrides.to_string())?;
     let system = System::start(Options {

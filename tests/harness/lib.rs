@@ -331,11 +331,15 @@ pub async fn read_streams(
     Ok(out)
 }
 
-/// The relay's defaults with the two services' outboxes, as template.yaml's
+/// The relay's defaults with the three services' outboxes, as template.yaml's
 /// `RELAY_OUTBOXES` names them.
 pub fn relay_options() -> shared::relay::RelayOptions {
     shared::relay::RelayOptions {
-        outboxes: vec![order_service::OUTBOX, inventory_service::OUTBOX],
+        outboxes: vec![
+            order_service::OUTBOX,
+            inventory_service::OUTBOX,
+            customer_service::OUTBOX,
+        ],
         ..shared::relay::RelayOptions::default()
     }
 }
@@ -473,6 +477,11 @@ pub const ORDER_SKUS: [&str; 2] = ["WIDGET-1", "GADGET-7"];
 /// Their catalog prices, the ones [`ORDER_BODY`] carries.
 pub const ORDER_PRICES: [i64; 2] = [1999, 500];
 pub const ORDER_STOCK: i64 = 1_000_000_000;
+
+/// The credit limit of a customer without a record in the tests' systems
+/// (`DEFAULT_CREDIT_LIMIT_CENTS`): a billion currency units, so that only a
+/// test about credit runs out of it.
+pub const TEST_CREDIT_LIMIT_CENTS: &str = "100000000000";
 
 /// A keep-alive HTTP client for load: no Nagle, idle connections kept, 30 s per request.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {

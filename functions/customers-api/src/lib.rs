@@ -35,16 +35,9 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             database: DatabaseConfig::from_env(env)?,
-            default_limit_cents: default_limit(env)?,
+            default_limit_cents: customer_service::default_limit(env)?,
         })
     }
-}
-
-/// `DEFAULT_CREDIT_LIMIT_CENTS` (0, up to [`MAX_LIMIT_CENTS`]): the credit
-/// limit of a customer without a record, as the API shows it and the customers
-/// consumer applies it.
-pub fn default_limit(env: &Env) -> Result<i64, ConfigError> {
-    env.in_range("DEFAULT_CREDIT_LIMIT_CENTS", 0, 0, MAX_LIMIT_CENTS)
 }
 
 /// What the handler borrows: built once per process, never per request.

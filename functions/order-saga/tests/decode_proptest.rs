@@ -5,8 +5,7 @@
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 
 use contracts::events::{InventoryRejectedV1, InventoryReservedV1, ReservedItemV1, ShortageV1};
-use contracts::OrderStatus;
-use order_saga::{decode, Action};
+use order_saga::{decode, Answer, INVENTORY};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -78,7 +77,8 @@ proptest! {
         let step = decode(&record).map_err(TestCaseError::fail)?;
         prop_assert_eq!(step.event_id, record.event.event_id.as_uuid());
         prop_assert_eq!(step.order_id, order_id);
-        prop_assert_eq!(step.action, Action::Decide { status: OrderStatus::Confirmed, reason: None });
+        prop_assert_eq!(step.participant, INVENTORY);
+        prop_assert_eq!(step.answer, Answer::Reserved);
     }
 
     #[test]
@@ -96,6 +96,6 @@ proptest! {
         let step = decode(&record).map_err(TestCaseError::fail)?;
         prop_assert_eq!(step.order_id, order_id);
         let want: String = reason.chars().take(1000).collect();
-        prop_assert_eq!(step.action, Action::Decide { status: OrderStatus::Rejected, reason: Some(want) });
+        prop_assert_eq!(step.answer, Answer::Rejected { reason: want });
     }
 }

@@ -95,8 +95,12 @@ impl OrderCreatedV1 {
 
 pub const ORDER_CANCELLED: &str = "OrderCancelled";
 
-/// `OrderCancelled`, schema version 1: a `PENDING` or `CONFIRMED` order was
-/// cancelled; the inventory service releases what it reserved for it.
+/// `OrderCancelled`, schema version 1: the order service's compensation
+/// request. Sent when a customer cancels a `PENDING` or `CONFIRMED` order, and
+/// when an order is rejected (a participant refused it, or it timed out): every
+/// participant of the saga (inventory, customers) releases what it reserved for
+/// the order, answers that it did, and reserves nothing for a later
+/// `OrderCreated` of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelledV1 {
     pub order_id: Uuid,
@@ -191,20 +195,6 @@ order_event!(
     RESERVATION_AGGREGATE
 );
 
-pub const ORDER_REJECTED: &str = "OrderRejected";
-
-/// `OrderRejected`, schema version 1: a participant of the order's saga refused
-/// it, so the order will never be confirmed; every participant releases what it
-/// reserved for it (compensation), and a later `OrderCreated` reserves nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderRejectedV1 {
-    pub order_id: Uuid,
-    /// The refusal, for people: the participant's reason.
-    pub reason: String,
-}
-
-order_event!(OrderRejectedV1, ORDER_REJECTED, ORDER_AGGREGATE);
-
 /// The aggregate type of the customer service's answers about one order's
 /// credit; the aggregate id is the order id, so the answers about one order
 /// stay in order.
@@ -236,12 +226,11 @@ pub struct CreditRejectedV1 {
 }
 
 /// `CreditReleased`, schema version 1: the customer service has applied an
-/// `OrderCancelled` or `OrderRejected`: what it held for the order is released,
+/// `OrderCancelled`: what it held for the order is released,
 /// and a later `OrderCreated` of the order reserves nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditReleasedV1 {
     pub order_id: Uuid,
-    pub customer_id: String,
     /// What was released; 0 when the order held nothing.
     pub amount_cents: i64,
 }

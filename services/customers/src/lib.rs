@@ -4,6 +4,7 @@
 //! answers) lives with the consumer (`functions/customers-consumer`).
 
 use contracts::CustomerId;
+use shared::config::{ConfigError, Env};
 use shared::StoreError;
 use sqlx::PgExecutor;
 
@@ -13,8 +14,19 @@ pub const OUTBOX: shared::outbox::Outbox = shared::outbox::Outbox::in_schema("cu
 /// The customer service's inbox, `customers.processed_events`.
 pub const INBOX: shared::inbox::Inbox = shared::inbox::Inbox::in_schema("customers");
 
+/// The customer service's recorded answers, `customers.answers`.
+pub const ANSWERS: shared::answers::Answers = shared::answers::Answers::in_schema("customers");
+
 /// The largest credit limit, in cents (a trillion currency units).
 pub const MAX_LIMIT_CENTS: i64 = 100_000_000_000_000;
+
+/// `DEFAULT_CREDIT_LIMIT_CENTS` (0, up to [`MAX_LIMIT_CENTS`]): the credit
+/// limit of a customer without a record, as customers-api shows it and the
+/// customers consumer applies it. A customer's record is written with it at
+/// their first reservation; from then on their limit is the record's.
+pub fn default_limit(env: &Env) -> Result<i64, ConfigError> {
+    env.in_range("DEFAULT_CREDIT_LIMIT_CENTS", 0, 0, MAX_LIMIT_CENTS)
+}
 
 /// A customer's credit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -434,44 +434,103 @@ pub async fn unconfirmed_releases(
         .collect())
 }
 
-/// Moves each `PENDING` order of `decisions` (id, new status, reason or `""`)
-/// on; an order no longer `PENDING` stays as it is. Returns how many moved.
-pub async fn decide_pending(
-    conn: &mut PgConnection,
-    ids: &[uuid::Uuid],
-    statuses: &[String],
-    reasons: &[String],
-) -> Result<u64, StoreError> {
-    let moved = sqlx::query!(
-        r#"UPDATE orders.orders o
-           SET status = u.status, status_reason = NULLIF(u.reason, ''), updated_at = now()
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
-           WHERE o.id = u.id AND o.status = 'PENDING'"#,
-        ids,
-        statuses,
-        reasons,
-    )
-    .execute(conn)
-    .await
-    .map_err(|e| StoreError::database("moving orders on", e))?;
-    Ok(moved.rows_affected())
+/// An order as the saga sees it: its status, which participants reserved for
+/// it, and its compensation (see [`lock_for_saga`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaOrder {
+    pub id: uuid::Uuid,
+    pub status: OrderStatus,
+    pub status_reason: Option<String>,
+    /// Participants that reserved for the order.
+    pub reserved_by: Vec<String>,
+    /// Participants that confirmed the release its compensation asked for.
+    pub released_by: Vec<String>,
+    /// The compensation (`OrderCancelled`) sent and not yet settled: its event
+    /// id and time.
+    pub awaiting_release: Option<(uuid::Uuid, OffsetDateTime)>,
+    /// The trace of the request that created the order.
+    pub traceparent: Option<String>,
 }
 
-/// The inventory confirmed the release of `ids` (`InventoryReleased`): their
-/// cancellations are no longer sent again. Returns how many were awaited.
-pub async fn confirm_released(
+/// Locks the orders `ids` (in id order) and reads them as the saga sees them;
+/// an id with no order is left out.
+pub async fn lock_for_saga(
     conn: &mut PgConnection,
     ids: &[uuid::Uuid],
-) -> Result<u64, StoreError> {
-    let done = sqlx::query!(
-        r#"UPDATE orders.orders SET awaiting_release_since = NULL
-           WHERE id = ANY($1) AND awaiting_release_since IS NOT NULL"#,
+) -> Result<Vec<SagaOrder>, StoreError> {
+    const CONTEXT: &str = "locking orders for the saga";
+    let rows = sqlx::query!(
+        r#"SELECT id, status, status_reason, reserved_by, released_by, cancel_event_id,
+                  awaiting_release_since, traceparent
+           FROM orders.orders WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
         ids,
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(|e| StoreError::database(CONTEXT, e))?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(SagaOrder {
+                id: r.id,
+                status: r
+                    .status
+                    .parse()
+                    .map_err(|e| StoreError::corrupt(CONTEXT, e))?,
+                status_reason: r.status_reason,
+                reserved_by: r.reserved_by,
+                released_by: r.released_by,
+                awaiting_release: r.cancel_event_id.zip(r.awaiting_release_since),
+                traceparent: r.traceparent,
+            })
+        })
+        .collect()
+}
+
+/// Writes what the saga decided for `orders` (read with [`lock_for_saga`] in
+/// this transaction): status and reason, participants, compensation.
+/// `updated_at` moves only for an order whose status changed.
+pub async fn write_saga(conn: &mut PgConnection, orders: &[SagaOrder]) -> Result<(), StoreError> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.id).collect();
+    let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
+    let reasons: Vec<Option<String>> = orders.iter().map(|o| o.status_reason.clone()).collect();
+    // Participants' names are identifiers: joined with commas, split in SQL.
+    let reserved: Vec<String> = orders.iter().map(|o| o.reserved_by.join(",")).collect();
+    let released: Vec<String> = orders.iter().map(|o| o.released_by.join(",")).collect();
+    let cancel_ids: Vec<Option<uuid::Uuid>> = orders
+        .iter()
+        .map(|o| o.awaiting_release.map(|a| a.0))
+        .collect();
+    let since: Vec<Option<OffsetDateTime>> = orders
+        .iter()
+        .map(|o| o.awaiting_release.map(|a| a.1))
+        .collect();
+    sqlx::query!(
+        r#"UPDATE orders.orders o
+           SET status = u.status, status_reason = u.reason,
+               updated_at = CASE WHEN o.status = u.status THEN o.updated_at ELSE now() END,
+               reserved_by = COALESCE(string_to_array(NULLIF(u.reserved, ''), ','), '{}'),
+               released_by = COALESCE(string_to_array(NULLIF(u.released, ''), ','), '{}'),
+               cancel_event_id = COALESCE(u.cancel_event_id, o.cancel_event_id),
+               awaiting_release_since = u.since
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[],
+                       $7::timestamptz[])
+                AS u(id, status, reason, reserved, released, cancel_event_id, since)
+           WHERE o.id = u.id"#,
+        &ids,
+        &statuses as &[&str],
+        &reasons as &[Option<String>],
+        &reserved,
+        &released,
+        &cancel_ids as &[Option<uuid::Uuid>],
+        &since as &[Option<OffsetDateTime>],
     )
     .execute(conn)
     .await
-    .map_err(|e| StoreError::database("confirming releases", e))?;
-    Ok(done.rows_affected())
+    .map_err(|e| StoreError::database("writing the saga's decisions", e))?;
+    Ok(())
 }
 
 /// The oldest `PENDING` order's creation time, and how many there are older

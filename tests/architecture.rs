@@ -144,7 +144,7 @@ fn no_function_migrates_at_cold_start() {
     let template = include_str!("../template.yaml");
     assert_eq!(
         template.matches("DependsOn: DatabaseMigrations").count(),
-        8,
+        9,
         "every function but MigrateFunction waits for the migrations"
     );
 }

@@ -36,6 +36,15 @@ const CLIENTS: usize = 8;
 /// SKUs with plenty of stock, and scarce ones that run out (rejections).
 const PLENTY: [&str; 6] = ["P-1", "P-2", "P-3", "P-4", "P-5", "P-6"];
 const SCARCE: [&str; 3] = ["S-1", "S-2", "S-3"];
+/// The credit limit of customers cust-50 to cust-99 (cust-0 to cust-49 have
+/// plenty): an order costs 250 to 2,250 cents, so a few orders use it up.
+const DEFAULT_CREDIT: i64 = 3000;
+/// The consumer groups, each with the aggregate types whose streams it reads.
+const GROUPS: [(&str, &[&str]); 3] = [
+    ("inventory", &["Order"]),
+    ("customers", &["Order"]),
+    ("order-saga", &["Reservation", "Credit"]),
+];
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -282,6 +291,17 @@ async fn drive(
         .await?;
     }
 
+    // Credit: half the customers have a limit of their own, far above what they
+    // order; the other half have the default (DEFAULT_CREDIT_LIMIT_CENTS), which
+    // a few orders use up (rejections for lack of credit, and credit released
+    // by cancellations and compensations).
+    sqlx::query(
+        "INSERT INTO customers.credit (customer_id, limit_cents)
+         SELECT 'cust-' || i, 100000000 FROM generate_series(0, 49) AS i",
+    )
+    .execute(&pool)
+    .await?;
+
     // The template, with the relay and the consumers taken out of the emulator:
     // they run as worker processes with the environment the emulator would give them.
     // Clients hammer the API: the routes' throttling is not what this suite tests.
@@ -289,6 +309,7 @@ async fn drive(
     let overrides = json!({ "Parameters": {
         "STREAM_NAMESPACE": namespace,
         "STREAM_PARTITIONS": PARTITIONS.to_string(),
+        "DEFAULT_CREDIT_LIMIT_CENTS": DEFAULT_CREDIT.to_string(),
     }});
     emulator::template::apply_env_overrides(&mut template, &overrides.to_string())?;
     let mut workers = Vec::new();
@@ -298,6 +319,7 @@ async fn drive(
         } else if spec.stream_source().is_some() {
             match spec.binary.as_str() {
                 "inventory-consumer" => "inventory-consumer",
+                "customers-consumer" => "customers-consumer",
                 "order-saga" => "order-saga",
                 _ => continue,
             }
@@ -327,8 +349,8 @@ async fn drive(
         }
     }
     anyhow::ensure!(
-        workers.len() == 6,
-        "expected a relay and two consumers in the template"
+        workers.len() == 8,
+        "expected a relay and three consumers in the template"
     );
     template
         .functions
@@ -528,8 +550,10 @@ async fn drive(
             }
         }
         let pending: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM orders.orders WHERE status = 'PENDING')
-                  + (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox)",
+            "SELECT (SELECT count(*) FROM orders.orders
+                     WHERE status = 'PENDING' OR awaiting_release_since IS NOT NULL)
+                  + (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox)
+                  + (SELECT count(*) FROM customers.outbox)",
         )
         .fetch_one(&pool)
         .await
@@ -704,7 +728,12 @@ async fn inject_poison(
     when: &str,
 ) -> anyhow::Result<()> {
     let mut conn = redis.clone();
-    for (group, aggregate) in [("inventory", "Order"), ("order-saga", "Reservation")] {
+    for aggregate in ["Order", "Reservation", "Credit"] {
+        let groups: Vec<&'static str> = GROUPS
+            .iter()
+            .filter(|(_, aggregates)| aggregates.contains(&aggregate))
+            .map(|(group, _)| *group)
+            .collect();
         let aggregate_type = AggregateType::parse(aggregate)?;
         let aggregate_id = uuid::Uuid::now_v7().to_string();
         let stream = stream_key(
@@ -738,12 +767,14 @@ async fn inject_poison(
                 .arg(&fields)
                 .query_async(&mut conn)
                 .await?;
-            poison.push(Poison {
-                group,
-                stream: stream.clone(),
-                id,
-                kind,
-            });
+            for &group in &groups {
+                poison.push(Poison {
+                    group,
+                    stream: stream.clone(),
+                    id: id.clone(),
+                    kind,
+                });
+            }
         }
     }
     println!("  injected {} poison entries ({when})", poison.len());
@@ -831,7 +862,7 @@ fn parse_entries(reply: redis::Value) -> anyhow::Result<Vec<RawEntry>> {
 
 async fn dead_letter_count(redis: &ConnectionManager, namespace: &str) -> anyhow::Result<u64> {
     let mut n = 0;
-    for group in ["inventory", "order-saga"] {
+    for (group, _) in GROUPS {
         n += DeadLetters::new(redis.clone(), namespace, group)
             .count()
             .await?;
@@ -965,15 +996,16 @@ async fn check(
         "SELECT o.status, r.status, count(*) FROM inventory.reservations r
          LEFT JOIN orders.orders o ON o.id = r.order_id
          WHERE (r.status = 'RESERVED') <> (o.status = 'CONFIRMED') OR o.status IS NULL
-            OR (r.status = 'RELEASED' AND o.status <> 'CANCELLED')
+            OR (r.status = 'RELEASED' AND o.status NOT IN ('CANCELLED', 'REJECTED'))
          GROUP BY 1, 2",
     )
     .fetch_all(pool)
     .await?;
     report.check(
         misplaced.is_empty(),
-        format!("stock is held by CONFIRMED orders only and released for CANCELLED ones (wrong: {misplaced:?})"),
+        format!("stock is held by CONFIRMED orders only and released for CANCELLED and REJECTED ones (wrong: {misplaced:?})"),
     );
+    check_credit(report, pool).await?;
     let unreserved: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders.orders o WHERE o.status = 'CONFIRMED'
          AND NOT EXISTS (SELECT 1 FROM inventory.reservations r WHERE r.order_id = o.id AND r.status = 'RESERVED')",
@@ -987,7 +1019,9 @@ async fn check(
 
     // Effects once: the inboxes hold each consumed event once, and each order got one answer.
     let order_events = stream_events(redis, namespace, "Order").await?;
-    let answers = stream_events(redis, namespace, "Reservation").await?;
+    let mut answers = stream_events(redis, namespace, "Reservation").await?;
+    let credit_answers = stream_events(redis, namespace, "Credit").await?;
+    answers.extend(credit_answers.iter().cloned());
     // Decodable entries of a known type: the poison ones are undecodable or `OrderTeleported`.
     let legit = |events: &[(String, String, String)]| -> HashSet<String> {
         events
@@ -1006,6 +1040,10 @@ async fn check(
         sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM orders.processed_events")
             .fetch_all(pool)
             .await?;
+    let customers_inbox: (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM customers.processed_events")
+            .fetch_one(pool)
+            .await?;
     let (inv_rows, inv_distinct) = inventory_inbox[0];
     let (saga_rows, saga_distinct) = saga_inbox[0];
     let expected_orders = order_ids.len() as i64;
@@ -1015,31 +1053,43 @@ async fn check(
         format!("inventory inbox: {inv_rows} rows = {inv_distinct} distinct = {expected_orders} distinct order events in the streams"),
     );
     report.check(
+        customers_inbox.0 == customers_inbox.1 && customers_inbox.0 == expected_orders,
+        format!(
+            "customers inbox: {} rows = {} distinct = {expected_orders} distinct order events in the streams",
+            customers_inbox.0, customers_inbox.1
+        ),
+    );
+    report.check(
         saga_rows == saga_distinct && saga_rows == expected_answers,
-        format!("saga inbox: {saga_rows} rows = {saga_distinct} distinct = {expected_answers} distinct inventory answers in the streams"),
+        format!("saga inbox: {saga_rows} rows = {saga_distinct} distinct = {expected_answers} distinct answers (inventory and credit) in the streams"),
     );
     let created: HashSet<&String> = order_events
         .iter()
         .filter(|(_, t, _)| t == "OrderCreated")
         .map(|(_, _, a)| a)
         .collect();
-    let mut answers_per_order: HashMap<&String, HashSet<&String>> = HashMap::new();
-    for (id, t, order) in &answers {
-        if t == "InventoryReserved" || t == "InventoryRejected" {
-            answers_per_order.entry(order).or_default().insert(id);
+    for (participant, types) in [
+        ("inventory", ["InventoryReserved", "InventoryRejected"]),
+        ("customers", ["CreditReserved", "CreditRejected"]),
+    ] {
+        let mut answers_per_order: HashMap<&String, HashSet<&String>> = HashMap::new();
+        for (id, t, order) in &answers {
+            if types.contains(&t.as_str()) {
+                answers_per_order.entry(order).or_default().insert(id);
+            }
         }
+        let twice = answers_per_order
+            .values()
+            .filter(|ids| ids.len() > 1)
+            .count();
+        report.check(
+            twice == 0 && answers_per_order.len() + 2 >= created.len(),
+            format!(
+                "each OrderCreated answered once by the {participant}: {} orders answered, {twice} answered more than once",
+                answers_per_order.len()
+            ),
+        );
     }
-    let twice = answers_per_order
-        .values()
-        .filter(|ids| ids.len() > 1)
-        .count();
-    report.check(
-        twice == 0 && answers_per_order.len() + 2 >= created.len(),
-        format!(
-            "each OrderCreated answered once: {} orders answered, {twice} answered more than once",
-            answers_per_order.len()
-        ),
-    );
     let duplicate_reservations: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT order_id, sku FROM inventory.reservations GROUP BY 1, 2 HAVING count(*) > 1) d",
     )
@@ -1051,22 +1101,26 @@ async fn check(
     );
 
     // Dead letters: every poison entry, with its reason, and nothing else.
-    let mut expected: HashSet<(String, String)> = poison
+    let mut expected: HashSet<(&str, String, String)> = poison
         .iter()
-        .map(|p| (p.stream.clone(), p.id.clone()))
+        .map(|p| (p.group, p.stream.clone(), p.id.clone()))
         .collect();
     let mut unexpected = Vec::new();
     let mut duplicates = 0;
     let mut seen = HashSet::new();
-    for group in ["inventory", "order-saga"] {
+    for (group, _) in GROUPS {
         let letters = DeadLetters::new(redis.clone(), namespace, group)
             .list(None, 100_000)
             .await?;
         for letter in letters {
-            let key = (letter.source_stream.clone(), letter.source_id.clone());
+            let key = (
+                group,
+                letter.source_stream.clone(),
+                letter.source_id.clone(),
+            );
             let kind = poison
                 .iter()
-                .find(|p| p.stream == key.0 && p.id == key.1 && p.group == group)
+                .find(|p| p.group == key.0 && p.stream == key.1 && p.id == key.2)
                 .map(|p| p.kind);
             match kind {
                 Some(kind) => {
@@ -1076,14 +1130,14 @@ async fn check(
                     report.info(format!(
                         "dead letter in {}: {kind} from {} {}: {} (attempts {})",
                         dead_letter_key(namespace, group),
-                        key.0,
                         key.1,
+                        key.2,
                         letter.error,
                         letter.attempts
                     ));
                     expected.remove(&key);
                 }
-                None => unexpected.push(format!("{group} {} {}: {}", key.0, key.1, letter.error)),
+                None => unexpected.push(format!("{group} {} {}: {}", key.1, key.2, letter.error)),
             }
         }
     }
@@ -1112,17 +1166,94 @@ async fn check(
     }
 
     // Outboxes.
-    let unpublished: (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM orders.outbox), (SELECT count(*) FROM inventory.outbox)",
+    let unpublished: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders.outbox), (SELECT count(*) FROM inventory.outbox),
+                (SELECT count(*) FROM customers.outbox)",
     )
     .fetch_one(pool)
     .await?;
     report.check(
-        unpublished == (0, 0),
+        unpublished == (0, 0, 0),
         format!(
-            "no outbox row left unpublished (orders {}, inventory {})",
-            unpublished.0, unpublished.1
+            "no outbox row left unpublished (orders {}, inventory {}, customers {})",
+            unpublished.0, unpublished.1, unpublished.2
         ),
+    );
+    let unsettled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders.orders WHERE awaiting_release_since IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    report.check(
+        unsettled == 0,
+        format!("every compensation settled: every participant confirmed its release ({unsettled} awaiting)"),
+    );
+    Ok(())
+}
+
+/// The customer service's promises: per customer, `limit = available +
+/// reserved` with neither negative, and what is reserved is what its orders'
+/// `RESERVED` reservations hold; credit is held by `CONFIRMED` orders only (each
+/// its total) and never for a rejected or cancelled order once the saga settled.
+async fn check_credit(report: &mut Report, pool: &PgPool) -> anyhow::Result<()> {
+    let credit: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.customer_id, c.limit_cents, c.reserved_cents,
+                COALESCE((SELECT sum(amount_cents) FROM customers.credit_reservations r
+                          WHERE r.customer_id = c.customer_id AND r.status = 'RESERVED'), 0)::bigint
+         FROM customers.credit c ORDER BY c.customer_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let wrong: Vec<String> = credit
+        .iter()
+        .filter(|(_, limit, reserved, held)| {
+            let available = limit - reserved;
+            !(available >= 0
+                && *reserved >= 0
+                && available + reserved == *limit
+                && reserved == held)
+        })
+        .map(|(c, limit, reserved, held)| {
+            format!("{c}: limit {limit}, reserved {reserved}, held {held}")
+        })
+        .collect();
+    report.check(
+        wrong.is_empty() && credit.len() > 50,
+        format!(
+            "credit of {} customers: limit = available + reserved, none negative, reserved = RESERVED reservations (wrong: {wrong:?})",
+            credit.len()
+        ),
+    );
+    let misplaced: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT o.status, r.status, count(*) FROM customers.credit_reservations r
+         LEFT JOIN orders.orders o ON o.id = r.order_id
+         WHERE (r.status = 'RESERVED') <> (o.status = 'CONFIRMED') OR o.status IS NULL
+            OR (r.status = 'RELEASED' AND o.status NOT IN ('CANCELLED', 'REJECTED'))
+            OR r.amount_cents <> o.total_cents
+         GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?;
+    report.check(
+        misplaced.is_empty(),
+        format!("credit is held by CONFIRMED orders only, each its total, and released for CANCELLED and REJECTED ones (wrong: {misplaced:?})"),
+    );
+    let (confirmed_without, short_of_credit): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders.orders o WHERE o.status = 'CONFIRMED'
+                 AND NOT EXISTS (SELECT 1 FROM customers.credit_reservations r
+                                 WHERE r.order_id = o.id AND r.status = 'RESERVED')),
+                (SELECT count(*) FROM orders.orders
+                 WHERE status = 'REJECTED' AND status_reason LIKE 'insufficient credit%')",
+    )
+    .fetch_one(pool)
+    .await?;
+    report.check(
+        confirmed_without == 0,
+        format!("every CONFIRMED order holds its credit ({confirmed_without} do not)"),
+    );
+    report.check(
+        short_of_credit > 0,
+        format!("some orders were rejected for lack of credit ({short_of_credit})"),
     );
     Ok(())
 }

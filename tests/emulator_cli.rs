@@ -125,7 +125,7 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     assert_eq!(purged, 0);
     let template = emulator::template::parse(include_str!("../template.yaml"))?;
     let groups = emulator::cli::groups(&template);
-    assert_eq!(groups, ["inventory", "order-saga"]);
+    assert_eq!(groups, ["inventory", "customers", "order-saga"]);
     let err = emulator::cli::check_group("nope", &groups).expect_err("unknown group");
     assert!(err.to_string().contains("unknown consumer group"), "{err}");
     running.stop().await

@@ -157,9 +157,10 @@ impl System {
     async fn source(
         &self,
         group: &str,
-        aggregate: &str,
+        aggregates: &[&str],
     ) -> anyhow::Result<shared::source::EventSource> {
-        let mut settings = fast_settings(&self.ns, group, self.streams(aggregate));
+        let streams = aggregates.iter().flat_map(|a| self.streams(a)).collect();
+        let mut settings = fast_settings(&self.ns, group, streams);
         settings.consumer = format!("{group}-{}", self.generation);
         Ok(
             shared::source::EventSource::connect(&self.redis_url, Duration::from_secs(5), settings)
@@ -172,15 +173,24 @@ impl System {
         let inventory = Arc::new(inventory_consumer::Inventory {
             pool: self.db.pool.clone(),
         });
+        let customers = Arc::new(customers_consumer::Customers {
+            pool: self.db.pool.clone(),
+            default_limit_cents: 100_000_000_000,
+        });
         let saga = Arc::new(order_saga::Saga {
             pool: self.db.pool.clone(),
         });
         self.consumers.push(Running::start(
-            self.source(inventory_consumer::GROUP, "Order").await?,
+            self.source(inventory_consumer::GROUP, &["Order"]).await?,
             inventory,
         ));
         self.consumers.push(Running::start(
-            self.source(order_saga::GROUP, "Reservation").await?,
+            self.source(customers_consumer::GROUP, &["Order"]).await?,
+            customers,
+        ));
+        self.consumers.push(Running::start(
+            self.source(order_saga::GROUP, &["Reservation", "Credit"])
+                .await?,
             saga,
         ));
         Ok(())

@@ -140,8 +140,8 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
         } else {
             assert_eq!(trace_id, *expected);
         }
-        // Create-order, the relay twice (OrderCreated, InventoryReserved), the
-        // inventory consumer and the saga all logged on that trace.
+        // Create-order, the relay three times (OrderCreated, InventoryReserved,
+        // CreditReserved), both participants and the saga all logged on that trace.
         let mut by_function: HashMap<&str, Vec<&str>> = HashMap::new();
         for (function, line) in &journey {
             by_function
@@ -153,6 +153,7 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
             "CreateOrderFunction",
             "OutboxRelayFunction",
             "InventoryConsumerFunction",
+            "CustomersConsumerFunction",
             "OrderSagaFunction",
         ] {
             assert!(
@@ -166,8 +167,8 @@ async fn one_trace_id_follows_an_order_through_every_function() -> Result<()> {
                 .iter()
                 .filter(|m| **m == "event published")
                 .count(),
-            2,
-            "the relay published OrderCreated and InventoryReserved: {published:?}"
+            3,
+            "the relay published OrderCreated, InventoryReserved and CreditReserved: {published:?}"
         );
         // The consumers continued the producer's trace with spans of their own.
         for (function, line) in &journey {

@@ -27,7 +27,7 @@ fn the_shops_template() {
         .iter()
         .map(|f| f.logical_id.as_str())
         .collect();
-    assert_eq!(ids.len(), 9, "{ids:?}");
+    assert_eq!(ids.len(), 10, "{ids:?}");
     assert_eq!(ids[0], "CreateOrderFunction");
     let migrate = function(&template, "MigrateFunction");
     assert_eq!(migrate.custom_resources, ["DatabaseMigrations"]);
@@ -54,6 +54,9 @@ fn the_shops_template() {
     );
     assert_eq!(customers.environment["DEFAULT_CREDIT_LIMIT_CENTS"], "0");
     assert_eq!(customers.environment["DATABASE_USER"], "customer_service");
+    let consumer = function(&template, "CustomersConsumerFunction");
+    assert_eq!(consumer.environment["DEFAULT_CREDIT_LIMIT_CENTS"], "0");
+    assert_eq!(consumer.environment["DATABASE_USER"], "customer_service");
 
     let create_order = function(&template, "CreateOrderFunction");
     assert_eq!(create_order.binary, "create-order");
@@ -129,13 +132,18 @@ fn the_shops_template() {
 
     // Only once the template declares the stream sources.
     for (id, source, group) in [
-        ("InventoryConsumerFunction", "Order", "inventory"),
-        ("OrderSagaFunction", "Reservation", "order-saga"),
+        ("InventoryConsumerFunction", &["Order"][..], "inventory"),
+        ("CustomersConsumerFunction", &["Order"], "customers"),
+        (
+            "OrderSagaFunction",
+            &["Reservation", "Credit"],
+            "order-saga",
+        ),
     ] {
         let consumer = function(&template, id);
         if consumer.environment.contains_key("STREAM_SOURCE") {
             let stream = consumer.stream_source().expect("a stream source");
-            assert_eq!(stream.aggregate_types, [source]);
+            assert_eq!(stream.aggregate_types, source);
             assert_eq!(stream.group, group);
             assert_eq!(stream.namespace, "events");
             assert_eq!(stream.partitions, 1);

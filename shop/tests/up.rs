@@ -66,6 +66,8 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
             &port.to_string(),
             "--template",
             TEMPLATE,
+            "--parameter-overrides",
+            "DefaultCreditLimitCents=1000000",
             "--env-vars",
         ])
         .arg(&vars.0)
@@ -101,7 +103,8 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         "(token with inventory:write or inventory/write)",
         "schedule EveryMinute: rate(1 minute)",
         "stream source: group inventory on Order",
-        "stream source: group order-saga on Reservation",
+        "stream source: group customers on Order",
+        "stream source: group order-saga on Reservation, Credit",
         "woken by LISTEN/NOTIFY",
         "MigrateFunction (migrate, in-process",
         "custom resource DatabaseMigrations: runs at deploy in AWS",

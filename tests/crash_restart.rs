@@ -505,8 +505,11 @@ async fn drive(
         );
         if last_kill.elapsed() >= plan.kill_every / 2 + jitter {
             // Every role gets killed early on; then at random.
-            let i = if kills.values().sum::<u32>() < 3 {
-                [0, 2, 4][usize::try_from(kills.values().sum::<u32>()).expect("few")] + rng.index(2)
+            // Workers come in pairs, one pair per role.
+            let roles = workers.len() / 2;
+            let killed = usize::try_from(kills.values().sum::<u32>()).expect("few");
+            let i = if killed < roles {
+                2 * killed + rng.index(2)
             } else {
                 rng.index(workers.len())
             };
@@ -606,7 +609,7 @@ async fn drive(
         poison.len()
     ));
     report.check(
-        kills.len() == 3
+        kills.len() == workers.len() / 2
             && redis_restarted.is_some()
             && postgres_restarted.is_some()
             && failed_over.is_some() == plan.redis_failover,

@@ -168,3 +168,18 @@ pub fn record(
         trace: TraceParent::new_root(),
     }
 }
+
+/// Runs the function binary at `path` (`env!("CARGO_BIN_EXE_<name>")`) with an
+/// empty environment and checks that it stops at once, failing, with an error
+/// on stderr that names `variable`: outside Lambda, without its configuration,
+/// a function refuses to start rather than guess. (Such a test also makes
+/// `cargo test` build the binary, which the emulator's Runtime API tests run.)
+pub fn assert_exits_asking_for(path: &str, variable: &str) {
+    let out = std::process::Command::new(path)
+        .env_clear()
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success(), "{path} exited {}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(variable), "{variable} in {stderr}");
+}

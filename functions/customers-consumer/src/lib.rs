@@ -13,7 +13,7 @@
 
 mod store;
 
-use contracts::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
+use contracts::events::{OrderRequest, ORDER_CANCELLED, ORDER_CREATED};
 use contracts::{CustomerId, OrderId};
 use shared::config::{ConfigError, Env};
 use shared::source::{
@@ -73,12 +73,8 @@ pub struct Job {
 /// What `record` asks for; `Err` is why it never can be handled.
 pub fn decode(record: &StreamRecord) -> Result<Job, String> {
     let event = &record.event;
-    let command = match (event.event_type.as_str(), event.schema_version) {
-        (ORDER_CREATED, OrderCreatedV1::SCHEMA_VERSION) => {
-            let order: OrderCreatedV1 = event
-                .payload
-                .decode()
-                .map_err(|e| format!("invalid {ORDER_CREATED} payload: {e}"))?;
+    let command = match OrderRequest::decode(event)? {
+        OrderRequest::Created(order) => {
             let customer = CustomerId::parse(&order.customer_id)
                 .map_err(|e| format!("invalid {ORDER_CREATED} payload: {e}"))?;
             if order.total_cents < 0 {
@@ -93,22 +89,9 @@ pub fn decode(record: &StreamRecord) -> Result<Job, String> {
                 total_cents: order.total_cents,
             }
         }
-        (ORDER_CANCELLED, OrderCancelledV1::SCHEMA_VERSION) => {
-            let cancelled: OrderCancelledV1 = event
-                .payload
-                .decode()
-                .map_err(|e| format!("invalid {ORDER_CANCELLED} payload: {e}"))?;
-            Command::Release {
-                order_id: OrderId::from(cancelled.order_id),
-            }
-        }
-        (ORDER_CREATED | ORDER_CANCELLED, v) => {
-            return Err(format!(
-                "unsupported schema version {v} of {}",
-                event.event_type
-            ))
-        }
-        (other, _) => return Err(format!("unknown event type {other:?}")),
+        OrderRequest::Cancelled(cancelled) => Command::Release {
+            order_id: OrderId::from(cancelled.order_id),
+        },
     };
     Ok(Job {
         event_id: event.event_id.as_uuid(),

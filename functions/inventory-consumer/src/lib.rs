@@ -12,7 +12,7 @@
 pub mod retention;
 mod store;
 
-use contracts::events::{OrderCancelledV1, OrderCreatedV1, ORDER_CANCELLED, ORDER_CREATED};
+use contracts::events::{OrderRequest, ORDER_CANCELLED, ORDER_CREATED};
 use contracts::{OrderId, Quantity, Sku};
 use shared::config::{ConfigError, Env};
 use shared::source::{
@@ -89,13 +89,8 @@ impl shared::answers::Request for Job {
 /// What `record` asks for; `Err` is why it never can be handled.
 pub fn decode(record: &StreamRecord) -> Result<Job, String> {
     let event = &record.event;
-    let version = event.schema_version;
-    let command = match (event.event_type.as_str(), version) {
-        (ORDER_CREATED, OrderCreatedV1::SCHEMA_VERSION) => {
-            let order: OrderCreatedV1 = event
-                .payload
-                .decode()
-                .map_err(|e| format!("invalid {ORDER_CREATED} payload: {e}"))?;
+    let command = match OrderRequest::decode(event)? {
+        OrderRequest::Created(order) => {
             let mut lines = Vec::with_capacity(order.items.len());
             for item in &order.items {
                 let sku = Sku::parse(&item.sku).map_err(|e| format!("invalid item: {e}"))?;
@@ -115,22 +110,9 @@ pub fn decode(record: &StreamRecord) -> Result<Job, String> {
                 lines,
             }
         }
-        (ORDER_CANCELLED, OrderCancelledV1::SCHEMA_VERSION) => {
-            let cancelled: OrderCancelledV1 = event
-                .payload
-                .decode()
-                .map_err(|e| format!("invalid {ORDER_CANCELLED} payload: {e}"))?;
-            Command::Release {
-                order_id: OrderId::from(cancelled.order_id),
-            }
-        }
-        (ORDER_CREATED | ORDER_CANCELLED, v) => {
-            return Err(format!(
-                "unsupported schema version {v} of {}",
-                event.event_type
-            ))
-        }
-        (other, _) => return Err(format!("unknown event type {other:?}")),
+        OrderRequest::Cancelled(cancelled) => Command::Release {
+            order_id: OrderId::from(cancelled.order_id),
+        },
     };
     Ok(Job {
         event_id: event.event_id.as_uuid(),

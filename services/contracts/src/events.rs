@@ -195,6 +195,36 @@ order_event!(
     RESERVATION_AGGREGATE
 );
 
+/// What an event of the `Order` streams asks a participant of the order saga:
+/// to reserve for a new order, or to release what it holds for one (the
+/// compensation). Every participant decodes the streams the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderRequest {
+    Created(OrderCreatedV1),
+    Cancelled(OrderCancelledV1),
+}
+
+impl OrderRequest {
+    /// The request `event` carries; `Err` says why it never can be one (an
+    /// unknown type or schema version, an invalid payload).
+    pub fn decode(event: &EventEnvelope) -> Result<Self, String> {
+        let invalid = |e: serde_json::Error| format!("invalid {} payload: {e}", event.event_type);
+        match (event.event_type.as_str(), event.schema_version) {
+            (ORDER_CREATED, OrderCreatedV1::SCHEMA_VERSION) => {
+                event.payload.decode().map(Self::Created).map_err(invalid)
+            }
+            (ORDER_CANCELLED, OrderCancelledV1::SCHEMA_VERSION) => {
+                event.payload.decode().map(Self::Cancelled).map_err(invalid)
+            }
+            (ORDER_CREATED | ORDER_CANCELLED, v) => Err(format!(
+                "unsupported schema version {v} of {}",
+                event.event_type
+            )),
+            (other, _) => Err(format!("unknown event type {other:?}")),
+        }
+    }
+}
+
 /// The aggregate type of the customer service's answers about one order's
 /// credit; the aggregate id is the order id, so the answers about one order
 /// stay in order.

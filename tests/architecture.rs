@@ -80,6 +80,7 @@ fn the_toolkit_depends_on_no_service() {
         "customers-api",
         "inventory-api",
         "inventory-consumer",
+        "customers-consumer",
         "order-saga",
         "order-reconciler",
         "inventory-retention",
@@ -118,6 +119,7 @@ async fn every_outbox_table_has_the_same_shape() -> anyhow::Result<()> {
     let orders = shape("orders").await?;
     assert!(orders.len() >= 9, "{orders:?}");
     assert_eq!(orders, shape("inventory").await?);
+    assert_eq!(orders, shape("customers").await?);
     Ok(())
 }
 

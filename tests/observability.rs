@@ -1,6 +1,6 @@
 //! Observability of the real function binaries behind the emulator's Runtime
 //! API: one trace id on every log line of an order's journey (create-order,
-//! relay, inventory-consumer, relay, order-saga), structured JSON lines with the
+//! relay, inventory-consumer and customers-consumer, relay, order-saga), structured JSON lines with the
 //! Lambda fields, X-Ray trace headers honoured, and the metrics they publish as
 //! Embedded Metric Format shown on the emulator's `/metrics`.
 

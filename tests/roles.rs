@@ -1,4 +1,4 @@
-//! Each service is its own database role (migration `service_roles`): connected
+//! Each service is its own database role (each service's migrations create its role): connected
 //! as each role, the other service's tables are refused, and the role's own
 //! work (its functions' handlers, the relay) is done.
 

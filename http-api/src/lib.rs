@@ -1,4 +1,4 @@
-//! The HTTP conventions the API functions (`create-order`, `inventory-api`) share,
+//! The HTTP conventions the API functions (`create-order`, `inventory-api`, `customers-api`) share,
 //! so that every endpoint answers alike.
 //!
 //! - [`problem`]: every error is `application/problem+json` (RFC 9457), naming what

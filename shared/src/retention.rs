@@ -1,11 +1,10 @@
 //! Retention: what the system keeps, for how long, and the bounded purges that
 //! enforce it.
 //!
-//! The SQL of each purge lives in the module that owns its table
-//! ([`crate::idempotency::purge_expired`], [`crate::inbox::purge`], the inventory
-//! consumer's `retention`); this module holds the settings ([`RetentionConfig`]),
-//! the loop that runs a purge in short statements ([`Purge`]), and the order
-//! service's purges in one call ([`purge_order_service`]).
+//! The SQL of each purge lives in the module that owns its table (the toolkit's
+//! [`crate::inbox::purge`]; a service's own, e.g. the order service's
+//! idempotency keys); this module holds the settings ([`RetentionConfig`]) and
+//! the loop that runs a purge in short statements ([`Purge`]).
 //!
 //! **Why the inboxes outlive the streams and the dead letters:** an event can
 //! come back as long as it can be redriven: it stays in its stream for up to

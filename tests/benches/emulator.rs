@@ -188,7 +188,7 @@ async fn first_answer(http: &reqwest::Client, base: &str) -> Result<()> {
 
 async fn start_once(mode: Mode, env: &[(&str, &str)]) -> Result<Start> {
     let db = TestDb::fresh().await?;
-    let http = http_client()?;
+    let http = tests::client_as("bench-first");
     let began = Instant::now();
     let running = tests::emulated::start_unthrottled(&db, mode, env).await?;
     let started = began.elapsed();
@@ -271,12 +271,34 @@ async fn run_binary(
     let template: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "template.yaml"]
         .iter()
         .collect();
+    // Its own state directory, and a token signed with the development key it
+    // creates there (what `emulator token` prints).
+    let state = std::env::temp_dir().join(format!("emulator-bench-state-{port}"));
+    let key = emulator::auth::DevKey::load_or_create(&state)?;
+    let token = emulator::auth::dev_token(
+        &emulator::template::parse(&std::fs::read_to_string(&template)?)?,
+        &key,
+        "bench-first",
+        None,
+        Duration::from_secs(3600),
+    )?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .tcp_nodelay(true)
+        .build()?;
     let mut command =
         tokio::process::Command::new(tests::emulated::binaries_dir()?.join("emulator"));
     command
         .arg("up")
         .arg("--template")
         .arg(&template)
+        .arg("--state-dir")
+        .arg(&state)
         .args(["--port", &port.to_string(), "--env-vars"])
         .arg(env_file)
         .env("DATABASE_URL", database_url)
@@ -323,7 +345,7 @@ async fn run_binary(
             .context("no `Ready in` within 30 s")?
             .context("emulator up exited before `Ready in`")?;
         let (ready, printed) = (at - began, printed?);
-        first_answer(&http_client()?, &format!("http://127.0.0.1:{port}")).await?;
+        first_answer(&http, &format!("http://127.0.0.1:{port}")).await?;
         anyhow::Ok((ready, printed, began.elapsed()))
     }
     .await;
@@ -340,6 +362,7 @@ async fn run_binary(
         child.kill().await?;
     }
     reader.abort();
+    let _ = std::fs::remove_dir_all(&state);
     measured
 }
 

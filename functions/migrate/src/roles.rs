@@ -1,4 +1,4 @@
-//! The services' database roles (migration `service_roles`) and their passwords.
+//! The services' database roles (created by each service's migrations) and their passwords.
 //!
 //! In AWS each role's password is generated in Secrets Manager and resolved into
 //! this function's environment as `<ROLE>_DATABASE_PASSWORD`

@@ -9,8 +9,8 @@
 //!    is handled at last, and a participant that already decided answers again
 //!    with its recorded answer (the inbox makes the repeat harmless);
 //! 3. sends `OrderCancelled` again, under its first `event_id`, for every
-//!    cancellation the inventory has not confirmed (`InventoryReleased`) within
-//!    the timeout;
+//!    compensation (a cancellation or a rejection) not every participant has
+//!    confirmed (`InventoryReleased`, `CreditReleased`) within the timeout;
 //! 4. purges the order service's expired idempotency keys and old inbox rows;
 //! 5. records the age of the oldest `PENDING` order (`OldestPendingOrderAge`).
 //!

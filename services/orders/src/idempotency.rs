@@ -221,9 +221,9 @@ pub async fn record(
 /// (U+001F), the client's key. Customer ids never contain the separator, so two
 /// customers' uses of one key are two rows; and since a client's key is printable
 /// ASCII, these never meet the raw keys that code from before per-customer keys
-/// stored (with `customer_id` `''`). The migration
-/// `20261128000008_idempotency_per_customer.sql` explains why `key` stays the
-/// primary key.
+/// stored (with `customer_id` `''`). `key` stays the primary key so that an
+/// insert with `ON CONFLICT (key)` keeps its meaning (see the table's comment in
+/// `services/orders/migrations`).
 pub fn scoped_key(owner: &CustomerId, key: &IdempotencyKey) -> String {
     format!("{}\u{1f}{}", owner.as_str(), key.as_str())
 }

@@ -648,3 +648,64 @@ async fn trimming_respects_age_and_unprocessed_entries() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// One busy outbox never holds up the others: while rows keep arriving in the
+/// order service's outbox, an invocation still publishes the inventory's and
+/// the customer service's waiting rows before its deadline.
+#[tokio::test]
+async fn a_busy_outbox_does_not_starve_the_others() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let ns = unique_namespace();
+    let relay = relay(&db, &redis_url(), options(&ns)).await?;
+    for (i, outbox) in [inventory_service::OUTBOX, customer_service::OUTBOX]
+        .iter()
+        .enumerate()
+    {
+        for n in 0..20 {
+            append(
+                &db,
+                outbox,
+                &event("Reservation", &format!("waiting-{i}-{n}"), 1)?,
+            )
+            .await?;
+        }
+    }
+    // A writer that keeps the order service's outbox busy, on connections of its own.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (pool, stop) = (db.pool.clone(), std::sync::Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let e = event("Order", &format!("busy-{w}-{}", n % 64), n)?;
+                    let mut tx = pool.begin().await?;
+                    outbox::append(&mut tx, &order_service::OUTBOX, &e).await?;
+                    tx.commit().await?;
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let summary = relay
+        .drain_until(Instant::now() + Duration::from_secs(2))
+        .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await??;
+    }
+    let waiting: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM inventory.outbox), (SELECT count(*) FROM customers.outbox)",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(
+        waiting,
+        (0, 0),
+        "the quiet outboxes were drained while {written} rows kept the busy one busy: {summary:?}"
+    );
+    tests::delete_streams(&redis_url(), &ns).await
+}

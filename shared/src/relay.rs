@@ -231,6 +231,18 @@ struct Counts {
     hit_deadline: bool,
 }
 
+impl Counts {
+    /// What several drains did together.
+    fn sum(all: Vec<Counts>) -> Self {
+        all.into_iter().fold(Self::default(), |total, c| Self {
+            published: total.published + c.published,
+            failed: total.failed + c.failed,
+            batches: total.batches + c.batches,
+            hit_deadline: total.hit_deadline || c.hit_deadline,
+        })
+    }
+}
+
 /// What a drain did: the invocation's result.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DrainSummary {
@@ -583,14 +595,12 @@ impl Relay {
             stopped_by: "empty",
             ..DrainSummary::default()
         };
-        for outbox in &self.options.outboxes {
-            let counts = self.drain_outbox(outbox, deadline).await?;
-            summary.published += counts.published;
-            summary.failed += counts.failed;
-            summary.batches += counts.batches;
-            if counts.hit_deadline {
-                summary.stopped_by = "deadline";
-            }
+        let counts = self.drain_all(deadline).await?;
+        summary.published = counts.published;
+        summary.failed = counts.failed;
+        summary.batches = counts.batches;
+        if counts.hit_deadline {
+            summary.stopped_by = "deadline";
         }
         self.trim_streams().await?;
         for outbox in &self.options.outboxes {
@@ -604,20 +614,25 @@ impl Relay {
         Ok(summary)
     }
 
+    /// Drains every outbox at once, each with its own batch loops, so that one
+    /// that never empties (rows keep arriving) does not hold up the others
+    /// (`tests/outbox_relay.rs::a_busy_outbox_does_not_starve_the_others`).
+    async fn drain_all(&self, deadline: Instant) -> Result<Counts, RelayError> {
+        let drains = self
+            .options
+            .outboxes
+            .iter()
+            .map(|outbox| self.drain_outbox(outbox, deadline));
+        Ok(Counts::sum(futures::future::try_join_all(drains).await?))
+    }
+
     /// Drains one outbox with [`RelayOptions::batches_in_flight`] batch loops at
     /// once: while one batch waits for Redis, another reads or commits. They take
     /// disjoint slots, so order per aggregate holds.
     async fn drain_outbox(&self, outbox: &Outbox, deadline: Instant) -> Result<Counts, RelayError> {
         let loops =
             (0..self.options.batches_in_flight.max(1)).map(|_| self.batch_loop(outbox, deadline));
-        let mut total = Counts::default();
-        for counts in futures::future::try_join_all(loops).await? {
-            total.published += counts.published;
-            total.failed += counts.failed;
-            total.batches += counts.batches;
-            total.hit_deadline |= counts.hit_deadline;
-        }
-        Ok(total)
+        Ok(Counts::sum(futures::future::try_join_all(loops).await?))
     }
 
     /// Batches until the slots this loop can take are all empty, or `deadline`.
@@ -760,15 +775,9 @@ impl Relay {
 
     /// Every batch available now, without the backlog report.
     async fn drain_quietly(&self) -> Result<u64, RelayError> {
-        let mut total = 0;
-        for outbox in &self.options.outboxes {
-            // No deadline: run until the outbox is empty.
-            total += self
-                .drain_outbox(outbox, Instant::now() + Duration::from_secs(86_400))
-                .await?
-                .published;
-        }
-        Ok(total)
+        // No deadline: run until the outboxes are empty.
+        let far = Instant::now() + Duration::from_secs(86_400);
+        Ok(self.drain_all(far).await?.published)
     }
 
     /// The backlog of every outbox.

@@ -667,8 +667,10 @@ impl Relay {
     }
 
     /// Drains, then waits for `NOTIFY outbox` (sent when outbox rows commit) or
-    /// `fallback_poll`, and drains again, until `shutdown` completes. The batch
-    /// in flight finishes first. Errors are logged and retried with backoff.
+    /// `fallback_poll`, and drains again, until `shutdown` completes. Each
+    /// outbox has a drain loop of its own, woken by the notifications of its
+    /// schema, so a busy outbox never holds up a quiet one. The batch in flight
+    /// finishes first. Errors are logged and retried with backoff.
     pub async fn run(
         &self,
         fallback_poll: Duration,
@@ -702,82 +704,135 @@ impl Relay {
                 Err(error) => return Err(error),
             }
         };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wakes: Vec<tokio::sync::Notify> = self
+            .options
+            .outboxes
+            .iter()
+            .map(|_| tokio::sync::Notify::new())
+            .collect();
+        let drains = futures::future::join_all(self.options.outboxes.iter().zip(&wakes).map(
+            |(outbox, wake)| self.keep_draining(outbox, wake, fallback_poll, stopped.clone()),
+        ));
+        let wake_up = async {
+            let mut last_trim = Instant::now();
+            let mut last_measure = Instant::now() - Duration::from_secs(3600);
+            loop {
+                if last_measure.elapsed() > Duration::from_secs(10) {
+                    match self.backlogs().await {
+                        Ok(backlogs) => {
+                            self.record_outbox_age(backlogs.iter());
+                            let tables: Vec<String> = self
+                                .options
+                                .outboxes
+                                .iter()
+                                .map(Outbox::to_string)
+                                .collect();
+                            self.record_failed_rows(
+                                tables.iter().map(String::as_str).zip(&backlogs),
+                            );
+                        }
+                        Err(error) => warn!(%error, "measuring the outbox backlog failed"),
+                    }
+                    last_measure = Instant::now();
+                }
+                if last_trim.elapsed() > Duration::from_secs(60) {
+                    if let Err(error) = self.trim_streams().await {
+                        warn!(%error, "trimming streams failed");
+                    }
+                    last_trim = Instant::now();
+                }
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    notification = listener.recv() => match notification {
+                        // The payload is the outbox's schema.
+                        Ok(n) => {
+                            for (outbox, wake) in self.options.outboxes.iter().zip(&wakes) {
+                                if outbox.table().schema() == n.payload() {
+                                    wake.notify_one();
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            // It reconnects on its next `recv`; the pause keeps a
+                            // listener that cannot from spinning.
+                            let error = db("receiving outbox notifications")(error);
+                            if is_outage(&error) {
+                                store_away(&mut away, &error);
+                            } else {
+                                warn!(%error, "outbox listener lost its connection; reconnecting");
+                            }
+                            tokio::select! {
+                                _ = &mut shutdown => return,
+                                _ = tokio::time::sleep(fallback_poll) => {}
+                            }
+                            // Rows may have committed meanwhile, unannounced.
+                            wakes.iter().for_each(tokio::sync::Notify::notify_one);
+                        }
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        };
+        // The listener stops first; then every drain loop ends after its batch.
+        let ((), _) = tokio::join!(
+            async {
+                wake_up.await;
+                let _ = stop.send(true);
+            },
+            drains
+        );
+        Ok(())
+    }
+
+    /// One outbox's drain loop in [`Relay::run`]: drains it, then waits for
+    /// `wake` (its notifications) or `fallback_poll`; ends between batches once
+    /// `stopped` turns true.
+    async fn keep_draining(
+        &self,
+        outbox: &Outbox,
+        wake: &tokio::sync::Notify,
+        fallback_poll: Duration,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut away = Breaker::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut backoff = Duration::from_millis(50);
-        let mut last_trim = Instant::now();
-        let mut last_measure = Instant::now() - Duration::from_secs(3600);
-        loop {
-            match self.drain_quietly().await {
-                Ok(published) => {
+        while !*stopped.borrow() {
+            // A bounded round, so that a stop is seen even under constant load.
+            match self
+                .drain_outbox(outbox, Instant::now() + Duration::from_secs(1))
+                .await
+            {
+                Ok(counts) => {
                     backoff = Duration::from_millis(50);
                     store_back(&mut away);
-                    if published > 0 {
-                        debug!(published, "relayed");
+                    if counts.published > 0 {
+                        debug!(published = counts.published, %outbox, "relayed");
+                    }
+                    if counts.hit_deadline {
+                        continue;
                     }
                 }
                 Err(error) => {
                     if is_outage(&error) {
                         store_away(&mut away, &error);
                     } else {
-                        warn!(%error, retry_in_ms = millis(backoff), "relay failed; rows stay pending");
+                        warn!(%error, %outbox, retry_in_ms = millis(backoff), "relay failed; rows stay pending");
                     }
                     tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
+                        _ = stopped.changed() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }
-            if last_measure.elapsed() > Duration::from_secs(10) {
-                match self.backlogs().await {
-                    Ok(backlogs) => {
-                        self.record_outbox_age(backlogs.iter());
-                        let tables: Vec<String> = self
-                            .options
-                            .outboxes
-                            .iter()
-                            .map(Outbox::to_string)
-                            .collect();
-                        self.record_failed_rows(tables.iter().map(String::as_str).zip(&backlogs));
-                    }
-                    Err(error) => warn!(%error, "measuring the outbox backlog failed"),
-                }
-                last_measure = Instant::now();
-            }
-            if last_trim.elapsed() > Duration::from_secs(60) {
-                if let Err(error) = self.trim_streams().await {
-                    warn!(%error, "trimming streams failed");
-                }
-                last_trim = Instant::now();
-            }
             tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                notification = listener.recv() => {
-                    if let Err(error) = notification {
-                        // It reconnects on its next `recv`; the pause keeps a
-                        // listener that cannot from spinning.
-                        let error = db("receiving outbox notifications")(error);
-                        if is_outage(&error) {
-                            store_away(&mut away, &error);
-                        } else {
-                            warn!(%error, "outbox listener lost its connection; reconnecting");
-                        }
-                        tokio::select! {
-                            _ = &mut shutdown => return Ok(()),
-                            _ = tokio::time::sleep(fallback_poll) => {}
-                        }
-                    }
-                }
+                _ = stopped.changed() => {}
+                () = wake.notified() => {}
                 _ = tokio::time::sleep(fallback_poll) => {}
             }
         }
-    }
-
-    /// Every batch available now, without the backlog report.
-    async fn drain_quietly(&self) -> Result<u64, RelayError> {
-        // No deadline: run until the outboxes are empty.
-        let far = Instant::now() + Duration::from_secs(86_400);
-        Ok(self.drain_all(far).await?.published)
     }
 
     /// The backlog of every outbox.

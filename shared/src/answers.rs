@@ -123,17 +123,7 @@ pub async fn record(
                    aggregate_id, occurred_at, traceparent, payload)
          ON CONFLICT (order_id, request) DO NOTHING"
     );
-    sqlx::query(&sql)
-        .bind(&orders)
-        .bind(&requests)
-        .bind(&a.event_ids)
-        .bind(&a.event_types)
-        .bind(&a.schema_versions)
-        .bind(&a.aggregate_types)
-        .bind(&a.aggregate_ids)
-        .bind(&a.occurred_at)
-        .bind(&a.traceparents)
-        .bind(&a.payloads)
+    a.bind_to(sqlx::query(&sql).bind(&orders).bind(&requests))
         .execute(conn)
         .await
         .map_err(|e| StoreError::database("recording answers", e))?;

@@ -337,6 +337,26 @@ pub struct OutboxColumnArrays {
     pub payloads: Vec<String>,
 }
 
+impl OutboxColumnArrays {
+    /// Binds the eight arrays, in column order (`event_id` .. `payload`), as the
+    /// next parameters of `query`: the one place that lists them for an
+    /// `UNNEST` of envelopes (the outbox, the recorded answers).
+    pub fn bind_to<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.aggregate_types)
+            .bind(&self.aggregate_ids)
+            .bind(&self.occurred_at)
+            .bind(&self.traceparents)
+            .bind(&self.payloads)
+    }
+}
+
 impl<'a> FromIterator<&'a EventEnvelope> for OutboxColumnArrays {
     fn from_iter<I: IntoIterator<Item = &'a EventEnvelope>>(events: I) -> Self {
         let mut a = Self::default();

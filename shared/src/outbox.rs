@@ -95,15 +95,7 @@ pub async fn append_all(
          ORDER BY e.n
          ON CONFLICT (event_id) DO NOTHING"
     );
-    sqlx::query(&sql)
-        .bind(&a.event_ids)
-        .bind(&a.event_types)
-        .bind(&a.schema_versions)
-        .bind(&a.aggregate_types)
-        .bind(&a.aggregate_ids)
-        .bind(&a.occurred_at)
-        .bind(&a.traceparents)
-        .bind(&a.payloads)
+    a.bind_to(sqlx::query(&sql))
         .execute(conn)
         .await
         .map(|_| ())

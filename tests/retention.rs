@@ -11,7 +11,6 @@ use anyhow::Result;
 use order_service::retention::purge_order_service;
 use shared::config::Env;
 use shared::inbox;
-use shared::metrics::{self, Metric};
 use shared::relay::RelayOptions;
 use shared::retention::RetentionConfig;
 use tests::{redis_url, unique_namespace, TestDb};
@@ -401,6 +400,8 @@ async fn dead_letters_are_trimmed_by_age() -> Result<()> {
 /// which never touches a pending row.
 #[tokio::test]
 async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<()> {
+    // The recorder `/metrics` reads, before the relay records.
+    let _installed = emulator::metrics::handle();
     let db = TestDb::fresh().await?;
     let ns = unique_namespace();
     // Three rows in the orders outbox, two of them set aside as failed.
@@ -436,15 +437,15 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     let summary = relay.drain_until(far()).await?;
     assert_eq!(summary.published, 1);
     assert_eq!(summary.backlog["orders.outbox"].failed, 2);
-    let failed = |outbox: &str| {
-        metrics::total_for(
-            shared::relay::SERVICE,
-            Metric::OUTBOX_FAILED_ROWS,
-            ("outbox", outbox),
-        )
+    // The gauge, as the emulator's `/metrics` shows it.
+    let failed = |outbox: &str, n: u32| {
+        let text = emulator::metrics::render();
+        let line =
+            format!("outbox_failed_rows{{service=\"outbox-relay\",outbox=\"{outbox}\"}} {n}\n");
+        assert!(text.contains(&line), "lacks {line}:\n{text}");
     };
-    assert_eq!(failed("orders.outbox"), 2.0);
-    assert_eq!(failed("inventory.outbox"), 0.0);
+    failed("orders.outbox", 2);
+    failed("inventory.outbox", 0);
 
     // Unconfirmed, the command only says what it would do.
     let mut out = Vec::new();
@@ -483,7 +484,7 @@ async fn failed_outbox_rows_are_counted_and_purged_only_when_asked() -> Result<(
     assert_eq!(n, 1);
     assert_eq!(db.count("orders.outbox").await?, 1, "the pending row stays");
     relay.drain_until(far()).await?;
-    assert_eq!(failed("orders.outbox"), 0.0);
+    failed("orders.outbox", 0);
     let _: u64 = redis::cmd("DEL")
         .arg(format!("{ns}:{{Order:0}}"))
         .query_async(

@@ -323,6 +323,8 @@ pub async fn main(registry: Arc<dyn Registry>) -> std::process::ExitCode {
 
 async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
     let env = Env::from_process();
+    // The emulator's recorder first: function code in this process records into it.
+    let _installed = crate::metrics::handle();
     shared::telemetry::init(&env, "emulator");
     // Not locked: the logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();

@@ -22,6 +22,7 @@ pub mod database;
 pub mod functions;
 pub mod gateway;
 pub mod invoke;
+pub mod metrics;
 pub mod routes;
 pub mod runtime;
 pub mod schedule;
@@ -50,6 +51,7 @@ pub struct Emulator {
 
 impl Emulator {
     pub fn of(system: &system::System) -> Self {
+        let _installed = metrics::handle();
         Self {
             functions: Arc::clone(&system.functions),
             routes: system.routes.clone(),
@@ -172,7 +174,7 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared::metrics::render_prometheus(),
+        metrics::render(),
     )
         .into_response()
 }

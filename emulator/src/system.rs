@@ -69,6 +69,8 @@ pub struct System {
 
 impl System {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
+        // Before any function records a value.
+        let _installed = crate::metrics::handle();
         let routes = RouteTable::from_template(&options.template);
         let gate = Arc::new(crate::auth::Gate::new(
             &options.template,

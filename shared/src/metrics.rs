@@ -1,25 +1,30 @@
-//! The system's metrics: recorded in process, published in Lambda as CloudWatch
-//! Embedded Metric Format (EMF: plain JSON log lines that CloudWatch turns into
-//! metrics, no agent), and shown by the emulator in Prometheus' text format.
+//! The system's metrics, recorded through the `metrics` facade: published in
+//! Lambda as CloudWatch Embedded Metric Format (EMF: plain JSON log lines that
+//! CloudWatch turns into metrics, no agent), and shown by the emulator in
+//! Prometheus' text format (`metrics-exporter-prometheus`, in the emulator).
 //!
-//! Every metric has the dimension `service`: the function's binary name. A
-//! value may carry a second one (e.g. `outbox`, [`Recorder::record_for`]); it is
-//! then also published under `service` alone, so one alarm can watch them all.
-//! The namespace is `METRICS_NAMESPACE` (`OrderProcessing`). The template's
-//! alarms watch `EventsDeadLettered`, `OutboxAge` and `OutboxFailedRows` by
-//! these names.
+//! A metric is data ([`Metric`]: names, unit, kind, help); the toolkit defines
+//! its own and a service its business metrics. Every value has the label (EMF:
+//! dimension) `service`: the function's binary name. A value may carry a
+//! second one (e.g. `outbox`, [`Recorder::record_for`]); EMF then also
+//! publishes it under `service` alone, so one alarm can watch them all. The
+//! namespace is `METRICS_NAMESPACE` (`OrderProcessing`). The template's alarms
+//! watch `EventsDeadLettered`, `OutboxAge` and `OutboxFailedRows` by these names.
 //!
-//! A [`Recorder`] adds to the process's totals (what `/metrics` shows) and, when
-//! EMF is on (in Lambda), to the values the next [`flush`] writes; an invocation
-//! flushes when it ends ([`crate::telemetry::Invocation::run`]). The emulator
-//! reads the EMF lines of the function processes it runs with [`ingest_emf`], so
-//! `/metrics` shows the same figures in both of its modes.
+//! In Lambda, [`configure`] installs the EMF writer as the facade's recorder,
+//! and an invocation [`flush`]es when it ends ([`crate::telemetry::Invocation::run`]).
+//! The EMF writer is ours, not `metrics_cloudwatch_embedded`'s: that crate
+//! keeps 100 values of a distribution per flush and drops the rest, where this
+//! one spills them into more documents. The emulator installs a Prometheus
+//! recorder instead and reads the EMF lines of the function processes it runs
+//! with [`ingest_emf`], so `/metrics` shows the same figures in both of its
+//! modes.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use metrics::{Label, SharedString};
 use serde_json::{json, Map, Value};
 
 use crate::config::Env;
@@ -263,8 +268,12 @@ impl Metric {
         self.prometheus
     }
 
-    fn help(self) -> &'static str {
-        self.help
+    /// A distribution's histogram bounds; `None` for a counter or a gauge.
+    pub fn buckets(self) -> Option<&'static [f64]> {
+        match self.kind {
+            Kind::Distribution(bounds) => Some(bounds),
+            Kind::Counter | Kind::Gauge => None,
+        }
     }
 
     fn kind(self) -> Kind {
@@ -280,7 +289,7 @@ impl Metric {
         if let Some(toolkit) = Metric::TOOLKIT.into_iter().find(|m| m.name == name) {
             return toolkit;
         }
-        if let Some(known) = registry().known.get(name) {
+        if let Some(known) = known().get(name) {
             return *known;
         }
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
@@ -314,97 +323,70 @@ fn snake_case(name: &str) -> String {
     out
 }
 
-/// Makes `metrics` known to this process: `/metrics` lists them (HELP and
-/// TYPE) before their first value. A service calls it once at start.
+/// Makes `metrics` known to this process: to the installed recorder (whose
+/// `/metrics` then lists them, with HELP and TYPE, before their first value)
+/// and to the EMF writer (which finds a value's CloudWatch name and unit
+/// here). A service calls it once at start.
 pub fn describe(metrics: &[Metric]) {
-    let mut registry = registry();
+    let mut known = known();
     for m in metrics {
-        registry.known.entry(m.name).or_insert(*m);
+        known.entry(m.name).or_insert(*m);
+        describe_to_facade(*m);
     }
 }
 
-/// A metric's total since the process started.
-#[derive(Debug, Clone, PartialEq)]
-enum Total {
-    Value(f64),
-    Histogram {
-        buckets: Vec<u64>,
-        count: u64,
-        sum: f64,
-    },
-}
-
-impl Total {
-    fn new(metric: Metric) -> Self {
-        match metric.kind() {
-            Kind::Distribution(bounds) => Total::Histogram {
-                buckets: vec![0; bounds.len()],
-                count: 0,
-                sum: 0.0,
-            },
-            _ => Total::Value(0.0),
-        }
-    }
-
-    fn add(&mut self, metric: Metric, value: f64) {
-        match (self, metric.kind()) {
-            (Total::Value(v), Kind::Counter) => *v += value,
-            (Total::Value(v), Kind::Gauge) => *v = value,
-            (
-                Total::Histogram {
-                    buckets,
-                    count,
-                    sum,
-                },
-                Kind::Distribution(bounds),
-            ) => {
-                for (bucket, bound) in buckets.iter_mut().zip(bounds) {
-                    if value <= *bound {
-                        *bucket += 1;
-                    }
-                }
-                *count += 1;
-                *sum += value;
-            }
-            _ => {}
-        }
+/// Describes every metric this process knows to the recorder installed now:
+/// for a recorder installed after some were [`describe`]d (the emulator's).
+pub fn describe_known() {
+    let known: Vec<Metric> = known().values().copied().collect();
+    for m in Metric::TOOLKIT.into_iter().chain(known) {
+        describe_to_facade(m);
     }
 }
 
-/// Whose figures: a service, and a second dimension's name and value if any.
-type Series = (String, Option<(String, String)>);
-
-fn series(service: &str) -> Series {
-    (service.to_owned(), None)
+fn describe_to_facade(m: Metric) {
+    let unit = match m.unit {
+        Unit::Count => metrics::Unit::Count,
+        Unit::Seconds => metrics::Unit::Seconds,
+        Unit::Milliseconds => metrics::Unit::Milliseconds,
+    };
+    match m.kind {
+        Kind::Counter => metrics::describe_counter!(m.prometheus, unit, m.help),
+        Kind::Gauge => metrics::describe_gauge!(m.prometheus, unit, m.help),
+        Kind::Distribution(_) => metrics::describe_histogram!(m.prometheus, unit, m.help),
+    }
 }
 
-#[derive(Debug)]
-struct Registry {
-    namespace: String,
-    emf: bool,
-    /// Every metric this process knows, by CloudWatch name.
-    known: BTreeMap<&'static str, Metric>,
-    totals: BTreeMap<(Series, Metric), Total>,
-    /// Values not yet flushed, per series, when EMF is on.
-    pending: BTreeMap<Series, BTreeMap<Metric, Vec<f64>>>,
+/// Every metric this process knows, by CloudWatch name.
+static KNOWN: Mutex<BTreeMap<&'static str, Metric>> = Mutex::new(BTreeMap::new());
+
+fn known() -> std::sync::MutexGuard<'static, BTreeMap<&'static str, Metric>> {
+    KNOWN.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    namespace: String::new(),
-    emf: false,
-    known: BTreeMap::new(),
-    totals: BTreeMap::new(),
-    pending: BTreeMap::new(),
-});
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+/// The metric recorded under the facade's key name `prometheus`: the
+/// toolkit's, or one [`describe`]d or recorded by this process.
+fn by_prometheus_name(prometheus: &str) -> Option<Metric> {
+    Metric::TOOLKIT
+        .into_iter()
+        .find(|m| m.prometheus == prometheus)
+        .or_else(|| {
+            known()
+                .values()
+                .find(|m| m.prometheus == prometheus)
+                .copied()
+        })
 }
 
 pub const DEFAULT_NAMESPACE: &str = "OrderProcessing";
 
-/// Sets the namespace (`METRICS_NAMESPACE`) and whether flushes write EMF lines:
-/// `METRICS` = `emf` / `off` when set, else `emf_by_default` (JSON logs, i.e. Lambda).
+/// Sets up this process's metrics from `env`: with `METRICS` = `emf` (or unset
+/// and `emf_by_default`, i.e. JSON logs, i.e. Lambda) it installs the EMF
+/// writer as the `metrics` facade's recorder, under the namespace
+/// `METRICS_NAMESPACE`. Otherwise (`off`, or text logs) it installs nothing,
+/// and values go to whichever recorder the process installed itself (the
+/// emulator's Prometheus recorder), or nowhere. The first recorder installed
+/// stays.
 pub fn configure(env: &Env, emf_by_default: bool) {
     let namespace = env
         .get("METRICS_NAMESPACE")
@@ -417,12 +399,18 @@ pub fn configure(env: &Env, emf_by_default: bool) {
         Some(v) if v.eq_ignore_ascii_case("off") => false,
         _ => emf_by_default,
     };
-    let mut registry = registry();
-    registry.namespace = namespace;
-    registry.emf = emf;
+    if !emf {
+        return;
+    }
+    let writer = Arc::new(Emf::new(namespace));
+    if metrics::set_global_recorder(EmfRecorder(writer.clone())).is_ok() {
+        let _first = EMF.set(writer);
+        describe_known();
+    }
 }
 
-/// Records metrics for one service.
+/// Records metrics for one service: its values carry the label (EMF: the
+/// dimension) `service`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorder {
     service: Arc<str>,
@@ -439,17 +427,24 @@ impl Recorder {
         &self.service
     }
 
-    /// Adds `value` to `metric`'s figures.
+    /// Adds `value` to `metric`'s figures (a counter takes it rounded).
     pub fn record(&self, metric: Metric, value: f64) {
-        record(series(&self.service), metric, value);
+        send(
+            metric,
+            vec![Label::new("service", self.service.to_string())],
+            value,
+        );
     }
 
     /// Adds `value` to `metric`'s figures for one value of a second dimension,
     /// `(name, value)`, e.g. `("outbox", "orders.outbox")`.
     pub fn record_for(&self, metric: Metric, dimension: (&str, &str), value: f64) {
         let (name, dimension_value) = dimension;
-        let label = Some((name.to_owned(), dimension_value.to_owned()));
-        record((self.service.to_string(), label), metric, value);
+        let labels = vec![
+            Label::new("service", self.service.to_string()),
+            Label::new(name.to_owned(), dimension_value.to_owned()),
+        ];
+        send(metric, labels, value);
     }
 
     /// Adds a count (a `u64` as counters and sizes come).
@@ -458,21 +453,67 @@ impl Recorder {
     }
 }
 
-fn record(series: Series, metric: Metric, value: f64) {
+/// Hands one value to the `metrics` facade, by the metric's kind.
+fn send(metric: Metric, labels: Vec<Label>, value: f64) {
     if !value.is_finite() {
         return;
     }
-    let mut registry = registry();
-    registry.known.entry(metric.name).or_insert(metric);
-    registry
-        .totals
-        .entry((series.clone(), metric))
-        .or_insert_with(|| Total::new(metric))
-        .add(metric, value);
-    if registry.emf {
-        registry
-            .pending
-            .entry(series)
+    known().entry(metric.name).or_insert(metric);
+    match metric.kind {
+        Kind::Counter => {
+            // Counts are whole and not negative; a fraction rounds.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = value.max(0.0).round() as u64;
+            metrics::counter!(metric.prometheus, labels).increment(n);
+        }
+        Kind::Gauge => metrics::gauge!(metric.prometheus, labels).set(value),
+        Kind::Distribution(_) => metrics::histogram!(metric.prometheus, labels).record(value),
+    }
+}
+
+/// Whose figures: a service, and a second dimension's name and value if any.
+type Series = (String, Option<(String, String)>);
+
+/// The series a facade key's labels name: `service` and at most one other.
+fn series_of(key: &metrics::Key) -> Series {
+    let mut service = String::new();
+    let mut other = None;
+    for label in key.labels() {
+        if label.key() == "service" {
+            label.value().clone_into(&mut service);
+        } else if other.is_none() {
+            other = Some((label.key().to_owned(), label.value().to_owned()));
+        }
+    }
+    (service, other)
+}
+
+/// The EMF writer: values recorded since the last [`flush`], per series.
+#[derive(Debug)]
+struct Emf {
+    namespace: String,
+    pending: Mutex<BTreeMap<Series, BTreeMap<Metric, Vec<f64>>>>,
+}
+
+/// The EMF writer installed by [`configure`], if any.
+static EMF: std::sync::OnceLock<Arc<Emf>> = std::sync::OnceLock::new();
+
+impl Emf {
+    fn new(namespace: String) -> Self {
+        Self {
+            namespace,
+            pending: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn push(&self, series: &Series, metric: Metric, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(series.clone())
             .or_default()
             .entry(metric)
             .or_default()
@@ -480,52 +521,153 @@ fn record(series: Series, metric: Metric, value: f64) {
     }
 }
 
-/// At most this many values of one metric in one EMF document (CloudWatch's limit).
+/// The EMF writer as the facade's recorder. A value's CloudWatch name and unit
+/// are its metric's ([`describe`]); a key no [`Metric`] names keeps its own
+/// name, as a count.
+#[derive(Debug)]
+struct EmfRecorder(Arc<Emf>);
+
+/// One series of one metric, as the facade hands it out.
+struct EmfHandle {
+    emf: Arc<Emf>,
+    series: Series,
+    metric: Metric,
+}
+
+impl EmfRecorder {
+    fn handle(&self, key: &metrics::Key, kind: Kind) -> Arc<EmfHandle> {
+        let metric = by_prometheus_name(key.name()).unwrap_or_else(|| {
+            let name: &'static str = Box::leak(key.name().to_owned().into_boxed_str());
+            let metric = Metric::define(name, name, Unit::Count, kind, "");
+            known().entry(name).or_insert(metric);
+            metric
+        });
+        Arc::new(EmfHandle {
+            emf: self.0.clone(),
+            series: series_of(key),
+            metric,
+        })
+    }
+}
+
+impl metrics::Recorder for EmfRecorder {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.handle(key, Kind::Counter))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.handle(key, Kind::Gauge))
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::from_arc(self.handle(key, Kind::Distribution(DURATION_BUCKETS)))
+    }
+}
+
+impl metrics::CounterFn for EmfHandle {
+    fn increment(&self, value: u64) {
+        self.emf.push(&self.series, self.metric, value as f64);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.emf.push(&self.series, self.metric, value as f64);
+    }
+}
+
+impl metrics::GaugeFn for EmfHandle {
+    fn increment(&self, value: f64) {
+        self.emf.push(&self.series, self.metric, value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.emf.push(&self.series, self.metric, -value);
+    }
+
+    fn set(&self, value: f64) {
+        self.emf.push(&self.series, self.metric, value);
+    }
+}
+
+impl metrics::HistogramFn for EmfHandle {
+    fn record(&self, value: f64) {
+        self.emf.push(&self.series, self.metric, value);
+    }
+}
+
+/// At most this many values of one metric in one EMF document (CloudWatch's
+/// limit). `metrics_cloudwatch_embedded` 0.10 keeps these 100 and drops the
+/// rest of a flush (BENCHMARKS.md, "Metrics"); this writer spills them into
+/// more documents.
 const EMF_MAX_VALUES: usize = 100;
 
-/// The EMF documents for the values recorded since the last flush, and forgets
-/// them. Counters are summed, gauges keep their largest value, distributions
-/// are sent as arrays of values.
-pub fn take_emf(timestamp_ms: u64) -> Vec<String> {
-    let mut registry = registry();
-    let pending = std::mem::take(&mut registry.pending);
-    let namespace = match registry.namespace.as_str() {
-        "" => DEFAULT_NAMESPACE.to_owned(),
-        configured => configured.to_owned(),
-    };
-    drop(registry);
-    let mut documents = Vec::new();
-    for ((service, label), metrics) in pending {
-        // Distributions longer than one document's limit spill into more documents.
-        let mut rounds: Vec<Map<String, Value>> = Vec::new();
-        let mut names: Vec<Vec<Metric>> = Vec::new();
-        for (metric, values) in metrics {
-            let chunks: Vec<Value> = match metric.kind() {
-                Kind::Counter => vec![values.iter().sum::<f64>().into()],
-                Kind::Gauge => vec![values.iter().copied().fold(f64::MIN, f64::max).into()],
-                Kind::Distribution(_) => values
-                    .chunks(EMF_MAX_VALUES)
-                    // Always an array, even of one value: a reader tells a
-                    // distribution from a counter by it.
-                    .map(|chunk| Value::from(chunk.to_vec()))
-                    .collect(),
-            };
-            for (round, value) in chunks.into_iter().enumerate() {
-                if rounds.len() <= round {
-                    rounds.push(Map::new());
-                    names.push(Vec::new());
-                }
-                rounds[round].insert(metric.emf_name().to_owned(), value);
-                names[round].push(metric);
-            }
+impl Emf {
+    /// The EMF documents for the values recorded since the last call, and
+    /// forgets them. Counters are summed, gauges keep their largest value,
+    /// distributions are sent as arrays of values.
+    fn take(&self, timestamp_ms: u64) -> Vec<String> {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut documents = Vec::new();
+        for ((service, label), metrics) in pending {
+            documents.extend(emf_documents(
+                &self.namespace,
+                timestamp_ms,
+                (&service, label.as_ref()),
+                metrics,
+            ));
         }
-        for (mut values, metrics) in rounds.into_iter().zip(names) {
+        documents
+    }
+}
+
+/// One series' values as EMF documents: one, or more when a distribution has
+/// more values than one document may hold.
+fn emf_documents(
+    namespace: &str,
+    timestamp_ms: u64,
+    (service, label): (&str, Option<&(String, String)>),
+    metrics: BTreeMap<Metric, Vec<f64>>,
+) -> Vec<String> {
+    let mut rounds: Vec<Map<String, Value>> = Vec::new();
+    let mut names: Vec<Vec<Metric>> = Vec::new();
+    for (metric, values) in metrics {
+        let chunks: Vec<Value> = match metric.kind() {
+            Kind::Counter => vec![values.iter().sum::<f64>().into()],
+            Kind::Gauge => vec![values.iter().copied().fold(f64::MIN, f64::max).into()],
+            Kind::Distribution(_) => values
+                .chunks(EMF_MAX_VALUES)
+                // Always an array, even of one value: a reader tells a
+                // distribution from a counter by it.
+                .map(|chunk| Value::from(chunk.to_vec()))
+                .collect(),
+        };
+        for (round, value) in chunks.into_iter().enumerate() {
+            if rounds.len() <= round {
+                rounds.push(Map::new());
+                names.push(Vec::new());
+            }
+            rounds[round].insert(metric.emf_name().to_owned(), value);
+            names[round].push(metric);
+        }
+    }
+    rounds
+        .into_iter()
+        .zip(names)
+        .map(|(mut values, metrics)| {
             let definitions: Vec<Value> = metrics
                 .iter()
                 .map(|m| json!({"Name": m.emf_name(), "Unit": m.unit()}))
                 .collect();
             // A second dimension's values are also published under `service` alone.
-            let dimensions = match &label {
+            let dimensions = match label {
                 None => json!([["service"]]),
                 Some((name, _)) => json!([["service", name], ["service"]]),
             };
@@ -540,22 +682,24 @@ pub fn take_emf(timestamp_ms: u64) -> Vec<String> {
                     }],
                 }),
             );
-            values.insert("service".into(), service.clone().into());
-            if let Some((name, value)) = &label {
+            values.insert("service".into(), service.into());
+            if let Some((name, value)) = label {
                 values.insert(name.clone(), value.clone().into());
             }
-            documents.push(Value::Object(values).to_string());
-        }
-    }
-    documents
+            Value::Object(values).to_string()
+        })
+        .collect()
 }
 
-/// Writes what [`take_emf`] gives to stdout, one line each (CloudWatch Logs
-/// reads them as metrics). Nothing when EMF is off.
+/// Writes the values recorded since the last flush to stdout as EMF lines
+/// (CloudWatch Logs reads them as metrics). Nothing when EMF is off.
 pub fn flush() {
+    let Some(emf) = EMF.get() else {
+        return;
+    };
     let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or_default();
-    let documents = take_emf(now_ms);
+    let documents = emf.take(now_ms);
     if documents.is_empty() {
         return;
     }
@@ -584,8 +728,9 @@ pub fn flush_if_due(interval: std::time::Duration) {
     flush();
 }
 
-/// Reads one log line; if it is an EMF document of ours, adds its values to the
-/// totals (as CloudWatch would) and returns true.
+/// Reads one log line; if it is an EMF document of ours, records its values
+/// through the `metrics` facade (as CloudWatch would read them) and returns
+/// true. The emulator reads its function processes' stdout with it.
 pub fn ingest_emf(line: &str) -> bool {
     if !line.starts_with('{') || !line.contains("\"_aws\"") {
         return false;
@@ -614,9 +759,13 @@ pub fn ingest_emf(line: &str) -> bool {
         .find(|name| *name != "service")
         .and_then(|name| {
             let value = document.get(name).and_then(Value::as_str)?;
-            Some((name.to_owned(), value.to_owned()))
+            Some((name, value))
         });
-    let series: Series = (service.to_owned(), label);
+    let recorder = Recorder::new(service);
+    let record = |metric: Metric, value: f64| match label {
+        None => recorder.record(metric, value),
+        Some(dimension) => recorder.record_for(metric, dimension, value),
+    };
     for definition in directives
         .iter()
         .filter_map(|d| d.get("Metrics").and_then(Value::as_array))
@@ -632,10 +781,10 @@ pub fn ingest_emf(line: &str) -> bool {
             Some(Value::Array(values)) => values
                 .iter()
                 .filter_map(Value::as_f64)
-                .for_each(|v| record_total(&series, metric, v)),
+                .for_each(|v| record(metric, v)),
             Some(value) => {
                 if let Some(v) = value.as_f64() {
-                    record_total(&series, metric, v);
+                    record(metric, v);
                 }
             }
             None => {}
@@ -644,270 +793,36 @@ pub fn ingest_emf(line: &str) -> bool {
     true
 }
 
-/// Adds to the totals only (values read back from EMF are not flushed again).
-fn record_total(series: &Series, metric: Metric, value: f64) {
-    if !value.is_finite() {
-        return;
-    }
-    registry()
-        .totals
-        .entry((series.clone(), metric))
-        .or_insert_with(|| Total::new(metric))
-        .add(metric, value);
-}
-
-/// The totals in Prometheus' text exposition format (version 0.0.4).
-pub fn render_prometheus() -> String {
-    let (totals, known) = {
-        let mut registry = registry();
-        for m in Metric::TOOLKIT {
-            registry.known.entry(m.name).or_insert(m);
-        }
-        (registry.totals.clone(), registry.known.clone())
-    };
-    let mut out = String::new();
-    for metric in known.into_values() {
-        let name = metric.prometheus_name();
-        let kind = match metric.kind() {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Distribution(_) => "histogram",
-        };
-        let _ = writeln!(out, "# HELP {name} {}", metric.help());
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (((service, label), _), total) in totals.iter().filter(|((_, m), _)| *m == metric) {
-            // A second dimension is a second label, written inside `service="…"`'s braces.
-            let service = match label {
-                None => escape_label(service),
-                Some((name, value)) => {
-                    format!(
-                        "{}\",{name}=\"{}",
-                        escape_label(service),
-                        escape_label(value)
-                    )
-                }
-            };
-            match (total, metric.kind()) {
-                (Total::Value(v), _) => {
-                    let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", number(*v));
-                }
-                (
-                    Total::Histogram {
-                        buckets,
-                        count,
-                        sum,
-                    },
-                    Kind::Distribution(bounds),
-                ) => {
-                    for (bucket, bound) in buckets.iter().zip(bounds) {
-                        let _ = writeln!(
-                            out,
-                            "{name}_bucket{{service=\"{service}\",le=\"{}\"}} {bucket}",
-                            number(*bound)
-                        );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{service=\"{service}\",le=\"+Inf\"}} {count}"
-                    );
-                    let _ = writeln!(out, "{name}_sum{{service=\"{service}\"}} {}", number(*sum));
-                    let _ = writeln!(out, "{name}_count{{service=\"{service}\"}} {count}");
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        // Whole and below 2^53: exact as an integer.
-        #[allow(clippy::cast_possible_truncation)]
-        let whole = v as i64;
-        format!("{whole}")
-    } else {
-        format!("{v}")
-    }
-}
-
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The total of `metric` for `service` (a counter's sum, a gauge's value, a
-/// distribution's count; summed over a second dimension's values), for tests
-/// and the emulator's banner.
-pub fn total(service: &str, metric: Metric) -> f64 {
-    registry()
-        .totals
-        .iter()
-        .filter(|(((s, _), m), _)| s == service && *m == metric)
-        .map(|(_, total)| total_value(total))
-        .sum()
-}
-
-/// The total of `metric` for `service` and one value of a second dimension.
-pub fn total_for(service: &str, metric: Metric, dimension: (&str, &str)) -> f64 {
-    let label = Some((dimension.0.to_owned(), dimension.1.to_owned()));
-    registry()
-        .totals
-        .get(&((service.to_owned(), label), metric))
-        .map_or(0.0, total_value)
-}
-
-fn total_value(total: &Total) -> f64 {
-    match total {
-        Total::Value(v) => *v,
-        Total::Histogram { count, .. } => *count as f64,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Tests share the process's registry: each uses services of its own.
-
-    #[test]
-    fn totals_add_up_per_service_and_kind() {
-        let a = Recorder::new("metrics-test-a");
-        a.count(Metric::EVENTS_PROCESSED, 3);
-        a.count(Metric::EVENTS_PROCESSED, 4);
-        a.record(Metric::OUTBOX_AGE, 9.0);
-        a.record(Metric::OUTBOX_AGE, 2.0);
-        a.record(Metric::HANDLER_DURATION, 3.0);
-        a.record(Metric::HANDLER_DURATION, 700.0);
-        assert_eq!(total("metrics-test-a", Metric::EVENTS_PROCESSED), 7.0);
-        assert_eq!(total("metrics-test-a", Metric::OUTBOX_AGE), 2.0);
-        assert_eq!(total("metrics-test-a", Metric::HANDLER_DURATION), 2.0);
-        assert_eq!(total("metrics-test-b", Metric::EVENTS_PROCESSED), 0.0);
-
-        let text = render_prometheus();
-        assert!(text.contains("# TYPE events_processed_total counter"));
-        assert!(text.contains("events_processed_total{service=\"metrics-test-a\"} 7\n"));
-        assert!(text.contains("outbox_age_seconds{service=\"metrics-test-a\"} 2\n"));
-        assert!(text.contains(
-            "handler_duration_milliseconds_bucket{service=\"metrics-test-a\",le=\"5\"} 1\n"
-        ));
-        assert!(text.contains(
-            "handler_duration_milliseconds_bucket{service=\"metrics-test-a\",le=\"1000\"} 2\n"
-        ));
-        assert!(text.contains(
-            "handler_duration_milliseconds_bucket{service=\"metrics-test-a\",le=\"+Inf\"} 2\n"
-        ));
-        assert!(
-            text.contains("handler_duration_milliseconds_sum{service=\"metrics-test-a\"} 703\n")
-        );
-    }
-
-    #[test]
-    fn emf_documents_follow_the_specification_and_read_back() {
-        let doc = json!({
-            "_aws": {
-                "Timestamp": 1_700_000_000_000u64,
-                "CloudWatchMetrics": [{
-                    "Namespace": "OrderProcessing",
-                    "Dimensions": [["service"]],
-                    "Metrics": [
-                        {"Name": "EventsDeadLettered", "Unit": "Count"},
-                        {"Name": "BatchSize", "Unit": "Count"},
-                        {"Name": "NotOurs", "Unit": "Count"}
-                    ]
-                }]
-            },
-            "service": "metrics-test-emf",
-            "EventsDeadLettered": 2,
-            "BatchSize": [10, 100],
-            "NotOurs": 5
-        });
-        assert!(ingest_emf(&doc.to_string()));
-        assert_eq!(total("metrics-test-emf", Metric::EVENTS_DEAD_LETTERED), 2.0);
-        assert_eq!(total("metrics-test-emf", Metric::BATCH_SIZE), 2.0);
-        assert!(!ingest_emf("{\"level\":\"INFO\",\"message\":\"hello\"}"));
-        assert!(!ingest_emf("plain text"));
-    }
-
-    /// A second dimension (`outbox`) is its own series, in `/metrics` as a second
-    /// label and in EMF as a second dimension set beside `service` alone.
-    #[test]
-    fn a_second_dimension_is_a_series_of_its_own() {
-        let r = Recorder::new("metrics-test-dim");
-        r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "orders.outbox"), 2.0);
-        r.record_for(
-            Metric::OUTBOX_FAILED_ROWS,
-            ("outbox", "inventory.outbox"),
-            1.0,
-        );
-        r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "orders.outbox"), 3.0);
-        let dim = ("outbox", "orders.outbox");
-        assert_eq!(
-            total_for("metrics-test-dim", Metric::OUTBOX_FAILED_ROWS, dim),
-            3.0
-        );
-        assert_eq!(total("metrics-test-dim", Metric::OUTBOX_FAILED_ROWS), 4.0);
-        let text = render_prometheus();
-        assert!(
-            text.contains(
-                "outbox_failed_rows{service=\"metrics-test-dim\",outbox=\"orders.outbox\"} 3\n"
-            ),
-            "{text}"
-        );
-
-        {
-            let mut registry = registry();
-            let key = (
-                "metrics-test-dim-emf".to_owned(),
-                Some(("outbox".to_owned(), "x.outbox".to_owned())),
-            );
-            registry
-                .pending
-                .entry(key)
-                .or_default()
-                .insert(Metric::OUTBOX_FAILED_ROWS, vec![5.0, 7.0]);
-        }
-        let document = take_emf(1_700_000_000_000)
-            .into_iter()
-            .find(|d| d.contains("metrics-test-dim-emf"))
-            .expect("a document");
-        let value: Value = serde_json::from_str(&document).expect("json");
-        assert_eq!(value["outbox"], "x.outbox");
-        assert_eq!(value["OutboxFailedRows"], 7.0);
-        assert_eq!(
-            value["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([["service", "outbox"], ["service"]])
-        );
-        assert!(ingest_emf(&document));
-        let dim = ("outbox", "x.outbox");
-        assert_eq!(
-            total_for("metrics-test-dim-emf", Metric::OUTBOX_FAILED_ROWS, dim),
-            7.0
-        );
-    }
-
-    #[test]
-    fn take_emf_sums_counters_and_splits_long_distributions() {
-        // Only the pending values matter here: build them by hand.
-        {
-            let mut registry = registry();
-            let pending = registry
-                .pending
-                .entry(series("metrics-test-take"))
-                .or_default();
-            pending.insert(Metric::EVENTS_PUBLISHED, vec![2.0, 3.0]);
-            pending.insert(Metric::OUTBOX_AGE, vec![4.0, 1.0]);
-            pending.insert(Metric::HANDLER_DURATION, (0..150).map(f64::from).collect());
-        }
-        let documents: Vec<Value> = take_emf(1_700_000_000_000)
+    /// Runs `work` with a fresh EMF writer as this thread's recorder, and
+    /// returns the documents it would flush, parsed.
+    fn emf_of(work: impl FnOnce()) -> Vec<Value> {
+        let emf = Arc::new(Emf::new(DEFAULT_NAMESPACE.to_owned()));
+        metrics::with_local_recorder(&EmfRecorder(emf.clone()), work);
+        emf.take(1_700_000_000_000)
             .iter()
             .map(|d| serde_json::from_str(d).expect("json"))
-            .filter(|d: &Value| d["service"] == "metrics-test-take")
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn emf_sums_counters_keeps_the_largest_gauge_and_splits_long_distributions() {
+        let documents = emf_of(|| {
+            let r = Recorder::new("take");
+            r.count(Metric::EVENTS_PUBLISHED, 2);
+            r.count(Metric::EVENTS_PUBLISHED, 3);
+            r.record(Metric::OUTBOX_AGE, 4.0);
+            r.record(Metric::OUTBOX_AGE, 1.0);
+            for ms in 0..150 {
+                r.record(Metric::HANDLER_DURATION, f64::from(ms));
+            }
+        });
         assert_eq!(documents.len(), 2, "150 durations need two documents");
         let first = &documents[0];
+        assert_eq!(first["service"], "take");
         assert_eq!(first["EventsPublished"], 5.0);
         assert_eq!(first["OutboxAge"], 4.0);
         assert_eq!(first["HandlerDuration"].as_array().map(Vec::len), Some(100));
@@ -925,28 +840,80 @@ mod tests {
         assert_eq!(first["_aws"]["Timestamp"], 1_700_000_000_000u64);
     }
 
+    /// A second dimension (`outbox`) is a series of its own, published in EMF
+    /// under a second dimension set beside `service` alone.
+    #[test]
+    fn a_second_dimension_is_a_series_of_its_own() {
+        let documents = emf_of(|| {
+            let r = Recorder::new("dim");
+            r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "x.outbox"), 5.0);
+            r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "x.outbox"), 7.0);
+            r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "y.outbox"), 1.0);
+        });
+        assert_eq!(documents.len(), 2, "{documents:#?}");
+        let x = documents
+            .iter()
+            .find(|d| d["outbox"] == "x.outbox")
+            .expect("x's document");
+        assert_eq!(x["OutboxFailedRows"], 7.0);
+        assert_eq!(
+            x["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["service", "outbox"], ["service"]])
+        );
+    }
+
+    /// What one process writes, another reads back as the same values: the
+    /// emulator's path from a function process's stdout to its `/metrics`.
+    #[test]
+    fn emf_lines_read_back_as_the_same_values() {
+        let written = emf_of(|| {
+            let r = Recorder::new("round-trip");
+            r.count(Metric::EVENTS_DEAD_LETTERED, 2);
+            r.count(Metric::BATCH_SIZE, 10);
+            r.count(Metric::BATCH_SIZE, 100);
+            r.record_for(Metric::OUTBOX_FAILED_ROWS, ("outbox", "x.outbox"), 3.0);
+        });
+        let read = emf_of(|| {
+            for document in &written {
+                assert!(ingest_emf(&document.to_string()));
+            }
+            assert!(!ingest_emf("{\"level\":\"INFO\",\"message\":\"hello\"}"));
+            assert!(!ingest_emf("plain text"));
+        });
+        let strip = |documents: &[Value]| -> Vec<Value> {
+            documents
+                .iter()
+                .map(|d| {
+                    let mut d = d.clone();
+                    d["_aws"]["Timestamp"] = json!(0);
+                    d
+                })
+                .collect()
+        };
+        assert_eq!(strip(&read), strip(&written));
+    }
+
     #[test]
     fn a_metric_another_process_defined_is_read_from_its_emf() {
-        let line = serde_json::json!({
+        let line = json!({
             "_aws": {"Timestamp": 1, "CloudWatchMetrics": [{
                 "Namespace": "N", "Dimensions": [["service"]],
                 "Metrics": [{"Name": "ParcelsShipped", "Unit": "Count"},
                             {"Name": "ShippingDelay", "Unit": "Milliseconds"},
                             {"Name": "QueueDepth", "Unit": "Seconds"}]}]},
-            "service": "metrics-test-foreign",
+            "service": "foreign",
             "ParcelsShipped": 3, "ShippingDelay": [12.0], "QueueDepth": 4.5
         })
         .to_string();
-        assert!(ingest_emf(&line));
-        let text = render_prometheus();
-        assert!(
-            text.contains("# TYPE parcels_shipped_total counter"),
-            "{text}"
-        );
-        assert!(text.contains("parcels_shipped_total{service=\"metrics-test-foreign\"} 3"));
-        assert!(text.contains("# TYPE shipping_delay histogram"), "{text}");
-        assert!(text.contains("shipping_delay_count{service=\"metrics-test-foreign\"} 1"));
-        assert!(text.contains("# TYPE queue_depth gauge"), "{text}");
+        let documents = emf_of(|| assert!(ingest_emf(&line)));
+        assert_eq!(documents[0]["ParcelsShipped"], 3.0);
+        assert_eq!(documents[0]["ShippingDelay"], json!([12.0]));
+        assert_eq!(documents[0]["QueueDepth"], 4.5);
+        let shipped = Metric::from_emf("ParcelsShipped", "Count", false);
+        assert_eq!(shipped.prometheus_name(), "parcels_shipped_total");
+        assert_eq!(shipped.kind(), Kind::Counter);
+        let delay = Metric::from_emf("ShippingDelay", "Milliseconds", true);
+        assert!(matches!(delay.kind(), Kind::Distribution(_)));
         // The toolkit's own keep their definitions.
         assert_eq!(
             Metric::from_emf("BatchSize", "Count", false),
@@ -956,5 +923,16 @@ mod tests {
             Metric::from_emf("BatchSize", "Count", false).kind(),
             Kind::Distribution(_)
         ));
+    }
+
+    /// A value recorded through the facade under a name no [`Metric`] defines
+    /// keeps that name in EMF.
+    #[test]
+    fn a_facade_key_of_no_metric_keeps_its_name() {
+        let documents = emf_of(|| {
+            metrics::counter!("widgets_made", "service" => "plain").increment(4);
+        });
+        assert_eq!(documents[0]["widgets_made"], 4.0);
+        assert_eq!(documents[0]["service"], "plain");
     }
 }

@@ -290,7 +290,7 @@ impl Invocation {
         let started = Instant::now();
         let output = work.instrument(self.span.clone()).await;
         if self.cold_start {
-            self.recorder.record(Metric::COLD_START, 1.0);
+            self.recorder.count(Metric::COLD_START, 1);
         }
         self.recorder.record(
             Metric::HANDLER_DURATION,

@@ -207,7 +207,13 @@ impl RelayError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Batch {
     /// Rows were published (and rows that can never be published set aside).
-    Done { published: u64, failed: u64 },
+    /// `drained`: the batch's slots when it took fewer rows than a batch holds,
+    /// i.e. they had no more pending rows when it read them; else none.
+    Done {
+        published: u64,
+        failed: u64,
+        drained: Vec<i16>,
+    },
     /// The slots this batch took hold no pending row.
     Empty { slots: Vec<i16> },
     /// Other relays hold every slot.
@@ -221,6 +227,43 @@ pub struct Backlog {
     pub oldest_pending_age_ms: Option<u64>,
     /// Rows set aside as failed, waiting for an operator.
     pub failed: u64,
+}
+
+/// When a drain of one outbox is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Every slot seen without pending rows since the last batch that
+    /// published: a drain that nothing wakes again ([`Relay::drain_until`]).
+    Quiet,
+    /// Every slot seen without pending rows once, counting a batch that took
+    /// fewer rows than it could: a drain that the outbox's notifications wake
+    /// again for rows committed since ([`Relay::run`]). Under a steady flow of
+    /// small commits this saves the empty rounds `Quiet` would make after
+    /// each one.
+    Drained,
+}
+
+impl Until {
+    /// Adds what `batch` found to `seen` (the slots found without pending rows)
+    /// and says whether the drain is done.
+    fn done(self, seen: &mut BTreeSet<i16>, batch: Batch) -> bool {
+        match batch {
+            Batch::Done { drained, .. } => {
+                match self {
+                    Until::Quiet => seen.clear(),
+                    Until::Drained => seen.extend(drained),
+                }
+                seen.len() == SLOTS as usize
+            }
+            Batch::Empty { slots } => {
+                let before = seen.len();
+                seen.extend(slots);
+                seen.len() == before || seen.len() == SLOTS as usize
+            }
+            // Others hold every slot: they are draining it.
+            Batch::Busy => true,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -460,6 +503,11 @@ impl Relay {
                 .map_err(db("ending a relay transaction"))?;
             return Ok(Batch::Empty { slots });
         }
+        let drained = if rows.len() < self.options.batch_size as usize {
+            slots
+        } else {
+            Vec::new()
+        };
 
         let mut pipe = redis::pipe();
         let mut published = Vec::with_capacity(rows.len());
@@ -551,6 +599,7 @@ impl Relay {
         Ok(Batch::Done {
             published: published.len() as u64,
             failed: failed_ids.len() as u64,
+            drained,
         })
     }
 
@@ -622,46 +671,54 @@ impl Relay {
             .options
             .outboxes
             .iter()
-            .map(|outbox| self.drain_outbox(outbox, deadline));
+            .map(|outbox| self.drain_outbox(outbox, deadline, Until::Quiet));
         Ok(Counts::sum(futures::future::try_join_all(drains).await?))
     }
 
     /// Drains one outbox with [`RelayOptions::batches_in_flight`] batch loops at
     /// once: while one batch waits for Redis, another reads or commits. They take
     /// disjoint slots, so order per aggregate holds.
-    async fn drain_outbox(&self, outbox: &Outbox, deadline: Instant) -> Result<Counts, RelayError> {
-        let loops =
-            (0..self.options.batches_in_flight.max(1)).map(|_| self.batch_loop(outbox, deadline));
+    async fn drain_outbox(
+        &self,
+        outbox: &Outbox,
+        deadline: Instant,
+        until: Until,
+    ) -> Result<Counts, RelayError> {
+        let seen = std::sync::Mutex::new(BTreeSet::new());
+        let loops = (0..self.options.batches_in_flight.max(1))
+            .map(|_| self.batch_loop(outbox, deadline, until, &seen));
         Ok(Counts::sum(futures::future::try_join_all(loops).await?))
     }
 
-    /// Batches until the slots this loop can take are all empty, or `deadline`.
-    async fn batch_loop(&self, outbox: &Outbox, deadline: Instant) -> Result<Counts, RelayError> {
+    /// Batches until [`Until`] says the outbox is done, or `deadline`. `seen`:
+    /// the slots the drain's loops have found without pending rows, shared.
+    async fn batch_loop(
+        &self,
+        outbox: &Outbox,
+        deadline: Instant,
+        until: Until,
+        seen: &std::sync::Mutex<BTreeSet<i16>>,
+    ) -> Result<Counts, RelayError> {
         let mut counts = Counts::default();
-        // Slots seen empty since the last batch that found work; once every slot
-        // this loop can take has been seen empty, the outbox is done.
-        let mut empty: BTreeSet<i16> = BTreeSet::new();
         loop {
             if Instant::now() >= deadline {
                 counts.hit_deadline = true;
                 return Ok(counts);
             }
-            match self.relay_once(outbox).await? {
-                Batch::Done { published, failed } => {
-                    counts.published += published;
-                    counts.failed += failed;
-                    counts.batches += 1;
-                    empty.clear();
-                }
-                Batch::Empty { slots } => {
-                    let before = empty.len();
-                    empty.extend(slots);
-                    if empty.len() == before || empty.len() == SLOTS as usize {
-                        return Ok(counts);
-                    }
-                }
-                // Others hold every slot: they are draining it.
-                Batch::Busy => return Ok(counts),
+            let batch = self.relay_once(outbox).await?;
+            let mut seen = seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Batch::Done {
+                published, failed, ..
+            } = &batch
+            {
+                counts.published += published;
+                counts.failed += failed;
+                counts.batches += 1;
+            }
+            if until.done(&mut seen, batch) {
+                return Ok(counts);
             }
         }
     }
@@ -800,7 +857,11 @@ impl Relay {
         while !*stopped.borrow() {
             // A bounded round, so that a stop is seen even under constant load.
             match self
-                .drain_outbox(outbox, Instant::now() + Duration::from_secs(1))
+                .drain_outbox(
+                    outbox,
+                    Instant::now() + Duration::from_secs(1),
+                    Until::Drained,
+                )
                 .await
             {
                 Ok(counts) => {
@@ -1126,6 +1187,52 @@ fn store_back(away: &mut Breaker) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn done(published: u64, drained: std::ops::Range<i16>) -> Batch {
+        Batch::Done {
+            published,
+            failed: 0,
+            drained: drained.collect(),
+        }
+    }
+
+    fn empty(slots: std::ops::Range<i16>) -> Batch {
+        Batch::Empty {
+            slots: slots.collect(),
+        }
+    }
+
+    /// A drain woken by notifications ends once every slot was found without
+    /// pending rows, a short batch counting; one nothing wakes again starts
+    /// over after every batch that published.
+    #[test]
+    fn a_drain_ends_when_its_slots_are_drained() {
+        let mut seen = BTreeSet::new();
+        assert!(
+            !Until::Drained.done(&mut seen, done(3, 0..8)),
+            "half the slots"
+        );
+        assert!(
+            !Until::Drained.done(&mut seen, done(500, 0..0)),
+            "a full batch"
+        );
+        assert!(Until::Drained.done(&mut seen, empty(8..16)), "all drained");
+
+        let mut seen = BTreeSet::new();
+        assert!(!Until::Quiet.done(&mut seen, done(3, 0..8)));
+        assert!(
+            !Until::Quiet.done(&mut seen, empty(8..16)),
+            "0..8 unseen since"
+        );
+        assert!(Until::Quiet.done(&mut seen, empty(0..8)));
+        let mut seen = BTreeSet::new();
+        assert!(!Until::Quiet.done(&mut seen, empty(0..8)));
+        assert!(
+            Until::Quiet.done(&mut seen, empty(0..8)),
+            "nothing new seen"
+        );
+        assert!(Until::Drained.done(&mut seen, Batch::Busy));
+    }
 
     #[test]
     fn stream_ids_order_numerically() {

@@ -30,6 +30,15 @@ pub struct TestDb {
     name: String,
 }
 
+/// The test's own pool on the database `config` names.
+async fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(config.connect_options())
+        .await?)
+}
+
 impl TestDb {
     /// A database with every migration the migrate function applies: the
     /// toolkit's, then every service's folder.
@@ -39,8 +48,12 @@ impl TestDb {
 
     /// A database with `sets` applied, in order.
     pub async fn migrated(sets: Vec<sqlx::migrate::Migrator>) -> anyhow::Result<Self> {
-        let db = Self::empty().await?;
+        let mut db = Self::empty().await?;
         shared::db::migrate(&db.pool, sets).await?;
+        // Sessions opened after the migrations, as a deployment's functions
+        // are: they take the database's settings (`plan_cache_mode`).
+        db.pool.close().await;
+        db.pool = pool(&db.config).await?;
         Ok(db)
     }
 
@@ -59,11 +72,7 @@ impl TestDb {
             .await?;
         admin.close().await?;
         let config = DatabaseConfig::from_url(&admin_url())?.with_database(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(config.connect_options())
-            .await?;
+        let pool = pool(&config).await?;
         Ok(Self { pool, config, name })
     }
 

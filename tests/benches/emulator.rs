@@ -485,6 +485,64 @@ struct EndToEnd {
     polls: usize,
     poll_time: Duration,
     achieved_rate: f64,
+    hops: Hops,
+}
+
+/// Where a confirmed order's time went, from the rows each step wrote (each
+/// stamped with its transaction's start), each list sorted.
+#[derive(Default)]
+struct Hops {
+    /// POST sent until create-order's transaction began.
+    to_commit: Vec<Duration>,
+    /// create-order's transaction until the inventory consumer's (relay + consumer).
+    to_stock: Vec<Duration>,
+    /// create-order's transaction until the customers consumer's.
+    to_credit: Vec<Duration>,
+    /// The later of the two until the saga's (relay + saga).
+    to_confirmed: Vec<Duration>,
+}
+
+impl Hops {
+    /// The hops of the confirmed orders `sent` (id, when its POST was sent).
+    async fn of(pool: &PgPool, sent: &HashMap<uuid::Uuid, OffsetDateTime>) -> Result<Self> {
+        let ids: Vec<uuid::Uuid> = sent.keys().copied().collect();
+        type Row = (
+            uuid::Uuid,
+            OffsetDateTime,
+            OffsetDateTime,
+            OffsetDateTime,
+            OffsetDateTime,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT o.id, o.created_at,
+                    (SELECT max(r.created_at) FROM inventory.reservations r WHERE r.order_id = o.id),
+                    c.created_at, o.updated_at
+             FROM orders.orders o JOIN customers.credit_reservations c ON c.order_id = o.id
+             WHERE o.id = ANY($1) AND o.status = 'CONFIRMED'",
+        )
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+        let span = |from: OffsetDateTime, to: OffsetDateTime| {
+            Duration::from_secs_f64((to - from).as_seconds_f64().max(0.0))
+        };
+        let mut hops = Hops::default();
+        for (id, created, stock, credit, confirmed) in rows {
+            hops.to_commit.push(span(sent[&id], created));
+            hops.to_stock.push(span(created, stock));
+            hops.to_credit.push(span(created, credit));
+            hops.to_confirmed.push(span(stock.max(credit), confirmed));
+        }
+        for list in [
+            &mut hops.to_commit,
+            &mut hops.to_stock,
+            &mut hops.to_credit,
+            &mut hops.to_confirmed,
+        ] {
+            list.sort();
+        }
+        Ok(hops)
+    }
 }
 
 /// A posted order waiting to be decided.
@@ -517,6 +575,7 @@ async fn steady_rate(
         tokio::spawn(async move {
             let mut pending: HashMap<uuid::Uuid, (Instant, OffsetDateTime)> = HashMap::new();
             let (mut seen, mut stamped) = (Vec::new(), Vec::new());
+            let mut decided: HashMap<uuid::Uuid, OffsetDateTime> = HashMap::new();
             let (mut confirmed, mut other, mut polls) = (0, 0, 0);
             let mut poll_time = Duration::ZERO;
             let mut closed = false;
@@ -563,6 +622,7 @@ async fn steady_rate(
                         };
                         if status == "CONFIRMED" {
                             confirmed += 1;
+                            decided.insert(id, sent_wall);
                             seen.push(now - sent);
                             let d = (updated_at - sent_wall).as_seconds_f64().max(0.0);
                             stamped.push(Duration::from_secs_f64(d));
@@ -576,6 +636,7 @@ async fn steady_rate(
             seen.sort();
             stamped.sort();
             anyhow::Ok((
+                decided,
                 seen,
                 stamped,
                 confirmed,
@@ -633,7 +694,8 @@ async fn steady_rate(
     let achieved_rate = total as f64 / began.elapsed().as_secs_f64();
     while posts.join_next().await.is_some() {}
     drop(posted_tx);
-    let (seen, stamped, confirmed, other, missing, polls, poll_time) = poller.await??;
+    let (decided, seen, stamped, confirmed, other, missing, polls, poll_time) = poller.await??;
+    let hops = Hops::of(pool, &decided).await?;
     let mut post = post_latencies.lock().map(|l| l.clone()).unwrap_or_default();
     post.sort();
     let (http_errors, first_error) = http_errors.lock().map(|e| e.clone()).unwrap_or_default();
@@ -652,6 +714,7 @@ async fn steady_rate(
         polls,
         poll_time,
         achieved_rate,
+        hops,
     })
 }
 
@@ -891,6 +954,19 @@ async fn main() -> Result<()> {
             which.name(),
             e.achieved_rate,
             e.polls
+        );
+        let h = &e.hops;
+        println!(
+            "  {:<12} hops p50/p99: POST->commit {}/{}, commit->stock {}/{}, commit->credit {}/{}, later answer->CONFIRMED {}/{}",
+            which.name(),
+            ms(percentile(&h.to_commit, 50.0)),
+            ms(percentile(&h.to_commit, 99.0)),
+            ms(percentile(&h.to_stock, 50.0)),
+            ms(percentile(&h.to_stock, 99.0)),
+            ms(percentile(&h.to_credit, 50.0)),
+            ms(percentile(&h.to_credit, 99.0)),
+            ms(percentile(&h.to_confirmed, 50.0)),
+            ms(percentile(&h.to_confirmed, 99.0)),
         );
         summary.push(format!(
             "| POST -> CONFIRMED at {}/s, {} | p50 {}, **p99 {}** | p99 < 50 ms |",

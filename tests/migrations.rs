@@ -121,3 +121,20 @@ async fn every_folder_is_applied_once() -> Result<()> {
     assert!(migrate::apply(&db.pool, "fresh").await?.applied.is_empty());
     Ok(())
 }
+
+/// Every session opened after the migrations plans each statement for its own
+/// parameters (`20261130000200_custom_plans.sql`): a server setting, so the
+/// functions' pools take it without a client `SET` (which would pin their
+/// connections behind RDS Proxy). Measured under load, without it the saga's
+/// batch statements on `orders.orders` ran as sequential scans
+/// (BENCHMARKS.md, "Issue 14, part three").
+#[tokio::test]
+async fn sessions_plan_each_statement_for_its_own_parameters() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let mut conn = db.pool.acquire().await?;
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    assert_eq!(mode, "force_custom_plan");
+    Ok(())
+}

@@ -23,7 +23,10 @@ pub use body::{check_body_size, check_content_type, json_body, parse_json, MAX_B
 pub use caller::{Caller, Subject};
 pub use problem::{FieldError, Problem};
 pub use request::{
-    decode_path_segment, incoming_traceparent, invocation, request_id, request_path, traceparent,
-    xray_trace_id,
+    answer_for, decode_path_segment, incoming_traceparent, invocation, request_id, request_path,
+    traceparent, xray_trace_id,
 };
+
 pub use response::{end_transaction, json_response, store_failure};
+#[doc(hidden)]
+pub use tracing;

@@ -1,8 +1,13 @@
 //! What every handler reads from an API Gateway request besides its body: the path
 //! as sent, the request id, the trace to continue.
 
+use std::future::Future;
+
 use lambda_http::request::RequestContext;
-use lambda_http::{Request, RequestExt};
+use lambda_http::{Body, Request, RequestExt, Response};
+use tracing::Instrument as _;
+
+use crate::Caller;
 use shared::telemetry::Invocation;
 use shared::trace::TraceParent;
 
@@ -69,6 +74,45 @@ pub fn decode_path_segment(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// The span of one request: `method`, `path`, `request_id`, `trace_id` (of
+/// `$traceparent`), and the handler's own `$field`, empty until the handler
+/// records it (`Span::current().record(...)`) once it has parsed the path.
+/// `request_span!(request, path, traceparent, order_id)`.
+#[macro_export]
+macro_rules! request_span {
+    ($request:expr, $path:expr, $traceparent:expr, $field:ident) => {
+        $crate::tracing::info_span!(
+            "request",
+            method = %$request.method(),
+            path = %$path,
+            request_id = $crate::request_id(&$request).unwrap_or_default(),
+            trace_id = %$traceparent.trace_id(),
+            $field = $crate::tracing::field::Empty,
+        )
+    };
+}
+
+/// Answers `request` inside `span` ([`request_span!`]): first who is calling
+/// ([`Caller::of`]: a request that came through a route without an authorizer
+/// has no claims and is refused, never given a default caller), then `work`
+/// for that caller. Logs the status as `answered`.
+pub async fn answer_for<W, F>(request: &Request, span: tracing::Span, work: W) -> Response<Body>
+where
+    W: FnOnce(Caller) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    async move {
+        let response = match Caller::of(request) {
+            Ok(caller) => work(caller).await,
+            Err(problem) => problem.into_response(),
+        };
+        tracing::info!(status = response.status().as_u16(), "answered");
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use contracts::events::{OrderCancelledV1, OrderCreatedV1};
 use contracts::{CustomerId, OrderId, OrderStatus};
 use http_api::{
     check_body_size, check_content_type, decode_path_segment, end_transaction, json_response,
-    request_id, request_path, store_failure, Caller,
+    request_path, store_failure, Caller,
 };
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -36,7 +36,7 @@ use shared::trace::TraceParent;
 use shared::value::EventId;
 use shared::StoreError;
 use sqlx::{PgConnection, PgPool};
-use tracing::{error, info, Instrument};
+use tracing::{error, info};
 
 pub use body::CreateOrder;
 pub use http_api::{FieldError, Problem, MAX_BODY_BYTES};
@@ -133,28 +133,14 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
 async fn answer(deps: &Deps, request: Request) -> Response<Body> {
     let path = request_path(&request);
     let traceparent = http_api::traceparent(&request);
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %path,
-        request_id = request_id(&request).unwrap_or_default(),
-        trace_id = %traceparent.trace_id(),
-        order_id = tracing::field::Empty,
-    );
-    async move {
-        // Before anything is read or written: who is calling.
-        let caller = match Caller::of(&request) {
-            Ok(caller) => caller,
-            Err(problem) => {
-                let response = problem.into_response();
-                info!(status = response.status().as_u16(), "answered");
-                return response;
-            }
-        };
+    let span = http_api::request_span!(request, path, traceparent, order_id);
+    // Before anything is read or written: who is calling.
+    let (request, path) = (&request, &path);
+    http_api::answer_for(request, span, |caller| async move {
         let caller = &caller;
-        let response = match (route(&path), request.method()) {
+        match (route(path), request.method()) {
             (Some(Route::Orders), &Method::POST) => {
-                create(deps, caller, &request, traceparent).await
+                create(deps, caller, request, traceparent).await
             }
             (Some(Route::Orders), _) => Problem::method_not_allowed("POST").into_response(),
             (Some(Route::Order(id)), &Method::GET) => get(deps, caller, &id).await,
@@ -164,11 +150,8 @@ async fn answer(deps: &Deps, request: Request) -> Response<Body> {
             }
             (Some(Route::Cancel(_)), _) => Problem::method_not_allowed("POST").into_response(),
             (None, _) => Problem::not_found(format!("no route for {path}")).into_response(),
-        };
-        info!(status = response.status().as_u16(), "answered");
-        response
-    }
-    .instrument(span)
+        }
+    })
     .await
 }
 

@@ -8,14 +8,14 @@
 
 use contracts::CustomerId;
 use customer_service::{Credit, MAX_LIMIT_CENTS};
-use http_api::{decode_path_segment, json_response, request_id, request_path, store_failure};
+use http_api::{decode_path_segment, json_response, request_path, store_failure};
 use http_api::{Caller, FieldError, Problem};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use shared::config::{ConfigError, DatabaseConfig, Env};
 use sqlx::PgPool;
-use tracing::{info, Instrument};
+use tracing::info;
 
 /// The function's name: the `service` of its logs and metrics.
 pub const SERVICE: &str = "customers-api";
@@ -93,31 +93,19 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
 
 async fn answer(deps: &Deps, request: Request) -> Response<Body> {
     let path = request_path(&request);
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %path,
-        request_id = request_id(&request).unwrap_or_default(),
-        trace_id = %http_api::traceparent(&request).trace_id(),
-        customer_id = tracing::field::Empty,
-    );
-    async move {
-        // The route's authorizer checked the token and its scope; a request
-        // without its claims came through a route without one: refused.
-        let response = match (Caller::of(&request), route(&path)) {
-            (Err(problem), _) => problem.into_response(),
-            (Ok(_), None) => Problem::not_found(format!("no route for {path}")).into_response(),
-            (Ok(caller), Some(segment)) => match (request.method(), parse_customer(segment)) {
-                (&Method::GET, Ok(customer)) => get(deps, &caller, &customer).await,
-                (&Method::PUT, Ok(customer)) => put(deps, &request, &customer).await,
-                (&Method::GET | &Method::PUT, Err(problem)) => problem.into_response(),
-                _ => Problem::method_not_allowed("GET, PUT").into_response(),
-            },
+    let span = http_api::request_span!(request, path, http_api::traceparent(&request), customer_id);
+    let (request, path) = (&request, &path);
+    http_api::answer_for(request, span, |caller| async move {
+        let Some(segment) = route(path) else {
+            return Problem::not_found(format!("no route for {path}")).into_response();
         };
-        info!(status = response.status().as_u16(), "answered");
-        response
-    }
-    .instrument(span)
+        match (request.method(), parse_customer(segment)) {
+            (&Method::GET, Ok(customer)) => get(deps, &caller, &customer).await,
+            (&Method::PUT, Ok(customer)) => put(deps, request, &customer).await,
+            (&Method::GET | &Method::PUT, Err(problem)) => problem.into_response(),
+            _ => Problem::method_not_allowed("GET, PUT").into_response(),
+        }
+    })
     .await
 }
 

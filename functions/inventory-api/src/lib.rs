@@ -10,7 +10,7 @@
 mod body;
 
 use contracts::Sku;
-use http_api::{decode_path_segment, json_response, request_id, request_path, store_failure};
+use http_api::{decode_path_segment, json_response, request_path, store_failure};
 use http_api::{FieldError, Problem};
 use inventory_service::{self as inventory, StockLevel};
 use lambda_http::http::{Method, StatusCode};
@@ -18,7 +18,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use shared::config::{ConfigError, DatabaseConfig, Env};
 use sqlx::PgPool;
-use tracing::{info, Instrument};
+use tracing::info;
 
 pub use body::{SetAvailable, MAX_AVAILABLE};
 pub use http_api::MAX_BODY_BYTES;
@@ -91,31 +91,20 @@ pub const SERVICE: &str = "inventory-api";
 
 async fn answer(deps: &Deps, request: Request) -> Response<Body> {
     let path = request_path(&request);
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %path,
-        request_id = request_id(&request).unwrap_or_default(),
-        trace_id = %http_api::traceparent(&request).trace_id(),
-        sku = tracing::field::Empty,
-    );
-    async move {
-        // The route's authorizer checked the token and its scope; a request
-        // without its claims came through a route without one: refused.
-        let response = match (http_api::Caller::of(&request), route(&path)) {
-            (Err(problem), _) => problem.into_response(),
-            (Ok(_), None) => Problem::not_found(format!("no route for {path}")).into_response(),
-            (Ok(_), Some(segment)) => match (request.method(), parse_sku(segment)) {
-                (&Method::GET, Ok(sku)) => get(deps, &sku).await,
-                (&Method::PUT, Ok(sku)) => put(deps, &request, &sku).await,
-                (&Method::GET | &Method::PUT, Err(problem)) => problem.into_response(),
-                _ => Problem::method_not_allowed("GET, PUT").into_response(),
-            },
+    let span = http_api::request_span!(request, path, http_api::traceparent(&request), sku);
+    // The route's authorizer checked the token and its scope.
+    let (request, path) = (&request, &path);
+    http_api::answer_for(request, span, |_caller| async move {
+        let Some(segment) = route(path) else {
+            return Problem::not_found(format!("no route for {path}")).into_response();
         };
-        info!(status = response.status().as_u16(), "answered");
-        response
-    }
-    .instrument(span)
+        match (request.method(), parse_sku(segment)) {
+            (&Method::GET, Ok(sku)) => get(deps, &sku).await,
+            (&Method::PUT, Ok(sku)) => put(deps, request, &sku).await,
+            (&Method::GET | &Method::PUT, Err(problem)) => problem.into_response(),
+            _ => Problem::method_not_allowed("GET, PUT").into_response(),
+        }
+    })
     .await
 }
 

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use shared::metrics::{Metric, DURATION_BUCKETS};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -17,19 +17,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// first) and from within a Tokio runtime, which runs its upkeep.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let mut builder = PrometheusBuilder::new();
-        // Every distribution is a histogram: with its metric's bounds when the
-        // process knows it, else with a duration's.
-        for metric in Metric::TOOLKIT {
-            if let Some(bounds) = metric.buckets() {
-                builder = builder
-                    .set_buckets_for_metric(Matcher::Full(metric.prometheus_name().into()), bounds)
-                    .unwrap_or_else(|_| PrometheusBuilder::new());
-            }
-        }
-        let builder = builder
-            .set_buckets(DURATION_BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let builder = histograms().unwrap_or_else(|error| {
+            tracing::warn!(%error, "histogram buckets refused: /metrics shows summaries");
+            PrometheusBuilder::new()
+        });
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
@@ -48,6 +39,19 @@ pub fn handle() -> &'static PrometheusHandle {
         }
         handle
     })
+}
+
+/// Every distribution as a histogram: with its metric's bounds when the process
+/// knows it, else with a duration's.
+fn histograms() -> Result<PrometheusBuilder, BuildError> {
+    let mut builder = PrometheusBuilder::new().set_buckets(DURATION_BUCKETS)?;
+    for metric in Metric::TOOLKIT {
+        if let Some(bounds) = metric.buckets() {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(metric.prometheus_name().into()), bounds)?;
+        }
+    }
+    Ok(builder)
 }
 
 /// The metrics in Prometheus' text exposition format (version 0.0.4).

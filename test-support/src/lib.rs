@@ -192,3 +192,34 @@ pub fn assert_exits_asking_for(path: &str, variable: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(variable), "{variable} in {stderr}");
 }
+
+/// JSON shaped like an event payload, with any values: objects whose keys are
+/// mostly `names` (a payload's fields), arrays, and leaves of every JSON kind.
+/// For property tests of the consumers' record decoders.
+pub fn payload_like(
+    names: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    let name = prop_oneof![
+        proptest::sample::select(names).prop_map(str::to_owned),
+        "[a-z_]{0,6}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (-1_i64..70_000).prop_map(Value::from),
+        any::<u128>().prop_map(|u| Value::from(uuid::Uuid::from_u128(u).to_string())),
+        "[A-Za-z0-9 -]{0,70}".prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 8, move |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..6).prop_map(Value::Array),
+            vec((name.clone(), inner), 0..7).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}

@@ -19,30 +19,15 @@ fn record(event_type: &str, schema_version: u32, payload: Payload) -> StreamReco
 
 /// JSON shaped like the payloads, with any values.
 fn payload_like() -> impl Strategy<Value = Value> {
-    let name = prop_oneof![
-        Just("order_id".to_owned()),
-        Just("customer_id".to_owned()),
-        Just("items".to_owned()),
-        Just("total_cents".to_owned()),
-        Just("sku".to_owned()),
-        Just("quantity".to_owned()),
-        Just("unit_price_cents".to_owned()),
-        "[a-z_]{0,6}",
-    ];
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        (-1_i64..70_000).prop_map(Value::from),
-        any::<u128>().prop_map(|u| Value::from(Uuid::from_u128(u).to_string())),
-        "[A-Za-z0-9 -]{0,70}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 8, move |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..6).prop_map(Value::Array),
-            vec((name.clone(), inner), 0..7).prop_map(|kv| Value::Object(kv.into_iter().collect())),
-        ]
-    })
+    test_support::payload_like(&[
+        "order_id",
+        "customer_id",
+        "items",
+        "total_cents",
+        "sku",
+        "quantity",
+        "unit_price_cents",
+    ])
 }
 
 proptest! {

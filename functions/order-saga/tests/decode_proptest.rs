@@ -6,7 +6,6 @@
 
 use contracts::events::{InventoryRejectedV1, InventoryReservedV1, ReservedItemV1, ShortageV1};
 use order_saga::{decode, Answer, INVENTORY};
-use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::Value;
 use shared::envelope::Payload;
@@ -19,30 +18,16 @@ fn record(event_type: &str, schema_version: u32, payload: Payload) -> StreamReco
 
 /// JSON shaped like the payloads, with any values.
 fn payload_like() -> impl Strategy<Value = Value> {
-    let name = prop_oneof![
-        Just("order_id".to_owned()),
-        Just("items".to_owned()),
-        Just("reason".to_owned()),
-        Just("shortages".to_owned()),
-        Just("sku".to_owned()),
-        Just("quantity".to_owned()),
-        Just("requested".to_owned()),
-        Just("available".to_owned()),
-        "[a-z_]{0,6}",
-    ];
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u128>().prop_map(|u| Value::from(Uuid::from_u128(u).to_string())),
-        ".{0,40}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 8, move |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..6).prop_map(Value::Array),
-            vec((name.clone(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
-        ]
-    })
+    test_support::payload_like(&[
+        "order_id",
+        "items",
+        "reason",
+        "shortages",
+        "sku",
+        "quantity",
+        "requested",
+        "available",
+    ])
 }
 
 proptest! {

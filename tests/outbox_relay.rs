@@ -513,6 +513,36 @@ async fn listen_notify_wakes_the_relay_within_milliseconds() -> Result<()> {
 
 /// The Lambda handler drains on a scheduled event and reports a summary; a
 /// deadline already inside the safety margin publishes nothing and says why.
+/// A few rows spread over every slot are relayed in one transaction: a drain's
+/// first batch takes every free slot, not `slots_per_batch` of them, so a drain
+/// woken by a few commits makes no batch that finds nothing.
+#[tokio::test]
+async fn a_few_rows_over_every_slot_are_one_batch() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let ns = unique_namespace();
+    for a in 0..32 {
+        append(
+            &db,
+            &order_service::OUTBOX,
+            &event("Order", &format!("agg-{a}"), 0)?,
+        )
+        .await?;
+    }
+    let spread: Vec<i16> = sqlx::query_scalar("SELECT DISTINCT relay_slot FROM orders.outbox")
+        .fetch_all(&db.pool)
+        .await?;
+    assert!(
+        spread.len() > 8,
+        "more slots than one loop takes: {spread:?}"
+    );
+    let summary = relay(&db, &redis_url(), options(&ns))
+        .await?
+        .drain_until(far())
+        .await?;
+    assert_eq!((summary.published, summary.batches), (32, 1));
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_scheduled_function_drains_and_reports() -> Result<()> {
     let db = TestDb::fresh().await?;

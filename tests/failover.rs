@@ -19,6 +19,7 @@ use serde_json::json;
 use shared::envelope::AggregateType;
 use shared::relay::{Relay, RelayError, RelayOptions};
 use shared::streams::stream_keys;
+use sqlx::Connection;
 use tests::forwarder::Forwarder;
 use tests::source::{fast_settings, Running};
 use tests::wait_until;
@@ -369,6 +370,16 @@ async fn a_batch_no_replica_acknowledged_stays_in_the_outbox() -> anyhow::Result
     };
     let relay: Relay = tests::relay(&db.pool, &redis.url(), options.clone()).await?;
     tests::raw_create_order(&db.pool, "c-1").await?;
+    // A connection of another relay, open before the failure, its statement
+    // prepared, so that after the failure it asks in one round trip.
+    let mut other = sqlx::PgConnection::connect(&db.url()).await?;
+    let advisory_locks =
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()";
+    let held: i64 = sqlx::query_scalar(advisory_locks)
+        .fetch_one(&mut other)
+        .await?;
+    assert_eq!(held, 0);
     match relay
         .drain_until(std::time::Instant::now() + Duration::from_secs(5))
         .await
@@ -384,6 +395,13 @@ async fn a_batch_no_replica_acknowledged_stays_in_the_outbox() -> anyhow::Result
         }
         other => anyhow::bail!("expected a replication failure, got {other:?}"),
     }
+    // The failed batch let its slots go as it failed: a relay trying straight
+    // after finds them free (a dropped transaction would hold them until its
+    // connection is next used, and turn that relay away with nothing done).
+    let held: i64 = sqlx::query_scalar(advisory_locks)
+        .fetch_one(&mut other)
+        .await?;
+    assert_eq!(held, 0, "the failed batch still holds its slots");
     assert_eq!(db.count("orders.outbox").await?, 1, "the row is kept");
     // Without the requirement the same row goes.
     let relay = tests::relay(

@@ -188,6 +188,11 @@ pub enum RelayError {
     Injected,
 }
 
+/// A database failure of the relay, with what it was doing.
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> RelayError {
+    move |e| RelayError::Store(StoreError::database(context, e))
+}
+
 impl RelayError {
     fn redis(context: &'static str, source: redis::RedisError) -> Self {
         Self::Redis { context, source }
@@ -481,13 +486,61 @@ impl Relay {
 
     /// [`Relay::relay_once`] taking up to `slots_wanted` free slots.
     async fn batch(&self, outbox: &Outbox, slots_wanted: u32) -> Result<Batch, RelayError> {
-        let sql = self.sql(outbox);
-        let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db("starting a relay transaction"))?;
+        // The transaction ends here on every path, failures included: dropped,
+        // sqlx would roll it back only when its connection is next used, and
+        // until then its slot locks would turn other relays away.
+        let (batch, logged) = match self.batch_in(&mut tx, outbox, slots_wanted).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                if let Err(e) = tx.rollback().await {
+                    warn!(%outbox, error = %e, "rolling back a failed relay batch");
+                }
+                return Err(error);
+            }
+        };
+        if !matches!(batch, Batch::Done { .. }) {
+            tx.rollback()
+                .await
+                .map_err(db("ending a relay transaction"))?;
+            return Ok(batch);
+        }
+        tx.commit().await.map_err(db("committing a relay batch"))?;
+        if let Batch::Done {
+            published, failed, ..
+        } = &batch
+        {
+            self.metrics.count(Metric::EVENTS_PUBLISHED, *published);
+            debug!(%outbox, published, failed, "batch relayed");
+        }
+        for (line, stream) in &logged {
+            info!(
+                event_id = %line.event_id,
+                event_type = %line.event_type,
+                aggregate_id = %line.aggregate_id,
+                stream = %stream,
+                trace_id = line.traceparent.map(|tp| tp.trace_id()),
+                parent_span_id = line.traceparent.map(|tp| tp.span_id()),
+                "event published"
+            );
+        }
+        Ok(batch)
+    }
+
+    /// A batch's work inside its transaction, which the caller ends: claim
+    /// slots, read their rows, publish them and delete them. Also returns what
+    /// to log once the transaction commits.
+    async fn batch_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        outbox: &Outbox,
+        slots_wanted: u32,
+    ) -> Result<(Batch, Vec<(Published, String)>), RelayError> {
+        let sql = self.sql(outbox);
 
         let start = self.cursor.load(Ordering::Relaxed);
         let order: Vec<i16> = (0..SLOTS as usize)
@@ -503,14 +556,11 @@ impl Relay {
         .bind(LOCK_NAMESPACE)
         .bind(slot_lock_base(outbox))
         .bind(i64::from(slots_wanted))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await
         .map_err(db("taking relay slots"))?;
         let Some(last) = slots.last() else {
-            tx.rollback()
-                .await
-                .map_err(db("ending a relay transaction"))?;
-            return Ok(Batch::Busy);
+            return Ok((Batch::Busy, Vec::new()));
         };
         self.cursor
             .store((*last as usize + 1) % SLOTS as usize, Ordering::Relaxed);
@@ -522,14 +572,11 @@ impl Relay {
         let rows: Vec<PendingRow> = sqlx::query_as(&sql.pending)
             .bind(&slots)
             .bind(i64::from(self.options.batch_size))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await
             .map_err(db("reading pending outbox rows"))?;
         if rows.is_empty() {
-            tx.rollback()
-                .await
-                .map_err(db("ending a relay transaction"))?;
-            return Ok(Batch::Empty { slots });
+            return Ok((Batch::Empty { slots }, Vec::new()));
         }
         let drained = if rows.len() < self.options.batch_size as usize {
             slots
@@ -576,7 +623,7 @@ impl Relay {
                 pipe.cmd("WAIT").arg(wanted).arg(timeout_ms);
             }
             let publish = pipe.query_async::<Vec<u64>>(&mut redis);
-            let delete = sqlx::query(&sql.delete).bind(&published).execute(&mut *tx);
+            let delete = sqlx::query(&sql.delete).bind(&published).execute(&mut **tx);
             let (published_result, deleted) = tokio::join!(publish, delete);
             let replies = published_result
                 .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
@@ -600,35 +647,18 @@ impl Relay {
             sqlx::query(&sql.fail)
                 .bind(&failed_ids)
                 .bind(&failed_errors)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db("setting failed outbox rows aside"))?;
         }
-        tx.commit().await.map_err(db("committing a relay batch"))?;
-        self.metrics
-            .count(Metric::EVENTS_PUBLISHED, published.len() as u64);
-        for (line, stream) in &logged {
-            info!(
-                event_id = %line.event_id,
-                event_type = %line.event_type,
-                aggregate_id = %line.aggregate_id,
-                stream = %stream,
-                trace_id = line.traceparent.map(|tp| tp.trace_id()),
-                parent_span_id = line.traceparent.map(|tp| tp.span_id()),
-                "event published"
-            );
-        }
-        debug!(
-            %outbox,
-            published = published.len(),
-            failed = failed_ids.len(),
-            "batch relayed"
-        );
-        Ok(Batch::Done {
-            published: published.len() as u64,
-            failed: failed_ids.len() as u64,
-            drained,
-        })
+        Ok((
+            Batch::Done {
+                published: published.len() as u64,
+                failed: failed_ids.len() as u64,
+                drained,
+            },
+            logged,
+        ))
     }
 
     /// The stream key and fields of a row, or why it can never be published.
@@ -718,13 +748,10 @@ impl Relay {
         // would make one per loop, most of them finding nothing. More loops
         // start only when that batch leaves work.
         let mut first = Counts::default();
-        if Instant::now() >= deadline {
-            first.hit_deadline = true;
-            return Ok(first);
-        }
-        let batch = self.batch(outbox, SLOTS as u32).await?;
-        first.add(&batch);
-        if until.done(&mut lock(&seen), batch) {
+        if self
+            .step(outbox, deadline, until, &seen, SLOTS as u32, &mut first)
+            .await?
+        {
             return Ok(first);
         }
         let loops = (0..self.options.batches_in_flight.max(1))
@@ -743,18 +770,33 @@ impl Relay {
         until: Until,
         seen: &std::sync::Mutex<BTreeSet<i16>>,
     ) -> Result<Counts, RelayError> {
+        let slots = self.options.slots_per_batch;
         let mut counts = Counts::default();
-        loop {
-            if Instant::now() >= deadline {
-                counts.hit_deadline = true;
-                return Ok(counts);
-            }
-            let batch = self.relay_once(outbox).await?;
-            counts.add(&batch);
-            if until.done(&mut lock(seen), batch) {
-                return Ok(counts);
-            }
+        while !self
+            .step(outbox, deadline, until, seen, slots, &mut counts)
+            .await?
+        {}
+        Ok(counts)
+    }
+
+    /// One batch of a drain, unless `deadline` has come; true when the drain's
+    /// loop is done.
+    async fn step(
+        &self,
+        outbox: &Outbox,
+        deadline: Instant,
+        until: Until,
+        seen: &std::sync::Mutex<BTreeSet<i16>>,
+        slots: u32,
+        counts: &mut Counts,
+    ) -> Result<bool, RelayError> {
+        if Instant::now() >= deadline {
+            counts.hit_deadline = true;
+            return Ok(true);
         }
+        let batch = self.batch(outbox, slots).await?;
+        counts.add(&batch);
+        Ok(until.done(&mut lock(seen), batch))
     }
 
     /// Drains, then waits for `NOTIFY outbox` (sent when outbox rows commit) or
@@ -767,7 +809,6 @@ impl Relay {
         fallback_poll: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
-        let db = |context| move |e| RelayError::Store(StoreError::database(context, e));
         tokio::pin!(shutdown);
         // One line when a store goes away and one when it answers again.
         let mut away = Breaker::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -967,9 +1008,7 @@ impl Relay {
         let (pending, age, failed): (i64, Option<i64>, i64) = sqlx::query_as(&sql.backlog)
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| {
-                RelayError::Store(StoreError::database("measuring the outbox backlog", e))
-            })?;
+            .map_err(db("measuring the outbox backlog"))?;
         Ok(Backlog {
             pending: pending.max(0) as u64,
             oldest_pending_age_ms: age.map(|a| a.max(0) as u64),
@@ -1056,9 +1095,7 @@ impl Relay {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(|e| {
-                    RelayError::Store(StoreError::database("listing failed outbox rows", e))
-                })?;
+                .map_err(db("listing failed outbox rows"))?;
         Ok(rows
             .into_iter()
             .map(
@@ -1081,7 +1118,7 @@ impl Relay {
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
-            .map_err(|e| RelayError::Store(StoreError::database("redriving failed outbox rows", e)))
+            .map_err(db("redriving failed outbox rows"))
     }
 
     /// Deletes rows of `outbox` set aside as failed (an operator gave up on
@@ -1092,7 +1129,7 @@ impl Relay {
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
-            .map_err(|e| RelayError::Store(StoreError::database("purging failed outbox rows", e)))
+            .map_err(db("purging failed outbox rows"))
     }
 
     /// Deletes every row of `outbox` set aside as failed; returns how many.
@@ -1101,7 +1138,7 @@ impl Relay {
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
-            .map_err(|e| RelayError::Store(StoreError::database("purging failed outbox rows", e)))
+            .map_err(db("purging failed outbox rows"))
     }
 }
 

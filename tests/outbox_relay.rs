@@ -511,8 +511,6 @@ async fn listen_notify_wakes_the_relay_within_milliseconds() -> Result<()> {
     Ok(())
 }
 
-/// The Lambda handler drains on a scheduled event and reports a summary; a
-/// deadline already inside the safety margin publishes nothing and says why.
 /// A few rows spread over every slot are relayed in one transaction: a drain's
 /// first batch takes every free slot, not `slots_per_batch` of them, so a drain
 /// woken by a few commits makes no batch that finds nothing.
@@ -543,6 +541,8 @@ async fn a_few_rows_over_every_slot_are_one_batch() -> Result<()> {
     Ok(())
 }
 
+/// The Lambda handler drains on a scheduled event and reports a summary; a
+/// deadline already inside the safety margin publishes nothing and says why.
 #[tokio::test]
 async fn the_scheduled_function_drains_and_reports() -> Result<()> {
     let db = TestDb::fresh().await?;

@@ -325,10 +325,17 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
     let env = Env::from_process();
     // The emulator's recorder first: function code in this process records into it.
     let _installed = crate::metrics::handle();
-    shared::telemetry::init(&env, "emulator");
-    // Not locked: the logs write to stdout too, from other tasks.
+    let cli = Cli::parse();
+    // `up` logs on stdout, as the functions do in Lambda; every other command
+    // prints its results there, and its logs go to stderr.
+    let logs = match cli.command {
+        Command::Up { .. } => shared::telemetry::LogOutput::Stdout,
+        _ => shared::telemetry::LogOutput::Stderr,
+    };
+    shared::telemetry::install(&env, "emulator", logs);
+    // Not locked: `up`'s logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();
-    match Cli::parse().command {
+    match cli.command {
         Command::Up {
             port,
             jwks,
@@ -368,9 +375,9 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
                 stream_namespace: shared::streams::namespace(&env)?,
                 ..shared::relay::RelayOptions::default()
             };
-            let stores = crate::stores::Stores::prepare(
+            // Reads and tidies: it neither creates a database nor migrates one.
+            let stores = crate::stores::Stores::open(
                 &env,
-                None,
                 crate::stores::Needs::Both,
                 registry.migrations(),
             )

@@ -29,6 +29,37 @@ pub fn config(env: &Env) -> anyhow::Result<DatabaseConfig> {
     Ok(DatabaseConfig::from_env(&Env::from_pairs(pairs))?)
 }
 
+/// The database as `emulator up` or `emulator migrate` left it, for a command
+/// that only reads or tidies: it creates nothing and migrates nothing, and says
+/// so when the database or one of `migrations` is missing.
+pub async fn open(
+    config: &DatabaseConfig,
+    local_url: Option<&str>,
+    migrations: &[sqlx::migrate::Migrator],
+) -> anyhow::Result<PgPool> {
+    if let Some(url) = local_url {
+        let exists = sqlx::Postgres::database_exists(url)
+            .await
+            .with_context(unreachable_hint)?;
+        anyhow::ensure!(
+            exists,
+            "there is no local database yet: `emulator up` or `emulator migrate` creates it"
+        );
+    }
+    let pool = shared::db::lazy_pool(config);
+    let missing = shared::db::missing(&pool, migrations)
+        .await
+        .with_context(unreachable_hint)?;
+    if let Some(first) = missing.first() {
+        anyhow::bail!(
+            "the database lacks {} of the template's migrations (the first is {first}); \
+             this command changes no schema: run `emulator migrate` first",
+            missing.len()
+        );
+    }
+    Ok(pool)
+}
+
 /// Creates the database if it is missing and applies the migrations.
 pub async fn prepare(
     config: &DatabaseConfig,

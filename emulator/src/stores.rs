@@ -1,7 +1,8 @@
 //! The PostgreSQL and Redis a command needs, with zero configuration:
 //! `DATABASE_URL` / `REDIS_URL` when set; else the servers on 127.0.0.1 when
 //! they answer; else private servers under the state directory ([`servers`]),
-//! stopped again by [`Stores::stop`]. The database is created and migrated.
+//! stopped again by [`Stores::stop`]. The database is created and migrated
+//! ([`Stores::prepare`]), or found as those left it ([`Stores::open`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,6 +30,13 @@ pub enum Needs {
     Both,
 }
 
+/// Whether a command brings the database's schema up to date or expects it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    Migrate,
+    Expect,
+}
+
 /// The stores of one emulator command.
 #[derive(Debug)]
 pub struct Stores {
@@ -48,6 +56,27 @@ impl Stores {
         state_dir: Option<&Path>,
         needs: Needs,
         migrations: Vec<sqlx::migrate::Migrator>,
+    ) -> anyhow::Result<Self> {
+        Self::with_schema(env, state_dir, needs, migrations, Schema::Migrate).await
+    }
+
+    /// The stores `needs`, the database as `emulator up` or `emulator migrate`
+    /// left it: for commands that read or tidy, which create no database and
+    /// apply no migration (an error says what is missing).
+    pub async fn open(
+        env: &Env,
+        needs: Needs,
+        migrations: Vec<sqlx::migrate::Migrator>,
+    ) -> anyhow::Result<Self> {
+        Self::with_schema(env, None, needs, migrations, Schema::Expect).await
+    }
+
+    async fn with_schema(
+        env: &Env,
+        state_dir: Option<&Path>,
+        needs: Needs,
+        migrations: Vec<sqlx::migrate::Migrator>,
+        schema: Schema,
     ) -> anyhow::Result<Self> {
         let state = match state_dir {
             Some(dir) => servers::StateDir::new(dir)?,
@@ -77,7 +106,10 @@ impl Stores {
             stores.redis = Some(redis);
         }
         if needs != Needs::Redis {
-            if let Err(e) = stores.prepare_database(env, &state, migrations).await {
+            if let Err(e) = stores
+                .prepare_database(env, &state, migrations, schema)
+                .await
+            {
                 let _ = stores.stop_servers().await;
                 return Err(e);
             }
@@ -90,6 +122,7 @@ impl Stores {
         env: &Env,
         state: &servers::StateDir,
         migrations: Vec<sqlx::migrate::Migrator>,
+        schema: Schema,
     ) -> anyhow::Result<()> {
         let configured = env.get(shared::config::DatabaseConfig::URL)?;
         let postgres = servers::postgres(configured, DEFAULT_POSTGRES, state).await?;
@@ -105,8 +138,14 @@ impl Stores {
             .or_else(|| configured.map(str::to_owned))
             .unwrap_or_default();
         self.postgres = Some(postgres);
-        self.pool =
-            Some(crate::database::prepare(&config, create_url.as_deref(), migrations).await?);
+        self.pool = Some(match schema {
+            Schema::Migrate => {
+                crate::database::prepare(&config, create_url.as_deref(), migrations).await?
+            }
+            Schema::Expect => {
+                crate::database::open(&config, create_url.as_deref(), &migrations).await?
+            }
+        });
         Ok(())
     }
 

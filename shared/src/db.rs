@@ -66,6 +66,25 @@ pub async fn migrate_on(conn: &mut PgConnection, sets: Vec<Migrator>) -> Result<
     result
 }
 
+/// The up migrations of `sets` that the database has not applied: all of them
+/// when it has no migration history at all. Reads only: for the commands that
+/// must not change a schema.
+pub async fn missing(pool: &PgPool, sets: &[Migrator]) -> Result<BTreeSet<i64>, sqlx::Error> {
+    let history: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(pool)
+            .await?;
+    let applied: BTreeSet<i64> = match history {
+        Some(_) => sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    Ok(versions(sets).difference(&applied).copied().collect())
+}
+
 /// Every up migration's version in `sets`.
 pub fn versions(sets: &[Migrator]) -> BTreeSet<i64> {
     sets.iter()

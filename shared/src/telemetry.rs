@@ -75,19 +75,40 @@ pub fn service() -> &'static str {
 
 /// Installs the global subscriber for `service` (the binary's name), and sets up
 /// [`metrics`] from the same environment. A second call (tests) leaves the first
-/// in place.
+/// in place. Lines go to stdout, as Lambda collects them.
 pub fn init(env: &Env, service: &str) {
+    install(env, service, LogOutput::Stdout);
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// A function's logs (Lambda sends stdout to CloudWatch).
+    Stdout,
+    /// A command line tool's logs, apart from the results it prints on stdout.
+    Stderr,
+}
+
+/// [`init`] with the log lines sent to `output`.
+pub fn install(env: &Env, service: &str, output: LogOutput) {
     let _first = SERVICE.set(service.to_owned());
     let format = LogFormat::detect(env);
     metrics::configure(env, format == LogFormat::Json);
-    let builder = tsfmt().with_env_filter(filter(env));
+    let writer = match output {
+        LogOutput::Stdout => tsfmt::writer::BoxMakeWriter::new(std::io::stdout),
+        LogOutput::Stderr => tsfmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tsfmt().with_env_filter(filter(env)).with_writer(writer);
     let _already_set = match format {
         LogFormat::Json => builder
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines::from_env(env))
             .try_init(),
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_ansi(match output {
+                LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+                LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            })
             .with_target(false)
             .try_init(),
     };

@@ -190,6 +190,10 @@ struct SystemArgs {
     /// "Parameters": {"VAR": "for every function"}}`; it may add variables.
     #[arg(long)]
     env_vars: Option<std::path::PathBuf>,
+    /// A dotenv file (`NAME=value` lines) for every function, applied before
+    /// `--env-vars`, whose entries win.
+    #[arg(long)]
+    env_file: Option<std::path::PathBuf>,
     /// Template parameter values, `Name=Value` (over the parameters' defaults).
     #[arg(long = "parameter-overrides", value_name = "NAME=VALUE")]
     parameter_overrides: Vec<String>,
@@ -483,7 +487,7 @@ async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManage
         })
 }
 
-/// The template with `--parameter-overrides` and `--env-vars` applied.
+/// The template with `--parameter-overrides`, `--env-file` and `--env-vars` applied.
 fn load_template(args: &SystemArgs) -> anyhow::Result<crate::template::Template> {
     let text = std::fs::read_to_string(&args.template).with_context(|| {
         format!(
@@ -500,6 +504,12 @@ fn load_template(args: &SystemArgs) -> anyhow::Result<crate::template::Template>
     }
     let mut template = crate::template::parse_with_parameters(&text, &parameters)
         .with_context(|| args.template.display().to_string())?;
+    if let Some(path) = &args.env_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --env-file {}", path.display()))?;
+        crate::template::apply_env_file(&mut template, &text)
+            .with_context(|| format!("--env-file {}", path.display()))?;
+    }
     if let Some(path) = &args.env_vars {
         let json = std::fs::read_to_string(path)
             .with_context(|| format!("reading --env-vars {}", path.display()))?;

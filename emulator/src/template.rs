@@ -351,6 +351,19 @@ pub fn parse_with_parameters(
     })
 }
 
+/// Applies a dotenv file (`--env-file`: `NAME=value` lines, `#` comments,
+/// quoting and `export` as dotenv tools read them) to every function, as the
+/// `"Parameters"` of an env-vars file would; an error names the line.
+pub fn apply_env_file(template: &mut Template, text: &str) -> anyhow::Result<()> {
+    let mut variables = serde_json::Map::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        let (name, value) = item.map_err(|e| anyhow!("{e}"))?;
+        variables.insert(name, serde_json::Value::String(value));
+    }
+    let overrides = serde_json::json!({ "Parameters": variables });
+    apply_env_overrides(template, &overrides.to_string())
+}
+
 /// Applies an environment overrides file (like `sam local invoke --env-vars`):
 /// a JSON object whose keys are function logical ids or binary names mapping
 /// to `{"VAR": value}`, plus an optional `"Parameters"` object applied to
@@ -1373,6 +1386,37 @@ Resources:
         );
         assert!(apply_env_overrides(&mut template, "[]").is_err());
         assert!(apply_env_overrides(&mut template, "{").is_err());
+    }
+
+    /// A dotenv file sets its variables for every function, reading comments,
+    /// quotes and `export` as dotenv tools do; a bad line is named.
+    #[test]
+    fn env_file() {
+        let mut template = parse(INTRINSICS).expect("parses");
+        apply_env_file(
+            &mut template,
+            "# local settings\nexport NO_DEFAULT=db.local\nQUOTED=\"two words\"\n\nPLAIN='changed' # a comment\n",
+        )
+        .expect("applies");
+        let worker = &template.functions[0];
+        assert_eq!(worker.environment["NO_DEFAULT"], "db.local");
+        assert_eq!(worker.environment["QUOTED"], "two words");
+        assert_eq!(worker.environment["PLAIN"], "changed");
+        assert!(!worker
+            .unresolved_environment
+            .contains(&"NO_DEFAULT".to_owned()));
+        // A per-function override applied afterwards (`--env-vars`) wins.
+        apply_env_overrides(&mut template, r#"{"WorkerFunction": {"PLAIN": "mine"}}"#)
+            .expect("applies");
+        assert_eq!(template.functions[0].environment["PLAIN"], "mine");
+
+        let message = format!(
+            "{:#}",
+            apply_env_file(&mut template, "GOOD=1\nBAD LINE\n").expect_err("a bad line")
+        );
+        assert!(message.contains("BAD LINE"), "{message}");
+        let bad = apply_env_file(&mut template, "STREAM_PARTITIONS=0\n").expect_err("checked");
+        assert!(format!("{bad:#}").contains("STREAM_PARTITIONS"), "{bad:#}");
     }
 
     /// Invalid templates fail with one line naming the resource and field.

@@ -56,6 +56,11 @@ directory); `emulator token --sub ID` prints a token signed with it.")]
         /// are passed unchecked, and a request without one runs as `local-developer`.
         #[arg(long)]
         no_auth: bool,
+        /// `text` (a line per event, `[FunctionLogicalId]` before the message of
+        /// a function's lines) or `json` (Lambda's JSON lines, with `function_name`);
+        /// default: `LOG_FORMAT`, else text.
+        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+        log_format: Option<String>,
         #[command(flatten)]
         system: SystemArgs,
     },
@@ -326,7 +331,7 @@ pub async fn main(registry: Arc<dyn Registry>) -> std::process::ExitCode {
 }
 
 async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
-    let env = Env::from_process();
+    let mut env = Env::from_process();
     // The emulator's recorder first: function code in this process records into it.
     let _installed = crate::metrics::handle();
     let cli = Cli::parse();
@@ -336,6 +341,13 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
         Command::Up { .. } => shared::telemetry::LogOutput::Stdout,
         _ => shared::telemetry::LogOutput::Stderr,
     };
+    if let Command::Up {
+        log_format: Some(format),
+        ..
+    } = &cli.command
+    {
+        env = env.with("LOG_FORMAT", format);
+    }
     shared::telemetry::install(&env, "emulator", logs);
     // Not locked: `up`'s logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();
@@ -345,6 +357,7 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             jwks,
             no_auth,
             system,
+            log_format: _,
         } => {
             let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
             up(&env, port, &system, trust, registry).await

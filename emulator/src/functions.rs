@@ -19,6 +19,7 @@ use lambda_http::http::{header::SET_COOKIE, HeaderMap, HeaderValue};
 use lambda_runtime::LambdaEvent;
 use serde::Serialize;
 use shared::config::Env;
+use tracing::Instrument as _;
 
 use crate::invoke::{deadline_ms, Invocation, InvokeError};
 use crate::runtime;
@@ -215,7 +216,10 @@ impl Function {
                 let linked = Arc::clone(linked);
                 let payload = invocation.payload;
                 // A task of its own: a panic is the invocation's failure, not the emulator's.
-                let mut task = tokio::spawn(async move { linked.invoke(payload, context).await });
+                let span = shared::telemetry::function_span(&self.spec.logical_id);
+                let mut task = tokio::spawn(
+                    async move { linked.invoke(payload, context).await }.instrument(span),
+                );
                 match tokio::time::timeout(timeout, &mut task).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(join)) => Err(InvokeError::Function {

@@ -776,11 +776,14 @@ async fn forward_lines(
                     line: line.to_owned(),
                 });
                 // Metrics in Embedded Metric Format count, as CloudWatch counts them.
-                if stream_name == "stdout" && shared::metrics::ingest_emf(line) {
-                    tracing::debug!(function = %function, stream = stream_name, "{line}");
-                } else {
-                    tracing::info!(function = %function, stream = stream_name, "{line}");
-                }
+                let emf = stream_name == "stdout" && shared::metrics::ingest_emf(line);
+                shared::telemetry::function_span(&function).in_scope(|| {
+                    if emf {
+                        tracing::debug!(stream = stream_name, "{line}");
+                    } else {
+                        tracing::info!(stream = stream_name, "{line}");
+                    }
+                });
                 if let Some(tail) = &tail {
                     let mut tail = lock(tail);
                     if tail.len() == STDERR_TAIL_LINES {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::functions::{self, Function, Functions, Runner};
 use crate::invoke::Invocation;
@@ -104,11 +105,14 @@ impl System {
                     Runner::Linked(linked) => {
                         let linked = Arc::clone(linked);
                         let stopped = self.stopped();
-                        let name = spec.logical_id.clone();
-                        tokio::spawn(async move {
-                            let report = linked.serve(Box::pin(stopped)).await;
-                            tracing::info!(function = %name, report = ?report, "stream source stopped");
-                        })
+                        let span = shared::telemetry::function_span(&spec.logical_id);
+                        tokio::spawn(
+                            async move {
+                                let report = linked.serve(Box::pin(stopped)).await;
+                                tracing::info!(report = ?report, "stream source stopped");
+                            }
+                            .instrument(span),
+                        )
                     }
                     Runner::Process(_) => {
                         tokio::spawn(keep_invoked(Arc::clone(&function), self.stop.subscribe()))
@@ -121,9 +125,13 @@ impl System {
                     Runner::Linked(linked) => {
                         let linked = Arc::clone(linked);
                         let stopped = self.stopped();
-                        tokio::spawn(async move {
-                            linked.serve(Box::pin(stopped)).await;
-                        })
+                        let span = shared::telemetry::function_span(&spec.logical_id);
+                        tokio::spawn(
+                            async move {
+                                linked.serve(Box::pin(stopped)).await;
+                            }
+                            .instrument(span),
+                        )
                     }
                     Runner::Process(_) => {
                         let listener = sqlx::postgres::PgListener::connect(&options.database_url)

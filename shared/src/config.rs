@@ -62,6 +62,14 @@ impl Env {
         }
     }
 
+    /// This environment with `var` set to `value` (a command line flag over
+    /// the process's variable).
+    #[must_use]
+    pub fn with(mut self, var: &str, value: impl Into<OsString>) -> Self {
+        self.vars.insert(var.to_owned(), value.into());
+        self
+    }
+
     /// The names of the variables set, in no particular order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.vars.keys().map(String::as_str)

@@ -109,9 +109,91 @@ pub fn install(env: &Env, service: &str, output: LogOutput) {
                 LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
                 LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })
-            .with_target(false)
+            .event_format(TextLines)
             .try_init(),
     };
+}
+
+/// The name of the span that says which function a line comes from: the
+/// emulator runs many functions in one process, and wraps each one's work in
+/// [`function_span`]. Its one field is Powertools' `function_name`.
+pub const FUNCTION_SPAN: &str = "function";
+
+/// The span of the work of function `name` (its logical id in the emulator):
+/// text lines carry the name as a prefix, JSON lines as `function_name`.
+pub fn function_span(name: &str) -> Span {
+    tracing::info_span!(FUNCTION_SPAN, function_name = %name)
+}
+
+/// `text` without its terminal colour sequences (`ESC [ ... m`).
+fn without_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Text lines for people: time, level, `[Function]` when a [`function_span`]
+/// is in scope, then the other spans (`name{fields}:`), the message and the
+/// event's fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextLines;
+
+impl<S, N> FormatEvent<S, N> for TextLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let timestamp = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        write!(writer, "{timestamp} {:>5} ", event.metadata().level())?;
+        let mut function = None;
+        let mut spans = String::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let fields = extensions
+                    .get::<FormattedFields<N>>()
+                    .map_or("", |f| f.fields.as_str());
+                if span.name() == FUNCTION_SPAN {
+                    // The innermost wins (a function invoked by another's work).
+                    let plain = without_ansi(fields);
+                    function = plain.strip_prefix("function_name=").map(str::to_owned);
+                    continue;
+                }
+                spans.push_str(span.name());
+                if !fields.is_empty() {
+                    spans.push('{');
+                    spans.push_str(fields);
+                    spans.push('}');
+                }
+                spans.push_str(": ");
+            }
+        }
+        if let Some(function) = function {
+            write!(writer, "[{function}] ")?;
+        }
+        writer.write_str(&spans)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// The JSON line format: flat keys, Powertools' names, fixed keys first.
@@ -139,6 +221,11 @@ impl JsonLines {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let message = fields.remove("message").unwrap_or_else(|| "".into());
+        // A function span's name (the emulator's functions share a process)
+        // wins over the process's own.
+        let function_name = fields
+            .remove("function_name")
+            .or_else(|| self.function_name.as_deref().map(Value::from));
         let service = fields.remove("service").unwrap_or_else(|| service().into());
         let mut fixed: Vec<(&str, Value)> = vec![
             ("timestamp", timestamp.into()),
@@ -146,8 +233,10 @@ impl JsonLines {
             ("message", message),
             ("service", service),
         ];
+        if let Some(name) = function_name {
+            fixed.push(("function_name", name));
+        }
         for (key, value) in [
-            ("function_name", &self.function_name),
             ("function_version", &self.function_version),
             ("function_memory_size", &self.function_memory_size),
         ] {
@@ -344,8 +433,8 @@ mod tests {
         assert!(first_invocation("telemetry-test-b"));
     }
 
-    /// A subscriber with the JSON format writing into a buffer, for one closure.
-    fn capture(work: impl FnOnce()) -> Vec<Value> {
+    /// What the subscriber of `format` writes for one closure.
+    fn capture_as(format: LogFormat, work: impl FnOnce()) -> String {
         #[derive(Clone, Default)]
         struct Buffer(std::sync::Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Buffer {
@@ -363,23 +452,80 @@ mod tests {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let env = Env::from_pairs([("AWS_LAMBDA_FUNCTION_NAME", "orders-CreateOrder-X1")]);
-        let subscriber = tsfmt()
+        let builder = tsfmt()
             .with_env_filter(EnvFilter::new("info"))
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLines::from_env(&env))
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, work);
+            .with_writer(move || writer.clone());
+        match format {
+            LogFormat::Json => tracing::subscriber::with_default(
+                builder
+                    .fmt_fields(JsonFields::new())
+                    .event_format(JsonLines::from_env(&env))
+                    .finish(),
+                work,
+            ),
+            LogFormat::Text => tracing::subscriber::with_default(
+                builder.with_ansi(false).event_format(TextLines).finish(),
+                work,
+            ),
+        }
         let bytes = buffer
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        String::from_utf8(bytes)
-            .expect("utf-8")
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    /// A subscriber with the JSON format writing into a buffer, for one closure.
+    fn capture(work: impl FnOnce()) -> Vec<Value> {
+        capture_as(LogFormat::Json, work)
             .lines()
             .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
             .collect()
+    }
+
+    #[test]
+    fn text_lines_name_their_function_once_before_the_message() {
+        let text = capture_as(LogFormat::Text, || {
+            let function = function_span("OrderSagaFunction");
+            let _in_function = function.enter();
+            let order = tracing::info_span!("request", order_id = "o-1");
+            let _in_order = order.enter();
+            tracing::info!(status = 201u16, "answered");
+            drop(_in_order);
+            drop(_in_function);
+            tracing::warn!("the emulator's own");
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with(
+                " INFO [OrderSagaFunction] request{order_id=\"o-1\"}: answered status=201"
+            ),
+            "{text}"
+        );
+        assert!(!lines[0].contains("function_name"), "{text}");
+        assert!(lines[1].ends_with(" WARN the emulator's own"), "{text}");
+        assert!(lines[0].split(' ').next().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn colour_sequences_are_not_part_of_a_name() {
+        assert_eq!(
+            without_ansi("\u{1b}[3mfunction_name\u{1b}[0m\u{1b}[2m=\u{1b}[0mOrderSagaFunction"),
+            "function_name=OrderSagaFunction"
+        );
+    }
+
+    #[test]
+    fn a_function_span_names_the_function_of_json_lines() {
+        let lines = capture(|| {
+            let function = function_span("InventoryConsumerFunction");
+            let _in_function = function.enter();
+            tracing::info!("event handled");
+        });
+        assert_eq!(lines[0]["function_name"], "InventoryConsumerFunction");
+        assert_eq!(lines[0].as_object().map(|o| o.len()), Some(6), "{lines:?}");
     }
 
     #[test]

@@ -198,6 +198,33 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     let rest: Vec<String> = lines.try_iter().collect();
     assert_eq!(status.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
+    // Every line of a function's work names the function, as its log stream
+    // would in CloudWatch: the order's journey reads function by function.
+    let named = |message: &str, function: &str| {
+        rest.iter()
+            .any(|l| l.contains(message) && l.contains(&format!(" [{function}] ")))
+    };
+    for (message, function) in [
+        ("order created", "CreateOrderFunction"),
+        ("event published", "OutboxRelayFunction"),
+        ("event handled", "InventoryConsumerFunction"),
+        ("event handled", "CustomersConsumerFunction"),
+        ("event handled", "OrderSagaFunction"),
+    ] {
+        assert!(
+            named(message, function),
+            "no {message:?} of {function} in {rest:#?}"
+        );
+    }
+    for line in rest
+        .iter()
+        .filter(|l| l.contains("event handled") || l.contains("event published"))
+    {
+        assert!(
+            line.contains("Function] "),
+            "a line without its function: {line}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&state);
     delete_streams(&namespace).await
 }
@@ -320,5 +347,54 @@ async fn generate_event_feeds_invoke_and_errors_are_one_line() -> anyhow::Result
 
     let help = Command::new(BIN).args(["invoke", "--help"]).output()?;
     assert!(String::from_utf8(help.stdout)?.contains("Examples:"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn up_with_log_format_json_writes_lambdas_json_lines() -> anyhow::Result<()> {
+    let database_url = fresh_database().await?;
+    let namespace = format!("emu{}", uuid::Uuid::now_v7().simple());
+    let vars = env_vars(&namespace)?;
+    let state = std::env::temp_dir().join(&namespace);
+    let mut child = Command::new(BIN)
+        .args(["up", "--log-format", "json", "--port"])
+        .arg(spare_port()?.to_string())
+        .args(["--template", TEMPLATE, "--env-vars"])
+        .arg(&vars.0)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "info")
+        .env_remove("LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The lines before the banner: the emulator's own, as JSON objects.
+    let mut logged = Vec::new();
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(20))?;
+        if let Ok(Value::Object(object)) = serde_json::from_str::<Value>(&line) {
+            logged.push(object);
+        }
+        if line.starts_with("Ready in") {
+            break;
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    let _ = std::fs::remove_dir_all(&state);
+    assert!(!logged.is_empty(), "no JSON line before the banner");
+    for object in &logged {
+        for key in ["timestamp", "level", "message", "service"] {
+            assert!(object.contains_key(key), "{key} missing in {object:?}");
+        }
+    }
     Ok(())
 }

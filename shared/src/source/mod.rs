@@ -459,7 +459,10 @@ impl EventSource {
             info!(%stream, consumer = %s.consumer, group = %s.group, "reading the stream");
             let (stop, stop_rx) = watch::channel(false);
             let worker = self.worker(stream, Arc::clone(handler));
-            let task = Task(Some(tokio::spawn(worker.run(stop_rx, deadline))));
+            // In the caller's span: the lines of the worker name its function.
+            let task = Task(Some(tokio::spawn(tracing::Instrument::in_current_span(
+                worker.run(stop_rx, deadline),
+            ))));
             held.insert(stream.clone(), Held { stop, task });
         }
         Ok(())

@@ -262,6 +262,16 @@ impl System {
                 );
             }
         }
+        let not_emulated = self.template.not_emulated_lines();
+        if !not_emulated.is_empty() {
+            let _ = writeln!(
+                out,
+                "Not emulated (the template sets them; locally they do nothing):"
+            );
+            for line in not_emulated {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         out
     }
 

@@ -3,9 +3,10 @@
 //! schedules and stream sources.
 //!
 //! Only what the emulator can act on is read; everything else is either
-//! ignored (other resources) or reported (`ignored_events`,
-//! `unresolved_environment`) so the banner can say what will not happen
-//! locally. CloudFormation intrinsics are resolved only where the answer is
+//! ignored (other resources, which the local stores stand in for) or reported
+//! (`ignored_events`, `unresolved_environment`, `Template::not_emulated`:
+//! function properties such as `Tracing` or `Layers`) so the banner can say
+//! what will not happen locally. CloudFormation intrinsics are resolved only where the answer is
 //! known without AWS (`Ref`/`Sub` to parameters with a value, pseudo
 //! parameters); this module never guesses a value it cannot know.
 
@@ -108,6 +109,62 @@ pub struct Template {
     /// The `AWS::Serverless::HttpApi` resources by logical id: authorizers,
     /// throttling, CORS.
     pub http_apis: BTreeMap<String, HttpApiSpec>,
+    /// Function properties the emulator does not act on, each with where it is
+    /// set (`Globals` or function logical ids), by property name.
+    pub not_emulated: BTreeMap<String, Vec<String>>,
+}
+
+/// The function properties the emulator acts on, and those that only say how
+/// to build (cargo builds locally): neither is reported as not emulated.
+const EMULATED_PROPERTIES: [&str; 11] = [
+    "Timeout",
+    "MemorySize",
+    "ReservedConcurrentExecutions",
+    "Environment",
+    "Events",
+    "Description",
+    "Runtime",
+    "Handler",
+    "CodeUri",
+    "Architectures",
+    "PackageType",
+];
+
+/// What leaving out a function property means locally.
+fn not_emulated_note(property: &str) -> &'static str {
+    match property {
+        "Tracing" => "no X-Ray segments (trace ids are still carried from hop to hop)",
+        "VpcConfig" => "no network isolation: functions reach the local stores directly",
+        "LoggingConfig" => "logs go to the emulator's output (see --log-format)",
+        "AutoPublishAlias" | "VersionDescription" | "DeploymentPreference" => {
+            "no versions or aliases: $LATEST runs"
+        }
+        "Policies" | "Role" | "PermissionsBoundary" => "no IAM: every call is allowed",
+        "Layers" => "no layers: the binary must carry what it needs",
+        "DeadLetterQueue" | "EventInvokeConfig" => {
+            "no asynchronous invocation settings (destinations, retries)"
+        }
+        "ProvisionedConcurrencyConfig" | "SnapStart" => "every instance starts cold",
+        "EphemeralStorage" => "/tmp is the machine's",
+        "FunctionUrlConfig" => "no function URL: use the HTTP API or the Invoke API",
+        _ => "ignored",
+    }
+}
+
+/// A property of `at` (`Globals` or a function) that the emulator ignores.
+fn note_not_emulated(
+    not_emulated: &mut BTreeMap<String, Vec<String>>,
+    properties: &Mapping,
+    at: &str,
+) {
+    for key in properties.keys().filter_map(Value::as_str) {
+        if !EMULATED_PROPERTIES.contains(&key) {
+            not_emulated
+                .entry(key.to_owned())
+                .or_default()
+                .push(at.to_owned());
+        }
+    }
 }
 
 impl Template {
@@ -129,6 +186,21 @@ impl Template {
             }
         }
         Ok(outboxes)
+    }
+
+    /// One line per function property the emulator ignores: the property,
+    /// where it is set, and what that means locally.
+    pub fn not_emulated_lines(&self) -> Vec<String> {
+        self.not_emulated
+            .iter()
+            .map(|(property, at)| {
+                format!(
+                    "{property} ({}): {}",
+                    at.join(", "),
+                    not_emulated_note(property)
+                )
+            })
+            .collect()
     }
 
     /// The function with this logical id or binary name.
@@ -301,6 +373,10 @@ pub fn parse_with_parameters(
         mapping(root.get("Globals"), "Globals")?.and_then(|g| g.get("Function")),
         "Globals.Function",
     )?;
+    let mut not_emulated = BTreeMap::new();
+    if let Some(globals) = globals {
+        note_not_emulated(&mut not_emulated, globals, "Globals");
+    }
     let globals = Defaults::read(globals, &resolver)?;
 
     let resources = mapping(root.get("Resources"), "Resources")?
@@ -317,6 +393,9 @@ pub fn parse_with_parameters(
         }
         let function = function(id, resource, &globals, &resolver)?;
         check_stream_variables(&function)?;
+        if let Some(properties) = resource.get("Properties").and_then(Value::as_mapping) {
+            note_not_emulated(&mut not_emulated, properties, id);
+        }
         functions.push(function);
     }
     for (id, resource) in resources {
@@ -348,6 +427,7 @@ pub fn parse_with_parameters(
         functions,
         parameters,
         http_apis,
+        not_emulated,
     })
 }
 
@@ -1417,6 +1497,48 @@ Resources:
         assert!(message.contains("BAD LINE"), "{message}");
         let bad = apply_env_file(&mut template, "STREAM_PARTITIONS=0\n").expect_err("checked");
         assert!(format!("{bad:#}").contains("STREAM_PARTITIONS"), "{bad:#}");
+    }
+
+    /// Every function property the emulator does not act on is reported once,
+    /// with where it is set and what that means; build properties are not.
+    #[test]
+    fn properties_not_emulated_are_listed() {
+        let template = parse(
+            r#"
+Globals:
+  Function:
+    Runtime: provided.al2023
+    Tracing: Active
+    VpcConfig: { SubnetIds: [a] }
+    Timeout: 5
+Resources:
+  JobsFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: .
+      Handler: bootstrap
+      MemorySize: 256
+      Layers: [arn]
+      Policies: [AWSLambdaBasicExecutionRole]
+      VpcConfig: { SubnetIds: [b] }
+      Unheard: yes
+  Table:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      Tracing: not a function's
+"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            template.not_emulated_lines(),
+            [
+                "Layers (JobsFunction): no layers: the binary must carry what it needs",
+                "Policies (JobsFunction): no IAM: every call is allowed",
+                "Tracing (Globals): no X-Ray segments (trace ids are still carried from hop to hop)",
+                "Unheard (JobsFunction): ignored",
+                "VpcConfig (Globals, JobsFunction): no network isolation: functions reach the local stores directly",
+            ]
+        );
     }
 
     /// Invalid templates fail with one line naming the resource and field.

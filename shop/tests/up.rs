@@ -110,6 +110,9 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         "custom resource DatabaseMigrations: runs at deploy in AWS",
         "/2015-03-31/functions/{name}/invocations",
         "Tokens: the emulator's development key",
+        "Not emulated (the template sets them; locally they do nothing):",
+        "  Tracing (Globals): no X-Ray segments",
+        "  LoggingConfig (CreateOrderFunction, ",
     ] {
         assert!(
             banner.contains(expected),

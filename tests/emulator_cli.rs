@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use emulator::cli::Format;
 use serde_json::json;
 use shared::source::Selection;
 use tests::wait_until;
@@ -63,6 +64,7 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
         &ns,
         &[inventory_consumer::GROUP, order_saga::GROUP],
         10,
+        Format::Text,
         &mut out,
     )
     .await?;
@@ -71,6 +73,37 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     assert!(listed.contains("OrderCreated"), "{listed}");
     assert!(listed.contains("disk trouble"), "{listed}");
     assert!(listed.contains("attempts 2"), "{listed}");
+    // The same, as JSON for scripts.
+    let mut out = Vec::new();
+    emulator::cli::dlq_list(
+        &redis,
+        &ns,
+        &[inventory_consumer::GROUP],
+        10,
+        Format::Json,
+        &mut out,
+    )
+    .await?;
+    let listed: serde_json::Value = serde_json::from_slice(&out)?;
+    let group = &listed["groups"][0];
+    assert_eq!(group["group"], inventory_consumer::GROUP, "{listed}");
+    assert_eq!(group["total"], 1, "{listed}");
+    let letter = &group["letters"][0];
+    assert_eq!(letter["event_type"], "OrderCreated", "{listed}");
+    assert_eq!(letter["aggregate_id"], id.as_str(), "{listed}");
+    assert_eq!(letter["attempts"], 2, "{listed}");
+    assert!(
+        letter["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("disk trouble")),
+        "{listed}"
+    );
+    assert!(
+        listed["streams"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["length"] == 1)),
+        "{listed}"
+    );
     let letter = dead.list(None, 1).await?.remove(0);
     let mut out = Vec::new();
     emulator::cli::dlq_show(&redis, &ns, inventory_consumer::GROUP, &letter.id, &mut out).await?;
@@ -106,18 +139,37 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     assert_eq!(dead.count().await?, 0);
 
     let mut out = Vec::new();
-    emulator::cli::streams(&redis, &ns, &mut out).await?;
+    emulator::cli::streams(&redis, &ns, Format::Text, &mut out).await?;
     let streams = String::from_utf8(out)?;
     assert!(streams.contains(&format!("{ns}:{{Order:0}}")), "{streams}");
     assert!(streams.contains("group inventory"), "{streams}");
+    let mut out = Vec::new();
+    emulator::cli::streams(&redis, &ns, Format::Json, &mut out).await?;
+    let streams: serde_json::Value = serde_json::from_slice(&out)?;
+    let order = streams
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["key"] == format!("{ns}:{{Order:0}}")))
+        .expect("the Order stream");
+    let inventory = order["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == "inventory"))
+        .expect("the inventory group");
+    assert_eq!(inventory["pending"], 0, "{streams}");
+    assert_eq!(inventory["lag"], 0, "{streams}");
     let relay = shared::relay::Relay::new(db.pool.clone(), redis.clone(), tests::relay_options());
     let mut out = Vec::new();
-    emulator::cli::outbox(&relay, &mut out).await?;
+    emulator::cli::outbox(&relay, Format::Text, &mut out).await?;
     let outbox = String::from_utf8(out)?;
     assert!(
         outbox.contains("orders.outbox") && outbox.contains("pending 0"),
         "{outbox}"
     );
+    let mut out = Vec::new();
+    emulator::cli::outbox(&relay, Format::Json, &mut out).await?;
+    let outbox: serde_json::Value = serde_json::from_slice(&out)?;
+    assert_eq!(outbox[0]["outbox"], "orders.outbox", "{outbox}");
+    assert_eq!(outbox[0]["pending"], 0, "{outbox}");
+    assert_eq!(outbox[0]["failed"], 0, "{outbox}");
     // Purging what is not there purges nothing; an unknown group is one clear error.
     let mut out = Vec::new();
     let purged =

@@ -378,6 +378,7 @@ async fn dead_letters_are_trimmed_by_age() -> Result<()> {
         &ns,
         &[inventory_consumer::GROUP, order_saga::GROUP],
         5,
+        emulator::cli::Format::Text,
         &mut out,
     )
     .await?;

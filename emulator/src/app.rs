@@ -134,8 +134,14 @@ The response goes to stdout. A function error prints its error payload and exits
         action: DlqAction,
     },
     /// Per stream: length, and each consumer group's consumers, pending records and lag.
-    #[command(after_help = "Example:\n  STREAM_NAMESPACE=events emulator streams")]
-    Streams,
+    #[command(
+        after_help = "Examples:\n  STREAM_NAMESPACE=events emulator streams\n  emulator streams --json | jq '.[].groups[].lag'"
+    )]
+    Streams {
+        /// The figures as one JSON document, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per outbox: events waiting for the relay, the oldest one's age, rows set
     /// aside; with a subcommand, list or purge the rows set aside as failed.
     #[command(after_help = "Examples:
@@ -149,6 +155,9 @@ The response goes to stdout. A function error prints its error payload and exits
         template: std::path::PathBuf,
         #[command(subcommand)]
         action: Option<OutboxAction>,
+        /// The figures as one JSON document, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -276,6 +285,9 @@ enum DlqAction {
         /// The most dead letters shown per group.
         #[arg(long, default_value_t = 20)]
         count: usize,
+        /// The streams and dead letters as one JSON document, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// One dead letter with every field of its original entry.
     Show {
@@ -385,7 +397,11 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             tracing::info!(database = %stores.database_url, "migrations applied");
             stores.stop().await
         }
-        Command::Outbox { template, action } => {
+        Command::Outbox {
+            template,
+            action,
+            json,
+        } => {
             let template = crate::template::load(&template)?;
             let options = shared::relay::RelayOptions {
                 outboxes: template.relay_outboxes()?,
@@ -405,7 +421,7 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
                 options,
             );
             match action {
-                None => crate::cli::outbox(&relay, &mut out).await?,
+                None => crate::cli::outbox(&relay, report_format(json), &mut out).await?,
                 Some(OutboxAction::Failed { outbox, count }) => {
                     crate::cli::outbox_failed(&relay, &outbox, count, &mut out).await?;
                 }
@@ -425,13 +441,13 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             }
             stores.stop().await
         }
-        Command::Streams => {
+        Command::Streams { json } => {
             let namespace = shared::streams::namespace(&env)?;
             let stores =
                 crate::stores::Stores::prepare(&env, None, crate::stores::Needs::Redis, Vec::new())
                     .await?;
             let redis = connect_redis(&stores.redis_url).await?;
-            crate::cli::streams(&redis, &namespace, &mut out).await?;
+            crate::cli::streams(&redis, &namespace, report_format(json), &mut out).await?;
             stores.stop().await
         }
         Command::Dlq { template, action } => {
@@ -462,12 +478,12 @@ async fn dlq(
         DlqAction::List { group: None, .. } => {}
     }
     match action {
-        DlqAction::List { group, count } => {
+        DlqAction::List { group, count, json } => {
             let groups: Vec<&str> = match &group {
                 Some(g) => vec![g.as_str()],
                 None => groups.iter().map(String::as_str).collect(),
             };
-            crate::cli::dlq_list(redis, namespace, &groups, count, out).await
+            crate::cli::dlq_list(redis, namespace, &groups, count, report_format(json), out).await
         }
         DlqAction::Show { group, id } => {
             crate::cli::dlq_show(redis, namespace, &group, &id, out).await
@@ -489,6 +505,14 @@ async fn dlq(
             crate::cli::dlq_purge(redis, namespace, &group, &selection(all, ids), out).await?;
             Ok(())
         }
+    }
+}
+
+fn report_format(json: bool) -> crate::cli::Format {
+    if json {
+        crate::cli::Format::Json
+    } else {
+        crate::cli::Format::Text
     }
 }
 

@@ -1,5 +1,6 @@
 //! The operator commands around the emulator: `dlq`, `streams`, `outbox`. Each
-//! writes a readable report to `out`; progress goes to `progress`.
+//! writes a readable report to `out`, or with [`Format::Json`] the same figures
+//! as one JSON document for scripts; progress goes to `progress`.
 
 use std::io::Write;
 
@@ -8,6 +9,62 @@ use redis::aio::ConnectionManager;
 use shared::outbox::Outbox;
 use shared::relay::Relay;
 use shared::source::{DeadLetter, DeadLetters, Selection};
+
+/// How a report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned lines for people.
+    Text,
+    /// One JSON document (pretty-printed), for scripts.
+    Json,
+}
+
+/// `value` as one JSON document on `out`.
+fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A dead letter as `dlq list --json` gives it: its origin, error, attempts
+/// and event, without the original fields (`dlq show` has them).
+#[derive(Debug, serde::Serialize)]
+struct LetterView<'a> {
+    id: &'a str,
+    source_stream: &'a str,
+    source_id: &'a str,
+    attempts: u32,
+    failed_at: &'a str,
+    error: &'a str,
+    event_type: Option<String>,
+    event_id: Option<String>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    /// Why the original entry is not an event, when it is not.
+    undecodable: Option<String>,
+}
+
+impl<'a> LetterView<'a> {
+    fn of(letter: &'a DeadLetter) -> Self {
+        let (event, undecodable) = match letter.original().decode() {
+            Ok(e) => (Some(e), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Self {
+            id: &letter.id,
+            source_stream: &letter.source_stream,
+            source_id: &letter.source_id,
+            attempts: letter.attempts,
+            failed_at: &letter.failed_at,
+            error: &letter.error,
+            event_type: event.as_ref().map(|e| e.event_type.to_string()),
+            event_id: event.as_ref().map(|e| e.event_id.to_string()),
+            aggregate_type: event.as_ref().map(|e| e.aggregate_type.to_string()),
+            aggregate_id: event.as_ref().map(|e| e.aggregate_id.to_string()),
+            undecodable,
+        }
+    }
+}
 
 /// The consumer groups of the template: one per function with a stream
 /// source (its `CONSUMER_GROUP`), in template order.
@@ -71,9 +128,28 @@ pub async fn dlq_list(
     namespace: &str,
     groups: &[&str],
     count: usize,
+    format: Format,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let streams = shared::source::dead_letter_streams(&mut redis.clone(), namespace).await?;
+    if format == Format::Json {
+        let mut listed = Vec::new();
+        for group in groups {
+            let dead = DeadLetters::new(redis.clone(), namespace, group);
+            let total = dead.count().await?;
+            let letters = dead.list(None, count).await?;
+            listed.push(serde_json::json!({
+                "group": group,
+                "key": dead.key(),
+                "total": total,
+                "letters": letters.iter().map(LetterView::of).collect::<Vec<_>>(),
+            }));
+        }
+        return json(
+            out,
+            &serde_json::json!({ "streams": streams, "groups": listed }),
+        );
+    }
     if streams.is_empty() {
         writeln!(out, "no dead-letter streams under {namespace}:dlq:")?;
     }
@@ -168,9 +244,13 @@ pub async fn dlq_purge(
 pub async fn streams(
     redis: &ConnectionManager,
     namespace: &str,
+    format: Format,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let streams = shared::source::stream_overview(&mut redis.clone(), namespace).await?;
+    if format == Format::Json {
+        return json(out, &streams);
+    }
     if streams.is_empty() {
         writeln!(out, "no streams under {namespace}:")?;
     }
@@ -192,9 +272,26 @@ pub async fn streams(
 }
 
 /// `outbox`: per outbox, rows waiting, the oldest one's age, and rows set aside.
-pub async fn outbox(relay: &Relay, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn outbox(relay: &Relay, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut backlogs = Vec::new();
     for o in &relay.options().outboxes {
-        let b = relay.backlog(o).await?;
+        backlogs.push((o, relay.backlog(o).await?));
+    }
+    if format == Format::Json {
+        let rows: Vec<serde_json::Value> = backlogs
+            .iter()
+            .map(|(o, b)| {
+                serde_json::json!({
+                    "outbox": o.to_string(),
+                    "pending": b.pending,
+                    "oldest_pending_age_ms": b.oldest_pending_age_ms,
+                    "failed": b.failed,
+                })
+            })
+            .collect();
+        return json(out, &rows);
+    }
+    for (o, b) in backlogs {
         writeln!(
             out,
             "{:<18} pending {:<8} oldest {:<10} failed {}",

@@ -1,5 +1,5 @@
-//! The operator commands as a script runs them: results on stdout and nothing
-//! else there, logs on stderr; a command that reads (`outbox`) changes no
+//! The operator commands as a script runs them: results on stdout (as text or
+//! `--json`) and nothing else there, logs on stderr; a command that reads (`outbox`) changes no
 //! schema, and says what to run when the database is not ready.
 
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
@@ -86,5 +86,21 @@ async fn outbox_reads_without_migrating_and_prints_only_its_report_on_stdout() -
         "{stdout}"
     );
     assert_eq!(tables(&url).await?, tables_after_migrate);
+
+    // The same figures as JSON, and nothing else on stdout.
+    let report = emulator(&url, &["outbox", "--json", "--template", TEMPLATE])?;
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&report.stdout)?;
+    let names: Vec<&str> = rows
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["outbox"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        ["orders.outbox", "inventory.outbox", "customers.outbox"]
+    );
+    assert!(rows
+        .as_array()
+        .is_some_and(|rows| rows.iter().all(|r| r["pending"] == 0 && r["failed"] == 0)));
     Ok(())
 }

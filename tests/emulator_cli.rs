@@ -182,3 +182,80 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     assert!(err.to_string().contains("unknown consumer group"), "{err}");
     running.stop().await
 }
+
+/// `GET /_emulator/status` (and so `emulator wait-idle`) sees each place work
+/// can be: an outbox row, a stream entry not yet read, one read and not yet
+/// acknowledged; and only then says idle.
+#[tokio::test]
+async fn the_status_sees_work_in_the_outbox_unread_and_unacknowledged() -> anyhow::Result<()> {
+    let db = TestDb::fresh().await?;
+    let ns = tests::unique_namespace();
+    let redis = shared::relay::connect_redis(&redis_url(), Duration::from_secs(5)).await?;
+    let options = shared::relay::RelayOptions {
+        stream_namespace: ns.clone(),
+        ..tests::relay_options()
+    };
+    let source = emulator::status::Source {
+        relay: shared::relay::Relay::new(db.pool.clone(), redis.clone(), options),
+        redis: redis.clone(),
+        namespace: ns.clone(),
+    };
+    let functions = emulator::functions::Functions::default();
+    let idle = |status: &emulator::status::Status| status.idle;
+    assert!(idle(&source.read(&functions).await?), "nothing yet");
+
+    tests::raw_create_order(&db.pool, "c-1").await?;
+    let status = source.read(&functions).await?;
+    assert!(!idle(&status), "{status:?}");
+    assert_eq!(status.outboxes[0].pending, 1, "{status:?}");
+    sqlx::query("DELETE FROM orders.outbox")
+        .execute(&db.pool)
+        .await?;
+
+    let stream = format!("{ns}:{{Order:0}}");
+    let mut conn = redis.clone();
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("inventory")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut conn)
+        .await?;
+    let status = source.read(&functions).await?;
+    assert!(!idle(&status), "unread: {status:?}");
+    assert_eq!(status.groups[0].lag, Some(1), "{status:?}");
+
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("inventory")
+        .arg("c")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async::<redis::Value>(&mut conn)
+        .await?;
+    let status = source.read(&functions).await?;
+    assert!(!idle(&status), "unacknowledged: {status:?}");
+    assert_eq!(status.groups[0].pending, 1, "{status:?}");
+
+    redis::cmd("XACK")
+        .arg(&stream)
+        .arg("inventory")
+        .arg(&id)
+        .query_async::<()>(&mut conn)
+        .await?;
+    assert!(idle(&source.read(&functions).await?), "all done");
+    redis::cmd("DEL")
+        .arg(&stream)
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
+}

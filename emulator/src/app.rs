@@ -117,6 +117,23 @@ The response goes to stdout. A function error prints its error payload and exits
         #[command(subcommand)]
         kind: EventKind,
     },
+    /// Wait until the running emulator has no work in hand: no invocation in
+    /// flight, no outbox row waiting, no stream entry unread or unacknowledged
+    /// (two readings in a row). Exits 1 with what is still busy after --timeout.
+    #[command(
+        name = "wait-idle",
+        after_help = "Examples:
+  curl -X POST ... http://127.0.0.1:3000/orders && emulator wait-idle && curl http://127.0.0.1:3000/orders/ID
+  emulator wait-idle --url http://127.0.0.1:3001 --timeout 60"
+    )]
+    WaitIdle {
+        /// The emulator's address, as its banner prints it.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Apply the migrations of every service to DATABASE_URL (or the local default) and exit.
     /// Idempotent: what already ran is skipped.
     Migrate,
@@ -386,6 +403,9 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             system,
         } => invoke(&env, &function, &event, &system, registry, &mut out).await,
         Command::GenerateEvent { kind } => generate_event(kind, &mut out),
+        Command::WaitIdle { url, timeout } => {
+            crate::status::wait_idle(&url, Duration::from_secs(timeout)).await
+        }
         Command::Migrate => {
             let stores = crate::stores::Stores::prepare(
                 &env,
@@ -667,13 +687,44 @@ async fn up(
         "Ready in {} ms. Ctrl-C to stop.",
         started.elapsed().as_millis()
     );
-    let served = crate::serve(crate::Emulator::of(&system), listener, shutdown_signal()).await;
+    let status = status_source(env, &system, &stores).await?;
+    let emulator = crate::Emulator::of(&system).with_status(status);
+    let served = crate::serve(emulator, listener, shutdown_signal()).await;
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;
     stores.stop().await?;
     served?;
     println!("Stopped.");
     Ok(())
+}
+
+/// What `GET /_emulator/status` reads: the template's outboxes, and the
+/// streams of its namespace (its stream sources', else `STREAM_NAMESPACE`).
+async fn status_source(
+    env: &Env,
+    system: &crate::system::System,
+    stores: &crate::stores::Stores,
+) -> anyhow::Result<crate::status::Source> {
+    let template = system.template();
+    let namespace = match template
+        .functions
+        .iter()
+        .find_map(|f| f.stream_source().map(|s| s.namespace))
+    {
+        Some(namespace) => namespace,
+        None => shared::streams::namespace(env)?,
+    };
+    let redis = connect_redis(&stores.redis_url).await?;
+    let options = shared::relay::RelayOptions {
+        outboxes: template.relay_outboxes()?,
+        stream_namespace: namespace.clone(),
+        ..shared::relay::RelayOptions::default()
+    };
+    Ok(crate::status::Source {
+        relay: shared::relay::Relay::new(stores.pool()?.clone(), redis.clone(), options),
+        redis,
+        namespace,
+    })
 }
 
 async fn invoke(

@@ -203,11 +203,38 @@ pub struct Function {
     /// The environment it runs with: template, overrides, and what the emulator supplies.
     pub env: BTreeMap<String, String>,
     pub runner: Runner,
+    /// Invocations started and not yet ended.
+    pub in_flight: InFlight,
+}
+
+/// A count of invocations in flight.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::atomic::AtomicU64);
+
+impl InFlight {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts one until the guard is dropped.
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+}
+
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Function {
     /// One invocation under the function's `Timeout`.
     pub async fn invoke(&self, invocation: Invocation) -> Result<Bytes, InvokeError> {
+        let _counted = self.in_flight.enter();
         match &self.runner {
             Runner::Process(pool) => pool.invoke(invocation).await,
             Runner::Linked(linked) => {
@@ -308,6 +335,11 @@ impl Functions {
             .or_else(|| self.by_id.values().find(|f| f.spec.binary == name))
     }
 
+    /// Invocations in flight, over every function.
+    pub fn in_flight(&self) -> u64 {
+        self.by_id.values().map(|f| f.in_flight.get()).sum()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Function>> {
         self.by_id.values()
     }
@@ -344,5 +376,6 @@ pub async fn link(
         spec,
         env,
         runner: Runner::Linked(linked),
+        in_flight: InFlight::default(),
     }))
 }

@@ -27,6 +27,7 @@ pub mod routes;
 pub mod runtime;
 pub mod schedule;
 pub mod servers;
+pub mod status;
 pub mod stores;
 pub mod system;
 pub mod template;
@@ -47,6 +48,9 @@ pub struct Emulator {
     pub routes: routes::RouteTable,
     /// The HTTP APIs' authorizers and the keys they trust.
     pub gate: Arc<auth::Gate>,
+    /// Where `GET /_emulator/status` reads its figures; without it, that path
+    /// answers 404.
+    pub status: Option<Arc<status::Source>>,
 }
 
 impl Emulator {
@@ -56,7 +60,15 @@ impl Emulator {
             functions: Arc::clone(&system.functions),
             routes: system.routes.clone(),
             gate: Arc::clone(&system.gate),
+            status: None,
         }
+    }
+
+    /// With `GET /_emulator/status` reading from `source`.
+    #[must_use]
+    pub fn with_status(mut self, source: status::Source) -> Self {
+        self.status = Some(Arc::new(source));
+        self
     }
 }
 
@@ -73,6 +85,7 @@ pub async fn serve(
             axum::routing::post(invoke_api),
         )
         .route("/metrics", axum::routing::get(metrics))
+        .route("/_emulator/status", axum::routing::get(status_api))
         .fallback(dispatch)
         .layer(axum::Extension(Listener(local)))
         .with_state(Arc::new(emulator));
@@ -175,6 +188,34 @@ async fn metrics(
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         metrics::render(),
+    )
+        .into_response()
+}
+
+/// `GET /_emulator/status`: whether the system has work in hand, with the
+/// figures ([`status::Status`]); `emulator wait-idle` asks it.
+async fn status_api(State(emulator): State<Arc<Emulator>>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let (code, body) = match &emulator.status {
+        None => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "this emulator reports no status"}).to_string(),
+        ),
+        Some(source) => match source.read(&emulator.functions).await {
+            Ok(status) => (
+                StatusCode::OK,
+                serde_json::to_string(&status).unwrap_or_default(),
+            ),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"message": format!("{e:#}")}).to_string(),
+            ),
+        },
+    };
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
     )
         .into_response()
 }

@@ -173,6 +173,11 @@ impl System {
         }
     }
 
+    /// The template it runs.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
     /// What the system serves, for the start-up banner.
     pub fn banner(&self, address: &str) -> String {
         let mut out = String::new();
@@ -373,6 +378,7 @@ fn process(
         spec: spec.clone(),
         env,
         runner: Runner::Process(pool),
+        in_flight: crate::functions::InFlight::default(),
     }
 }
 

@@ -160,6 +160,19 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         .json()
         .await?;
     let id = order["id"].as_str().unwrap_or_default().to_owned();
+    // `wait-idle` returns once the saga has nothing in hand: the order is
+    // decided by then, with no polling.
+    let waited = Command::new(BIN)
+        .args(["wait-idle", "--url", &base, "--timeout", "20"])
+        .output()?;
+    assert!(waited.status.success(), "{waited:?}");
+    let now: Value = http
+        .get(format!("{base}/orders/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(now["status"], "CONFIRMED", "right after wait-idle");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now: Value = http
@@ -200,6 +213,15 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     };
     let rest: Vec<String> = lines.try_iter().collect();
     assert_eq!(status.code(), Some(0), "{rest:?}");
+    // Nothing listens there any more: one clear line, exit code 1.
+    let gone = Command::new(BIN)
+        .args(["wait-idle", "--url", &base, "--timeout", "1"])
+        .output()?;
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("is `emulator up` running there?"),
+        "{gone:?}"
+    );
     assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
     // Every line of a function's work names the function, as its log stream
     // would in CloudWatch: the order's journey reads function by function.

@@ -91,6 +91,7 @@ async fn main() -> Result<()> {
         functions: Arc::clone(&system.functions),
         routes: system.routes.clone(),
         gate: Arc::new(Gate::new(&template, Trust::Off)?),
+        status: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let open_base = format!("http://{}", listener.local_addr()?);

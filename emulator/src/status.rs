@@ -1,0 +1,201 @@
+//! Whether the running system has work in hand: `GET /_emulator/status` and
+//! `emulator wait-idle`, which tests and scripts use instead of sleeping.
+//!
+//! Work is always visible somewhere: an outbox row until the relay's commit,
+//! which comes after its `XADD`; a stream entry as lag until a consumer reads
+//! it, then as pending until its `XACK`, which comes after the consumer's
+//! commit (and with it the outbox rows of its answers); an HTTP or scheduled
+//! invocation as in flight. The figures are read one after the other, not at
+//! one instant, so `wait-idle` asks for two idle readings in a row.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use shared::relay::Relay;
+
+use crate::functions::Functions;
+
+/// Where the figures come from.
+#[derive(Debug)]
+pub struct Source {
+    pub relay: Relay,
+    pub redis: ConnectionManager,
+    pub namespace: String,
+}
+
+/// One reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub idle: bool,
+    /// Invocations in flight (HTTP, Invoke API, schedules).
+    pub in_flight: u64,
+    /// Outbox rows waiting for the relay, by outbox.
+    pub outboxes: Vec<OutboxStatus>,
+    /// Per stream and consumer group: entries not yet read, and read but not
+    /// yet acknowledged.
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    pub outbox: String,
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub stream: String,
+    pub group: String,
+    /// `None` when Redis cannot tell (entries deleted from the middle).
+    pub lag: Option<u64>,
+    pub pending: u64,
+}
+
+impl Source {
+    pub async fn read(&self, functions: &Functions) -> anyhow::Result<Status> {
+        let in_flight = functions.in_flight();
+        // Outboxes before and after the streams: see the module's comment.
+        let before = self.outboxes().await?;
+        let streams =
+            shared::source::stream_overview(&mut self.redis.clone(), &self.namespace).await?;
+        let mut outboxes = self.outboxes().await?;
+        for (now, then) in outboxes.iter_mut().zip(before) {
+            now.pending = now.pending.max(then.pending);
+        }
+        let groups = streams
+            .into_iter()
+            .flat_map(|s| {
+                let stream = s.key;
+                s.groups.into_iter().map(move |g| GroupStatus {
+                    stream: stream.clone(),
+                    group: g.name,
+                    lag: g.lag,
+                    pending: g.pending,
+                })
+            })
+            .collect();
+        let in_flight = in_flight.max(functions.in_flight());
+        Ok(decide(in_flight, outboxes, groups))
+    }
+
+    async fn outboxes(&self) -> anyhow::Result<Vec<OutboxStatus>> {
+        let mut out = Vec::new();
+        for o in &self.relay.options().outboxes {
+            out.push(OutboxStatus {
+                outbox: o.to_string(),
+                pending: self.relay.backlog(o).await?.pending,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Idle: nothing in flight, no outbox row waiting, no stream entry unread or
+/// unacknowledged. A lag Redis cannot tell counts as none (it cannot be
+/// waited out).
+pub fn decide(in_flight: u64, outboxes: Vec<OutboxStatus>, groups: Vec<GroupStatus>) -> Status {
+    let idle = in_flight == 0
+        && outboxes.iter().all(|o| o.pending == 0)
+        && groups
+            .iter()
+            .all(|g| g.pending == 0 && g.lag.unwrap_or(0) == 0);
+    Status {
+        idle,
+        in_flight,
+        outboxes,
+        groups,
+    }
+}
+
+/// What is still busy in `status`, one item each, for `wait-idle`'s error.
+pub fn busy(status: &Status) -> Vec<String> {
+    let mut busy = Vec::new();
+    if status.in_flight > 0 {
+        busy.push(format!("{} invocations in flight", status.in_flight));
+    }
+    for o in status.outboxes.iter().filter(|o| o.pending > 0) {
+        busy.push(format!("{}: {} rows waiting", o.outbox, o.pending));
+    }
+    for g in &status.groups {
+        let lag = g.lag.unwrap_or(0);
+        if lag > 0 || g.pending > 0 {
+            busy.push(format!(
+                "{} group {}: lag {lag}, pending {}",
+                g.stream, g.group, g.pending
+            ));
+        }
+    }
+    busy
+}
+
+/// `emulator wait-idle`: asks `url`'s status until two readings in a row are
+/// idle, or `timeout` passes (an error that says what is still busy).
+pub async fn wait_idle(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let endpoint = format!("{}/_emulator/status", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut idle_in_a_row = 0;
+    loop {
+        let status: Status = match client.get(&endpoint).send().await {
+            Ok(response) if response.status().is_success() => response.json().await?,
+            Ok(response) => anyhow::bail!("{endpoint} answered {}", response.status()),
+            Err(e) => anyhow::bail!("{endpoint}: {e} (is `emulator up` running there?)"),
+        };
+        idle_in_a_row = if status.idle { idle_in_a_row + 1 } else { 0 };
+        if idle_in_a_row == 2 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "not idle after {} s: {}",
+                timeout.as_secs(),
+                busy(&status).join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(pending: u64) -> Vec<OutboxStatus> {
+        vec![OutboxStatus {
+            outbox: "orders.outbox".into(),
+            pending,
+        }]
+    }
+
+    fn group(lag: Option<u64>, pending: u64) -> Vec<GroupStatus> {
+        vec![GroupStatus {
+            stream: "events:{Order:0}".into(),
+            group: "inventory".into(),
+            lag,
+            pending,
+        }]
+    }
+
+    #[test]
+    fn idle_only_with_nothing_in_flight_waiting_unread_or_unacknowledged() {
+        assert!(decide(0, outbox(0), group(Some(0), 0)).idle);
+        assert!(decide(0, outbox(0), group(None, 0)).idle);
+        assert!(decide(0, Vec::new(), Vec::new()).idle);
+        assert!(!decide(1, outbox(0), group(Some(0), 0)).idle);
+        assert!(!decide(0, outbox(3), group(Some(0), 0)).idle);
+        assert!(!decide(0, outbox(0), group(Some(2), 0)).idle);
+        assert!(!decide(0, outbox(0), group(Some(0), 1)).idle);
+        let busy = busy(&decide(2, outbox(3), group(Some(4), 1)));
+        assert_eq!(
+            busy,
+            [
+                "2 invocations in flight",
+                "orders.outbox: 3 rows waiting",
+                "events:{Order:0} group inventory: lag 4, pending 1"
+            ]
+        );
+    }
+}

@@ -8,18 +8,9 @@ use std::process::{Command, Output};
 
 use sqlx::{Connection as _, PgConnection};
 
-const BIN: &str = env!("CARGO_BIN_EXE_emulator");
-const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+mod common;
 
-async fn empty_database() -> anyhow::Result<String> {
-    let name = format!("emu_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = PgConnection::connect(ADMIN).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
-}
+use common::{fresh_database, BIN, TEMPLATE};
 
 /// `emulator ARGS` against `database_url`, logging at info.
 fn emulator(database_url: &str, args: &[&str]) -> anyhow::Result<Output> {
@@ -46,7 +37,7 @@ async fn tables(database_url: &str) -> anyhow::Result<i64> {
 #[tokio::test]
 async fn outbox_reads_without_migrating_and_prints_only_its_report_on_stdout() -> anyhow::Result<()>
 {
-    let url = empty_database().await?;
+    let url = fresh_database().await?;
 
     // Not migrated: a clear error, and the database is left as it was.
     let refused = emulator(&url, &["outbox", "--template", TEMPLATE])?;

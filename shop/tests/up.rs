@@ -4,52 +4,15 @@
 
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::{Connection as _, PgConnection};
 
-const BIN: &str = env!("CARGO_BIN_EXE_emulator");
-const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+mod common;
 
-async fn fresh_database() -> anyhow::Result<String> {
-    let name = format!("emu_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = PgConnection::connect(ADMIN).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
-}
-
-fn spare_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// An env-vars file that gives the run a stream namespace of its own.
-fn env_vars(namespace: &str) -> anyhow::Result<tempfile_path::TempPath> {
-    let path = std::env::temp_dir().join(format!("{namespace}.json"));
-    std::fs::write(
-        &path,
-        json!({"Parameters": {"STREAM_NAMESPACE": namespace}}).to_string(),
-    )?;
-    Ok(tempfile_path::TempPath(path))
-}
-
-mod tempfile_path {
-    /// Removed when dropped.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
+use common::{env_vars, fresh_database, spare_port, start_up, BIN, TEMPLATE};
 
 #[tokio::test]
 async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
@@ -59,9 +22,8 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     let port = spare_port()?;
     let state = std::env::temp_dir().join(&namespace);
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .args([
-            "up",
+    let (mut child, lines) = start_up(
+        &[
             "--port",
             &port.to_string(),
             "--template",
@@ -69,23 +31,13 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
             "--parameter-overrides",
             "DefaultCreditLimitCents=1000000",
             "--env-vars",
-        ])
-        .arg(&vars.0)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("DATABASE_URL", &database_url)
-        // Logs at info share stdout with the banner (a held stdout lock once hung it).
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+            &vars.0.to_string_lossy(),
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+        &database_url,
+        &[],
+    )?;
     let mut banner = String::new();
     loop {
         let line = lines.recv_timeout(Duration::from_secs(20))?;
@@ -173,20 +125,6 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         .json()
         .await?;
     assert_eq!(now["status"], "CONFIRMED", "right after wait-idle");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now: Value = http
-            .get(format!("{base}/orders/{id}"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if now["status"] == "CONFIRMED" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {now}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     // The Invoke API answers like AWS: a function error is a 200 with a header.
     let invoked = http
@@ -381,26 +319,22 @@ async fn up_with_log_format_json_writes_lambdas_json_lines() -> anyhow::Result<(
     let namespace = format!("emu{}", uuid::Uuid::now_v7().simple());
     let vars = env_vars(&namespace)?;
     let state = std::env::temp_dir().join(&namespace);
-    let mut child = Command::new(BIN)
-        .args(["up", "--log-format", "json", "--port"])
-        .arg(spare_port()?.to_string())
-        .args(["--template", TEMPLATE, "--env-vars"])
-        .arg(&vars.0)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("DATABASE_URL", &database_url)
-        .env("RUST_LOG", "info")
-        .env_remove("LOG_FORMAT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let (mut child, lines) = start_up(
+        &[
+            "--log-format",
+            "json",
+            "--port",
+            &spare_port()?.to_string(),
+            "--template",
+            TEMPLATE,
+            "--env-vars",
+            &vars.0.to_string_lossy(),
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+        &database_url,
+        &[("LOG_FORMAT", "text")],
+    )?;
     // The lines before the banner: the emulator's own, as JSON objects.
     let mut logged = Vec::new();
     loop {

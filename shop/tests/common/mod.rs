@@ -1,0 +1,77 @@
+//! What the tests of the `emulator` binary share: the binary, the template,
+//! a fresh database, a spare port, and `up` started with its stdout as lines.
+
+#![allow(dead_code)] // Each test file uses its part.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use serde_json::json;
+use sqlx::{Connection as _, PgConnection};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_emulator");
+pub const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
+pub const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub async fn fresh_database() -> anyhow::Result<String> {
+    let name = format!("emu_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(ADMIN).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
+pub fn spare_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// An env-vars file that gives the run a stream namespace of its own.
+pub fn env_vars(namespace: &str) -> anyhow::Result<tempfile_path::TempPath> {
+    let path = std::env::temp_dir().join(format!("{namespace}.json"));
+    std::fs::write(
+        &path,
+        json!({"Parameters": {"STREAM_NAMESPACE": namespace}}).to_string(),
+    )?;
+    Ok(tempfile_path::TempPath(path))
+}
+
+pub mod tempfile_path {
+    /// Removed when dropped.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// `emulator up ARGS` with `database_url` and `env` (logs at
+/// info on stdout, with the banner), and its stdout line by line.
+pub fn start_up(
+    args: &[&str],
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, mpsc::Receiver<String>)> {
+    let mut child = Command::new(BIN)
+        .arg("up")
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        // Logs at info share stdout with the banner (a held stdout lock once hung it).
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    Ok((child, lines))
+}

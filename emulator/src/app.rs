@@ -134,6 +134,19 @@ The response goes to stdout. A function error prints its error payload and exits
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// One reading of the running emulator: idle or what is busy, invocations
+    /// in flight, each outbox's waiting rows, each consumer group's lag and pending.
+    #[command(after_help = "Examples:
+  emulator status
+  emulator status --json | jq .idle")]
+    Status {
+        /// The emulator's address, as its banner prints it.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// The reading as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the migrations of every service to DATABASE_URL (or the local default) and exit.
     /// Idempotent: what already ran is skipped.
     Migrate,
@@ -406,6 +419,7 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
         Command::WaitIdle { url, timeout } => {
             crate::status::wait_idle(&url, Duration::from_secs(timeout)).await
         }
+        Command::Status { url, json } => crate::status::print(&url, json, &mut out).await,
         Command::Migrate => {
             let stores = crate::stores::Stores::prepare(
                 &env,

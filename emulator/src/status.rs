@@ -129,21 +129,77 @@ pub fn busy(status: &Status) -> Vec<String> {
     busy
 }
 
+/// Asks a running emulator for its [`Status`].
+struct Client {
+    endpoint: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            endpoint: format!("{}/_emulator/status", url.trim_end_matches('/')),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        })
+    }
+
+    async fn status(&self) -> anyhow::Result<Status> {
+        let endpoint = &self.endpoint;
+        match self.http.get(endpoint).send().await {
+            Ok(response) if response.status().is_success() => Ok(response.json().await?),
+            Ok(response) => anyhow::bail!("{endpoint} answered {}", response.status()),
+            Err(e) => anyhow::bail!("{endpoint}: {e} (is `emulator up` running there?)"),
+        }
+    }
+}
+
+/// `emulator status`: one reading of the running emulator at `url`, as lines
+/// (idle or what is busy, then every outbox and consumer group) or as JSON.
+pub async fn print(url: &str, json: bool, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let status = Client::new(url)?.status().await?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &status)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    write!(out, "{}", summary(&status))?;
+    Ok(())
+}
+
+/// The lines `emulator status` prints.
+pub fn summary(status: &Status) -> String {
+    let mut text = String::new();
+    if status.idle {
+        text.push_str("idle\n");
+    } else {
+        text.push_str(&format!("busy: {}\n", busy(status).join("; ")));
+    }
+    text.push_str(&format!("in flight {}\n", status.in_flight));
+    for o in &status.outboxes {
+        text.push_str(&format!("{:<18} pending {}\n", o.outbox, o.pending));
+    }
+    for g in &status.groups {
+        text.push_str(&format!(
+            "{} group {:<12} lag {:<6} pending {}\n",
+            g.stream,
+            g.group,
+            g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string()),
+            g.pending
+        ));
+    }
+    text
+}
+
 /// `emulator wait-idle`: asks `url`'s status until two readings in a row are
 /// idle, or `timeout` passes (an error that says what is still busy).
 pub async fn wait_idle(url: &str, timeout: Duration) -> anyhow::Result<()> {
-    let endpoint = format!("{}/_emulator/status", url.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let client = Client::new(url)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut idle_in_a_row = 0;
     loop {
-        let status: Status = match client.get(&endpoint).send().await {
-            Ok(response) if response.status().is_success() => response.json().await?,
-            Ok(response) => anyhow::bail!("{endpoint} answered {}", response.status()),
-            Err(e) => anyhow::bail!("{endpoint}: {e} (is `emulator up` running there?)"),
-        };
+        let status = client.status().await?;
         idle_in_a_row = if status.idle { idle_in_a_row + 1 } else { 0 };
         if idle_in_a_row == 2 {
             return Ok(());
@@ -188,7 +244,17 @@ mod tests {
         assert!(!decide(0, outbox(3), group(Some(0), 0)).idle);
         assert!(!decide(0, outbox(0), group(Some(2), 0)).idle);
         assert!(!decide(0, outbox(0), group(Some(0), 1)).idle);
-        let busy = busy(&decide(2, outbox(3), group(Some(4), 1)));
+        let status = decide(2, outbox(3), group(Some(4), 1));
+        assert_eq!(
+            summary(&status),
+            "busy: 2 invocations in flight; orders.outbox: 3 rows waiting; \
+             events:{Order:0} group inventory: lag 4, pending 1\n\
+             in flight 2\n\
+             orders.outbox      pending 3\n\
+             events:{Order:0} group inventory    lag 4      pending 1\n"
+        );
+        assert!(summary(&decide(0, outbox(0), Vec::new())).starts_with("idle\n"));
+        let busy = busy(&status);
         assert_eq!(
             busy,
             [

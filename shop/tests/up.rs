@@ -125,6 +125,21 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         .json()
         .await?;
     assert_eq!(now["status"], "CONFIRMED", "right after wait-idle");
+    let status = Command::new(BIN)
+        .args(["status", "--url", &base])
+        .output()?;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && text.starts_with("idle\n"),
+        "{status:?}"
+    );
+    assert!(text.contains("orders.outbox      pending 0"), "{text}");
+    let status = Command::new(BIN)
+        .args(["status", "--json", "--url", &base])
+        .output()?;
+    let reading: Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(reading["idle"], true, "{reading}");
+    assert_eq!(reading["in_flight"], 0, "{reading}");
 
     // The Invoke API answers like AWS: a function error is a 200 with a header.
     let invoked = http

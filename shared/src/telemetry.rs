@@ -125,6 +125,13 @@ pub fn function_span(name: &str) -> Span {
     tracing::info_span!(FUNCTION_SPAN, function_name = %name)
 }
 
+/// The time of a log line: RFC 3339 in UTC, as Lambda's lines give it.
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// `text` without its terminal colour sequences (`ESC [ ... m`).
 fn without_ansi(text: &str) -> String {
     let mut plain = String::with_capacity(text.len());
@@ -160,9 +167,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let timestamp = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let timestamp = now_rfc3339();
         write!(writer, "{timestamp} {:>5} ", event.metadata().level())?;
         let mut function = None;
         let mut spans = String::new();
@@ -217,9 +222,7 @@ impl JsonLines {
     /// The line for an event at `level` with the merged `fields`: the fixed keys
     /// first, in this order, then the span and event fields.
     fn line(&self, level: &str, target: &str, mut fields: Map<String, Value>) -> String {
-        let timestamp = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let timestamp = now_rfc3339();
         let message = fields.remove("message").unwrap_or_else(|| "".into());
         // A function span's name (the emulator's functions share a process)
         // wins over the process's own.

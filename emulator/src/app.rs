@@ -147,6 +147,39 @@ The response goes to stdout. A function error prints its error payload and exits
         #[arg(long)]
         json: bool,
     },
+    /// The running emulator's recent log lines (it keeps the last 50,000), by
+    /// function, trace or order: one order's journey across the functions, in
+    /// time order.
+    #[command(after_help = "Examples:
+  emulator logs --order 0193f6a2-0000-7000-8000-000000000000
+  emulator logs --function InventoryConsumerFunction --follow
+  emulator logs --trace 4bf92f3577b34da6a3ce929d0e0e4736 --json | jq .message
+
+An order id stands for the traces of the lines that name it, so the lines of
+every hop that carried the order's trace come too.")]
+    Logs {
+        /// The emulator's address, as its banner prints it.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// Only this function's lines (its logical id in the template).
+        #[arg(long)]
+        function: Option<String>,
+        /// Only the lines of this trace id.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only the lines of the traces of this order (or any id its lines name).
+        #[arg(long)]
+        order: Option<String>,
+        /// The most lines printed: the latest that match.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Lambda's JSON lines, one per line, instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Then print new lines as they come, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Apply the migrations of every service to DATABASE_URL (or the local default) and exit.
     /// Idempotent: what already ran is skipped.
     Migrate,
@@ -390,7 +423,10 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
     {
         env = env.with("LOG_FORMAT", format);
     }
-    shared::telemetry::install(&env, "emulator", logs);
+    // `up` keeps its last lines for `emulator logs` and the console.
+    let book = matches!(cli.command, Command::Up { .. })
+        .then(|| shared::logbook::LogBook::new(crate::logs::BOOK_LINES));
+    shared::telemetry::install_with_book(&env, "emulator", logs, book.clone());
     // Not locked: `up`'s logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();
     match cli.command {
@@ -402,7 +438,8 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             log_format: _,
         } => {
             let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
-            up(&env, port, &system, trust, registry).await
+            let book = book.context("up keeps a log book")?;
+            up(&env, port, &system, trust, registry, book).await
         }
         Command::Token {
             sub,
@@ -420,6 +457,24 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             crate::status::wait_idle(&url, Duration::from_secs(timeout)).await
         }
         Command::Status { url, json } => crate::status::print(&url, json, &mut out).await,
+        Command::Logs {
+            url,
+            function,
+            trace,
+            order,
+            limit,
+            json,
+            follow,
+        } => {
+            let query = crate::logs::Query {
+                function,
+                trace,
+                order,
+                from: 0,
+                limit: Some(limit),
+            };
+            crate::logs::print(&url, query, json, follow, &mut out).await
+        }
         Command::Migrate => {
             let stores = crate::stores::Stores::prepare(
                 &env,
@@ -662,6 +717,7 @@ async fn up(
     args: &SystemArgs,
     trust: crate::auth::Trust,
     registry: Arc<dyn Registry>,
+    book: Arc<shared::logbook::LogBook>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let template = load_template(args)?;
@@ -702,7 +758,9 @@ async fn up(
         started.elapsed().as_millis()
     );
     let status = status_source(env, &system, &stores).await?;
-    let emulator = crate::Emulator::of(&system).with_status(status);
+    let emulator = crate::Emulator::of(&system)
+        .with_status(status)
+        .with_logs(book);
     let served = crate::serve(emulator, listener, shutdown_signal()).await;
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;

@@ -22,6 +22,7 @@ pub mod database;
 pub mod functions;
 pub mod gateway;
 pub mod invoke;
+pub mod logs;
 pub mod metrics;
 pub mod routes;
 pub mod runtime;
@@ -51,6 +52,8 @@ pub struct Emulator {
     /// Where `GET /_emulator/status` reads its figures; without it, that path
     /// answers 404.
     pub status: Option<Arc<status::Source>>,
+    /// What `GET /_emulator/logs` reads; without it, that path answers 404.
+    pub logs: Option<Arc<shared::logbook::LogBook>>,
 }
 
 impl Emulator {
@@ -61,6 +64,7 @@ impl Emulator {
             routes: system.routes.clone(),
             gate: Arc::clone(&system.gate),
             status: None,
+            logs: None,
         }
     }
 
@@ -68,6 +72,13 @@ impl Emulator {
     #[must_use]
     pub fn with_status(mut self, source: status::Source) -> Self {
         self.status = Some(Arc::new(source));
+        self
+    }
+
+    /// With `GET /_emulator/logs` reading `book`.
+    #[must_use]
+    pub fn with_logs(mut self, book: Arc<shared::logbook::LogBook>) -> Self {
+        self.logs = Some(book);
         self
     }
 }
@@ -86,6 +97,7 @@ pub async fn serve(
         )
         .route("/metrics", axum::routing::get(metrics))
         .route("/_emulator/status", axum::routing::get(status_api))
+        .route("/_emulator/logs", axum::routing::get(logs_api))
         .fallback(dispatch)
         .layer(axum::Extension(Listener(local)))
         .with_state(Arc::new(emulator));
@@ -218,6 +230,22 @@ async fn status_api(State(emulator): State<Arc<Emulator>>) -> axum::response::Re
         body,
     )
         .into_response()
+}
+
+/// `GET /_emulator/logs?function=F&trace=T&order=O&from=N&limit=L`: the
+/// kept log lines that match ([`logs::read`]).
+async fn logs_api(
+    State(emulator): State<Arc<Emulator>>,
+    axum::extract::Query(query): axum::extract::Query<logs::Query>,
+) -> axum::response::Response {
+    match &emulator.logs {
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"message": "this emulator keeps no logs"})),
+        )
+            .into_response(),
+        Some(book) => axum::Json(logs::read(book, &query)).into_response(),
+    }
 }
 
 /// The address the emulator listens on.

@@ -30,6 +30,7 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod inbox;
+pub mod logbook;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;

@@ -91,6 +91,20 @@ pub enum LogOutput {
 
 /// [`init`] with the log lines sent to `output`.
 pub fn install(env: &Env, service: &str, output: LogOutput) {
+    install_with_book(env, service, output, None);
+}
+
+/// [`install`], and with `book` every line also goes into it as a JSON line
+/// (whatever the output's format), for the emulator's `logs` and console.
+pub fn install_with_book(
+    env: &Env,
+    service: &str,
+    output: LogOutput,
+    book: Option<std::sync::Arc<crate::logbook::LogBook>>,
+) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let _first = SERVICE.set(service.to_owned());
     let format = LogFormat::detect(env);
     metrics::configure(env, format == LogFormat::Json);
@@ -98,20 +112,33 @@ pub fn install(env: &Env, service: &str, output: LogOutput) {
         LogOutput::Stdout => tsfmt::writer::BoxMakeWriter::new(std::io::stdout),
         LogOutput::Stderr => tsfmt::writer::BoxMakeWriter::new(std::io::stderr),
     };
-    let builder = tsfmt().with_env_filter(filter(env)).with_writer(writer);
-    let _already_set = match format {
-        LogFormat::Json => builder
+    let lines = match format {
+        LogFormat::Json => tsfmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines::from_env(env))
-            .try_init(),
-        LogFormat::Text => builder
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => tsfmt::layer()
             .with_ansi(match output {
                 LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
                 LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })
             .event_format(TextLines)
-            .try_init(),
+            .with_writer(writer)
+            .boxed(),
     };
+    let book = book.map(|book| {
+        tsfmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines::from_env(env))
+            .with_writer(crate::logbook::BookWriter(book))
+            .boxed()
+    });
+    let _already_set = tracing_subscriber::registry()
+        .with(filter(env))
+        .with(lines)
+        .with(book)
+        .try_init();
 }
 
 /// The name of the span that says which function a line comes from: the

@@ -141,6 +141,72 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     assert_eq!(reading["idle"], true, "{reading}");
     assert_eq!(reading["in_flight"], 0, "{reading}");
 
+    // `emulator logs --order` reads the order's journey from the running
+    // emulator: every hop's lines, in time order, each naming its function.
+    let journey = Command::new(BIN)
+        .args(["logs", "--url", &base, "--order", &id, "--json"])
+        .output()?;
+    assert!(journey.status.success(), "{journey:?}");
+    let journey: Vec<Value> = String::from_utf8(journey.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let hops = |line: &Value| {
+        (
+            line["function_name"].as_str().unwrap_or("-").to_owned(),
+            line["message"].as_str().unwrap_or("-").to_owned(),
+        )
+    };
+    // One trace from the request to the saga's decision: `--trace` alone
+    // finds every hop, whether or not its line names the order.
+    let trace = journey
+        .iter()
+        .find(|l| l["function_name"] == "CreateOrderFunction")
+        .and_then(|l| l["trace_id"].as_str())
+        .expect("the request's line has its trace")
+        .to_owned();
+    let traced = Command::new(BIN)
+        .args(["logs", "--url", &base, "--trace", &trace, "--json"])
+        .output()?;
+    let traced: Vec<Value> = String::from_utf8(traced.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    // The order's lines are its traces' (the POST's, and each GET's).
+    for line in &traced {
+        assert!(journey.contains(line), "{line} missing from the order's");
+    }
+    let seen: Vec<(String, String)> = traced.iter().map(hops).collect();
+    for (function, message) in [
+        ("CreateOrderFunction", "order created"),
+        ("OutboxRelayFunction", "event published"),
+        ("InventoryConsumerFunction", "event handled"),
+        ("CustomersConsumerFunction", "event handled"),
+        ("OrderSagaFunction", "event handled"),
+    ] {
+        assert!(
+            seen.iter().any(|(f, m)| f == function && m == message),
+            "no {message:?} of {function} in the order's trace {seen:#?}"
+        );
+    }
+    let times: Vec<&str> = journey
+        .iter()
+        .map(|l| l["timestamp"].as_str().unwrap_or_default())
+        .collect();
+    assert!(times.is_sorted(), "in time order: {times:?}");
+    let saga_only = Command::new(BIN)
+        .args(["logs", "--url", &base, "--order", &id])
+        .args(["--function", "OrderSagaFunction"])
+        .output()?;
+    let saga_only = String::from_utf8(saga_only.stdout)?;
+    assert!(
+        !saga_only.is_empty()
+            && saga_only
+                .lines()
+                .all(|l| l.contains(" [OrderSagaFunction] ")),
+        "{saga_only}"
+    );
+
     // The Invoke API answers like AWS: a function error is a 200 with a header.
     let invoked = http
         .post(format!(

@@ -55,7 +55,7 @@ pub fn start_up(
     args: &[&str],
     database_url: &str,
     env: &[(&str, &str)],
-) -> anyhow::Result<(Child, mpsc::Receiver<String>)> {
+) -> anyhow::Result<(Up, mpsc::Receiver<String>)> {
     let mut child = Command::new(BIN)
         .arg("up")
         .args(args)
@@ -73,5 +73,30 @@ pub fn start_up(
             let _ = lines_tx.send(line);
         }
     });
-    Ok((child, lines))
+    Ok((Up(child), lines))
+}
+
+/// A running `emulator up`, killed if the test ends (or fails) before it stops.
+pub struct Up(pub Child);
+
+impl std::ops::Deref for Up {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Up {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

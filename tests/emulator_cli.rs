@@ -1,7 +1,7 @@
 //! The emulator's operator commands against a running system: a record that
-//! keeps failing ends in the dead-letter stream, `dlq list` / `show` show it,
-//! `dlq redrive` brings it back once the cause is fixed; `streams` and
-//! `outbox` report.
+//! keeps failing ends in the dead-letter stream, `dlq list` / `show` /
+//! `summary` show it, `dlq redrive` counts its redrives, refuses one too many,
+//! and brings it back once the cause is fixed; `streams` and `outbox` report.
 
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use emulator::cli::Format;
 use serde_json::json;
-use shared::source::Selection;
+use shared::source::{RedrivePolicy, Selection};
 use tests::wait_until;
 use tests::{redis_url, Answer, ApiRequest, TestDb};
 
@@ -110,22 +110,105 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     let shown = String::from_utf8(out)?;
     assert!(shown.contains(&format!("aggregate_id = {id}")), "{shown}");
 
-    // The cause is fixed; the operator redrives.
-    sqlx::query("DROP TRIGGER fail ON inventory.processed_events")
-        .execute(&db.pool)
-        .await?;
-    let (mut out, mut progress) = (Vec::new(), Vec::new());
-    let n = emulator::cli::dlq_redrive(
+    // A summary groups the dead letters by kind.
+    let mut out = Vec::new();
+    emulator::cli::dlq_summary(
         &redis,
         &ns,
         inventory_consumer::GROUP,
-        &Selection::All,
+        Format::Json,
+        &mut out,
+    )
+    .await?;
+    let kinds: serde_json::Value = serde_json::from_slice(&out)?;
+    assert_eq!(kinds.as_array().map(Vec::len), Some(1), "{kinds}");
+    assert_eq!(kinds[0]["event_type"], "OrderCreated", "{kinds}");
+    assert_eq!(kinds[0]["count"], 1, "{kinds}");
+    let error = kinds[0]["error"].as_str().unwrap_or_default().to_owned();
+    let hour = kinds[0]["hour"].as_str().unwrap_or_default().to_owned();
+
+    // A dry run of that kind changes nothing and says what would happen.
+    let of_kind = Selection::Where(shared::source::Filter {
+        error: Some(error.clone()),
+        event_type: Some("OrderCreated".into()),
+        hour: Some(hour),
+    });
+    let once = RedrivePolicy::new(1);
+    let dry = RedrivePolicy {
+        dry_run: true,
+        ..once
+    };
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    let report = emulator::cli::dlq_redrive(
+        &redis,
+        &ns,
+        inventory_consumer::GROUP,
+        &of_kind,
+        &dry,
         &mut out,
         &mut progress,
     )
     .await?;
-    assert_eq!(n, 1);
-    assert!(String::from_utf8(progress)?.contains("redriven 1/1"));
+    assert_eq!(report.total(), 1);
+    let said = String::from_utf8(out)?;
+    assert!(said.contains("would be redriven (dry run"), "{said}");
+    assert!(said.contains(&format!("1 to {ns}:{{Order:0}}")), "{said}");
+    assert_eq!(dead.count().await?, 1, "a dry run changes nothing");
+    assert_eq!(dead.list(None, 1).await?[0].redrives, 0);
+
+    // Redriven before the cause is fixed, it fails again: it comes back
+    // dead-lettered, counted once. DLQ_MAX_REDRIVES 1 then refuses it...
+    let redriven = dead.redrive(&of_kind, &once, |_, _| {}).await?;
+    assert_eq!(redriven.total(), 1);
+    wait_until(
+        Duration::from_secs(30),
+        "the event is dead-lettered again",
+        || async { Ok(dead.count().await? == 1) },
+    )
+    .await?;
+    let again = dead.list(None, 1).await?.remove(0);
+    assert_eq!(again.redrives, 1, "the count follows the record");
+    assert_eq!(again.error, error);
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    let refused = emulator::cli::dlq_redrive(
+        &redis,
+        &ns,
+        inventory_consumer::GROUP,
+        &Selection::All,
+        &once,
+        &mut out,
+        &mut progress,
+    )
+    .await?;
+    assert_eq!(refused.total(), 0);
+    assert_eq!(refused.refused.len(), 1);
+    assert!(
+        String::from_utf8(out)?.contains("1 refused: redriven 1 times already"),
+        "{refused:?}"
+    );
+    assert_eq!(dead.count().await?, 1, "a refused record stays");
+
+    // ...until the cause is fixed and the operator forces it.
+    sqlx::query("DROP TRIGGER fail ON inventory.processed_events")
+        .execute(&db.pool)
+        .await?;
+    let forced = RedrivePolicy {
+        force: true,
+        ..once
+    };
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    let report = emulator::cli::dlq_redrive(
+        &redis,
+        &ns,
+        inventory_consumer::GROUP,
+        &Selection::All,
+        &forced,
+        &mut out,
+        &mut progress,
+    )
+    .await?;
+    assert_eq!(report.total(), 1);
+    assert!(String::from_utf8(progress)?.contains("looked at 1/1"));
     wait_until(
         Duration::from_secs(30),
         "the order is confirmed",
@@ -173,7 +256,7 @@ async fn a_dead_lettered_event_is_listed_shown_and_redriven() -> anyhow::Result<
     // Purging what is not there purges nothing; an unknown group is one clear error.
     let mut out = Vec::new();
     let purged =
-        emulator::cli::dlq_purge(&redis, &ns, "inventory", &Selection::All, &mut out).await?;
+        emulator::cli::dlq_purge(&redis, &ns, "inventory", &Selection::All, true, &mut out).await?;
     assert_eq!(purged, 0);
     let template = emulator::template::parse(include_str!("../template.yaml"))?;
     let groups = emulator::cli::groups(&template);

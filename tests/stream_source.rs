@@ -395,10 +395,14 @@ async fn a_redriven_dead_letter_is_handled_again() -> anyhow::Result<()> {
     // The operator fixes the cause, then redrives.
     broken.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut progress = Vec::new();
-    let n = dead
-        .redrive(&Selection::All, |done, total| progress.push((done, total)))
+    let report = dead
+        .redrive(
+            &Selection::All,
+            &shared::source::RedrivePolicy::default(),
+            |done, total| progress.push((done, total)),
+        )
         .await?;
-    assert_eq!(n, 1);
+    assert_eq!(report.total(), 1);
     assert_eq!(progress, [(1, 1)]);
     wait_until(WAIT, "handled after the redrive", || async {
         Ok(handler.done().len() == 1)

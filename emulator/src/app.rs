@@ -187,8 +187,10 @@ every hop that carried the order's trace come too.")]
     #[command(after_help = "Examples:
   emulator dlq list
   emulator dlq show --group inventory 1732435200000-0
-  emulator dlq redrive --group inventory --all
-  emulator dlq purge --group order-saga 1732435200000-0 1732435200001-0")]
+  emulator dlq summary --group inventory
+  emulator dlq redrive --group inventory --all --dry-run
+  emulator dlq redrive --group inventory --event-type OrderCreated --hour 2026-11-29T01
+  emulator dlq purge --group order-saga 1732435200000-0 1732435200001-0 --yes")]
     Dlq {
         /// The SAM template: its stream sources name the consumer groups.
         #[arg(long, global = true, default_value = "template.yaml")]
@@ -359,33 +361,77 @@ enum DlqAction {
         /// The dead letter's id (as `list` shows it).
         id: String,
     },
-    /// Put dead letters back at the end of their original streams (attempts start again).
+    /// The dead letters of a group by kind: error, event type and hour, with
+    /// how many and how often the most redriven one was.
+    Summary {
+        #[arg(long)]
+        group: String,
+        /// As one JSON document, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back at the end of their original streams (attempts
+    /// start again). A record redriven DLQ_MAX_REDRIVES times (3) already is
+    /// refused unless --force: it needs a fix, not another try.
     Redrive {
         #[arg(long)]
         group: String,
-        /// Every dead letter of the group.
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-        /// These dead letters.
-        #[arg(required_unless_present = "all")]
-        ids: Vec<String>,
+        #[command(flatten)]
+        which: Which,
+        /// Change nothing: say what would be redriven and what refused.
+        #[arg(long)]
+        dry_run: bool,
+        /// Redrive records redriven DLQ_MAX_REDRIVES times already, too.
+        #[arg(long)]
+        force: bool,
     },
-    /// Delete dead letters for good.
+    /// Delete dead letters for good. Without --yes, only says how many it would delete.
     Purge {
         #[arg(long)]
         group: String,
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-        #[arg(required_unless_present = "all")]
-        ids: Vec<String>,
+        #[command(flatten)]
+        which: Which,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
-fn selection(all: bool, ids: Vec<String>) -> shared::source::Selection {
-    if all {
-        shared::source::Selection::All
-    } else {
-        shared::source::Selection::Ids(ids)
+/// Which dead letters: all, these ids, or one kind (as `dlq summary` shows them).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = true)]
+struct Which {
+    /// Every dead letter of the group.
+    #[arg(long, conflicts_with_all = ["ids", "error", "event_type", "hour"])]
+    all: bool,
+    /// These dead letters (ids as `list` shows them).
+    #[arg(conflicts_with_all = ["error", "event_type", "hour"])]
+    ids: Vec<String>,
+    /// Those that failed with exactly this error.
+    #[arg(long)]
+    error: Option<String>,
+    /// Those of this event type (`undecodable` for entries that are not events).
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Those that failed in this hour, `2026-11-29T01` (UTC).
+    #[arg(long)]
+    hour: Option<String>,
+}
+
+impl Which {
+    fn selection(self) -> shared::source::Selection {
+        use shared::source::{Filter, Selection};
+        if self.all {
+            Selection::All
+        } else if !self.ids.is_empty() {
+            Selection::Ids(self.ids)
+        } else {
+            Selection::Where(Filter {
+                error: self.error,
+                event_type: self.event_type,
+                hour: self.hour,
+            })
+        }
     }
 }
 
@@ -546,13 +592,14 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
                 crate::stores::Stores::prepare(&env, None, crate::stores::Needs::Redis, Vec::new())
                     .await?;
             let redis = connect_redis(&stores.redis_url).await?;
-            dlq(&redis, &namespace, &groups, action, &mut out).await?;
+            dlq(&env, &redis, &namespace, &groups, action, &mut out).await?;
             stores.stop().await
         }
     }
 }
 
 async fn dlq(
+    env: &Env,
     redis: &redis::aio::ConnectionManager,
     namespace: &str,
     groups: &[String],
@@ -562,6 +609,7 @@ async fn dlq(
     match &action {
         DlqAction::List { group: Some(g), .. }
         | DlqAction::Show { group: g, .. }
+        | DlqAction::Summary { group: g, .. }
         | DlqAction::Redrive { group: g, .. }
         | DlqAction::Purge { group: g, .. } => crate::cli::check_group(g, groups)?,
         DlqAction::List { group: None, .. } => {}
@@ -577,21 +625,42 @@ async fn dlq(
         DlqAction::Show { group, id } => {
             crate::cli::dlq_show(redis, namespace, &group, &id, out).await
         }
-        DlqAction::Redrive { group, all, ids } => {
+        DlqAction::Summary { group, json } => {
+            crate::cli::dlq_summary(redis, namespace, &group, report_format(json), out).await
+        }
+        DlqAction::Redrive {
+            group,
+            which,
+            dry_run,
+            force,
+        } => {
+            let policy = shared::source::RedrivePolicy {
+                max_redrives: shared::source::max_redrives(env)?,
+                force,
+                dry_run,
+            };
             let mut progress = std::io::stderr();
-            crate::cli::dlq_redrive(
+            let report = crate::cli::dlq_redrive(
                 redis,
                 namespace,
                 &group,
-                &selection(all, ids),
+                &which.selection(),
+                &policy,
                 out,
                 &mut progress,
             )
             .await?;
+            anyhow::ensure!(
+                dry_run || report.refused.is_empty(),
+                "{} dead letters refused: redriven {} times already (DLQ_MAX_REDRIVES); \
+                 fix their cause, or redrive them with --force",
+                report.refused.len(),
+                policy.max_redrives
+            );
             Ok(())
         }
-        DlqAction::Purge { group, all, ids } => {
-            crate::cli::dlq_purge(redis, namespace, &group, &selection(all, ids), out).await?;
+        DlqAction::Purge { group, which, yes } => {
+            crate::cli::dlq_purge(redis, namespace, &group, &which.selection(), yes, out).await?;
             Ok(())
         }
     }

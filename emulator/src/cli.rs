@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use shared::outbox::Outbox;
 use shared::relay::Relay;
-use shared::source::{DeadLetter, DeadLetters, Selection};
+use shared::source::{DeadLetter, DeadLetters, RedrivePolicy, RedriveReport, Selection};
 
 /// How a report is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,8 @@ struct LetterView<'a> {
     source_stream: &'a str,
     source_id: &'a str,
     attempts: u32,
+    /// How many times it was redriven already.
+    redrives: u32,
     failed_at: &'a str,
     error: &'a str,
     event_type: Option<String>,
@@ -55,6 +57,7 @@ impl<'a> LetterView<'a> {
             source_stream: &letter.source_stream,
             source_id: &letter.source_id,
             attempts: letter.attempts,
+            redrives: letter.redrives,
             failed_at: &letter.failed_at,
             error: &letter.error,
             event_type: event.as_ref().map(|e| e.event_type.to_string()),
@@ -99,11 +102,12 @@ fn describe(letter: &DeadLetter) -> String {
         },
     );
     format!(
-        "{id}  from {stream} {source}  attempts {attempts}  at {at}\n    event: {event}\n    error: {error}",
+        "{id}  from {stream} {source}  attempts {attempts}  redriven {redrives}  at {at}\n    event: {event}\n    error: {error}",
         id = letter.id,
         stream = letter.source_stream,
         source = letter.source_id,
         attempts = letter.attempts,
+        redrives = letter.redrives,
         at = letter.failed_at,
         error = letter.error,
     )
@@ -203,38 +207,101 @@ pub async fn dlq_show(
     Ok(())
 }
 
-/// `dlq redrive`: back to their original streams, with progress.
+/// `dlq summary`: the group's dead letters by error, event type and hour.
+pub async fn dlq_summary(
+    redis: &ConnectionManager,
+    namespace: &str,
+    group: &str,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let dead = DeadLetters::new(redis.clone(), namespace, group);
+    let kinds = dead.summary().await?;
+    if format == Format::Json {
+        return json(out, &kinds);
+    }
+    writeln!(out, "{} ({} kinds)", dead.key(), kinds.len())?;
+    for k in &kinds {
+        writeln!(
+            out,
+            "{:>6}  {}  {}  redriven up to {}  {}..{}\n        error: {}",
+            k.count, k.hour, k.event_type, k.max_redrives, k.first_id, k.last_id, k.error
+        )?;
+    }
+    Ok(())
+}
+
+/// `dlq redrive`: back to their original streams, with progress; what was
+/// (or, dry, would be) redriven per stream, and what was refused.
 pub async fn dlq_redrive(
     redis: &ConnectionManager,
     namespace: &str,
     group: &str,
     selection: &Selection,
+    policy: &RedrivePolicy,
     out: &mut dyn Write,
     progress: &mut dyn Write,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<RedriveReport> {
     let dead = DeadLetters::new(redis.clone(), namespace, group);
-    let n = dead
-        .redrive(selection, |done, total| {
-            let _ = write!(progress, "\rredriven {done}/{total}");
+    let report = dead
+        .redrive(selection, policy, |done, total| {
+            let _ = write!(progress, "\rlooked at {done}/{total}");
             let _ = progress.flush();
         })
         .await?;
-    if n > 0 {
+    if report.total() + report.refused.len() as u64 > 0 {
         writeln!(progress)?;
     }
-    writeln!(out, "{n} dead letters of {} redriven", dead.key())?;
-    Ok(n)
+    write!(out, "{}", redrive_lines(dead.key(), policy, &report))?;
+    Ok(report)
 }
 
-/// `dlq purge`.
+/// What `dlq redrive` says of `report`.
+pub fn redrive_lines(key: &str, policy: &RedrivePolicy, report: &RedriveReport) -> String {
+    let verb = if report.dry_run {
+        "would be redriven (dry run: nothing changed)"
+    } else {
+        "redriven"
+    };
+    let mut text = format!("{} dead letters of {key} {verb}\n", report.total());
+    for (stream, n) in &report.redriven {
+        text.push_str(&format!("  {n} to {stream}\n"));
+    }
+    if !report.refused.is_empty() {
+        text.push_str(&format!(
+            "{} refused: redriven {} times already (DLQ_MAX_REDRIVES), --force redrives them anyway\n",
+            report.refused.len(),
+            policy.max_redrives
+        ));
+        for r in &report.refused {
+            text.push_str(&format!("  {} (redriven {} times)\n", r.id, r.redrives));
+        }
+    }
+    for id in &report.not_found {
+        text.push_str(&format!("  {id}: no such dead letter\n"));
+    }
+    text
+}
+
+/// `dlq purge`: with `yes`, deletes; without, says how many it would.
 pub async fn dlq_purge(
     redis: &ConnectionManager,
     namespace: &str,
     group: &str,
     selection: &Selection,
+    yes: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     let dead = DeadLetters::new(redis.clone(), namespace, group);
+    if !yes {
+        let n = dead.matching(selection).await?;
+        writeln!(
+            out,
+            "{n} dead letters of {} would be purged; add --yes to delete them for good",
+            dead.key()
+        )?;
+        return Ok(0);
+    }
     let n = dead.purge(selection).await?;
     writeln!(out, "{n} dead letters of {} purged", dead.key())?;
     Ok(n)

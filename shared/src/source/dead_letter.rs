@@ -6,10 +6,14 @@
 //! original entry's fields verbatim, so even an entry that could not be decoded
 //! can be redriven exactly as it was.
 
+use std::collections::BTreeMap;
+
 use redis::aio::ConnectionManager;
 use redis::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::entry::{self, RawEntry};
+use crate::config::{ConfigError, Env};
 use crate::envelope::{format_timestamp, now_utc};
 
 const SOURCE_STREAM: &str = "dlq_source_stream";
@@ -23,6 +27,44 @@ const HEADER: [&str; 6] = [SOURCE_STREAM, SOURCE_ID, GROUP, ERROR, ATTEMPTS, FAI
 /// The dead-letter stream's key for `group`.
 pub fn dead_letter_key(namespace: &str, group: &str) -> String {
     format!("{namespace}:dlq:{group}")
+}
+
+/// `DLQ_MAX_REDRIVES`: how many times one record may be redriven; a redrive
+/// beyond that is refused unless forced (a record that keeps failing needs a
+/// fix, not another try).
+pub const MAX_REDRIVES: &str = "DLQ_MAX_REDRIVES";
+pub const DEFAULT_MAX_REDRIVES: u32 = 3;
+
+/// [`MAX_REDRIVES`] (3, 0..=1000).
+pub fn max_redrives(env: &Env) -> Result<u32, ConfigError> {
+    env.in_range(MAX_REDRIVES, DEFAULT_MAX_REDRIVES, 0, 1000)
+}
+
+/// The hash that counts the redrives of each record of `group`, by the
+/// record's [`identity`]. Counts are forgotten [`REDRIVE_MEMORY`] after the
+/// group's last redrive.
+pub fn redrives_key(namespace: &str, group: &str) -> String {
+    format!("{namespace}:dlq-redrives:{group}")
+}
+
+/// How long redrive counts are kept after a group's last redrive: 30 days,
+/// longer than a record can stay dead-lettered by default.
+pub const REDRIVE_MEMORY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A record's identity across redrives: the digest of its original fields,
+/// which a redrive copies verbatim (its stream id changes every time).
+fn identity(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let mut digest = Sha256::new();
+    for (k, v) in fields {
+        for part in [k, v] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    digest.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The `SCAN MATCH` pattern of every dead-letter stream under `namespace`.
@@ -122,6 +164,8 @@ pub struct DeadLetter {
     pub failed_at: String,
     /// The original entry's fields, verbatim.
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// How many times this record was redriven already.
+    pub redrives: u32,
 }
 
 impl DeadLetter {
@@ -146,7 +190,20 @@ impl DeadLetter {
             attempts: text(4).parse().unwrap_or(0),
             failed_at: text(5),
             fields: original,
+            redrives: 0,
         })
+    }
+
+    /// The original event's type, or `undecodable`.
+    pub fn event_type(&self) -> String {
+        self.original()
+            .decode()
+            .map_or_else(|_| "undecodable".to_owned(), |e| e.event_type.to_string())
+    }
+
+    /// The hour it failed in, `2026-11-29T01` (UTC).
+    pub fn hour(&self) -> &str {
+        self.failed_at.get(..13).unwrap_or(&self.failed_at)
     }
 
     /// The original entry, as it was in its stream.
@@ -163,6 +220,159 @@ impl DeadLetter {
 pub enum Selection {
     All,
     Ids(Vec<String>),
+    /// Those of one kind: an error, an event type, an hour, or all three.
+    Where(Filter),
+}
+
+/// Dead letters of one kind, as [`summarize`] groups them; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    /// The error, exactly.
+    pub error: Option<String>,
+    /// The event type (`undecodable` for an entry that is not an event).
+    pub event_type: Option<String>,
+    /// The hour it failed in, `2026-11-29T01` (UTC).
+    pub hour: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        self.error.as_ref().is_none_or(|e| *e == letter.error)
+            && self.hour.as_deref().is_none_or(|h| h == letter.hour())
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|t| *t == letter.event_type())
+    }
+}
+
+/// One kind of dead letter: how many, and how often the most redriven was.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kind {
+    pub error: String,
+    pub event_type: String,
+    pub hour: String,
+    pub count: u64,
+    pub max_redrives: u32,
+    /// The oldest and newest dead letter's ids.
+    pub first_id: String,
+    pub last_id: String,
+}
+
+/// The dead letters grouped by error, event type and hour, the largest group first.
+pub fn summarize(letters: &[DeadLetter]) -> Vec<Kind> {
+    let mut kinds: BTreeMap<(String, String, String), Kind> = BTreeMap::new();
+    for letter in letters {
+        let key = (
+            letter.error.clone(),
+            letter.event_type(),
+            letter.hour().to_owned(),
+        );
+        let kind = kinds.entry(key.clone()).or_insert_with(|| Kind {
+            error: key.0,
+            event_type: key.1,
+            hour: key.2,
+            count: 0,
+            max_redrives: 0,
+            first_id: letter.id.clone(),
+            last_id: letter.id.clone(),
+        });
+        kind.count += 1;
+        kind.max_redrives = kind.max_redrives.max(letter.redrives);
+        kind.last_id.clone_from(&letter.id);
+    }
+    let mut kinds: Vec<Kind> = kinds.into_values().collect();
+    // Ties: the oldest first (stream ids compare as numbers, not text).
+    let order = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    kinds.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| order(&a.first_id).cmp(&order(&b.first_id)))
+    });
+    kinds
+}
+
+/// How a redrive treats records redriven often already, and whether it only says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedrivePolicy {
+    /// Records redriven this many times are refused...
+    pub max_redrives: u32,
+    /// ...unless forced.
+    pub force: bool,
+    /// Change nothing; report what would happen.
+    pub dry_run: bool,
+}
+
+impl RedrivePolicy {
+    /// [`DEFAULT_MAX_REDRIVES`], not forced, for real.
+    pub fn new(max_redrives: u32) -> Self {
+        Self {
+            max_redrives,
+            force: false,
+            dry_run: false,
+        }
+    }
+
+    /// Whether a record redriven `redrives` times may go again.
+    pub fn admits(&self, redrives: u32) -> bool {
+        self.force || redrives < self.max_redrives
+    }
+}
+
+impl Default for RedrivePolicy {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_REDRIVES)
+    }
+}
+
+/// What a redrive did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RedriveReport {
+    pub dry_run: bool,
+    /// Records put back (or that would be), per original stream.
+    pub redriven: BTreeMap<String, u64>,
+    /// Records left dead-lettered: redriven `max_redrives` times already.
+    pub refused: Vec<Refused>,
+    /// Ids asked for that are not in the dead-letter stream.
+    pub not_found: Vec<String>,
+}
+
+impl RedriveReport {
+    /// How many records were (or would be) redriven.
+    pub fn total(&self) -> u64 {
+        self.redriven.values().sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refused {
+    pub id: String,
+    pub redrives: u32,
+}
+
+/// Which of `letters` `policy` lets go again, and the refusals.
+fn admit<'a>(
+    letters: &'a [DeadLetter],
+    policy: &RedrivePolicy,
+) -> (Vec<&'a DeadLetter>, Vec<Refused>) {
+    let mut refused = Vec::new();
+    let admitted = letters
+        .iter()
+        .filter(|l| {
+            let ok = policy.admits(l.redrives);
+            if !ok {
+                refused.push(Refused {
+                    id: l.id.clone(),
+                    redrives: l.redrives,
+                });
+            }
+            ok
+        })
+        .collect();
+    (admitted, refused)
 }
 
 /// A consumer group's dead-letter stream.
@@ -170,6 +380,7 @@ pub enum Selection {
 pub struct DeadLetters {
     redis: ConnectionManager,
     key: String,
+    redrives_key: String,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -180,6 +391,14 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
+/// Where a walk over a dead-letter stream is.
+struct Walk {
+    /// Entries still to visit, of those there were when it began.
+    left: u64,
+    /// The last id visited.
+    cursor: Option<String>,
+}
+
 /// Entries redriven or purged per round trip.
 const CHUNK: usize = 200;
 
@@ -188,6 +407,7 @@ impl DeadLetters {
         Self {
             redis,
             key: dead_letter_key(namespace, group),
+            redrives_key: redrives_key(namespace, group),
         }
     }
 
@@ -218,10 +438,90 @@ impl DeadLetters {
             .arg(count)
             .query_async(&mut self.redis.clone())
             .await?;
-        Ok(entry::parse_range(reply)?
+        let letters = entry::parse_range(reply)?
             .into_iter()
             .filter_map(DeadLetter::from_entry)
-            .collect())
+            .collect();
+        self.counted(letters).await
+    }
+
+    /// `letters` with their redrive counts.
+    async fn counted(
+        &self,
+        mut letters: Vec<DeadLetter>,
+    ) -> Result<Vec<DeadLetter>, redis::RedisError> {
+        if letters.is_empty() {
+            return Ok(letters);
+        }
+        let ids: Vec<String> = letters.iter().map(|l| identity(&l.fields)).collect();
+        let counts: Vec<Option<u32>> = redis::cmd("HMGET")
+            .arg(&self.redrives_key)
+            .arg(&ids)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        for (letter, count) in letters.iter_mut().zip(counts) {
+            letter.redrives = count.unwrap_or(0);
+        }
+        Ok(letters)
+    }
+
+    /// A walk over every dead letter there is now, in chunks, oldest first.
+    async fn walk(&self) -> Result<Walk, redis::RedisError> {
+        Ok(Walk {
+            left: self.count().await?,
+            cursor: None,
+        })
+    }
+
+    /// The walk's next chunk; `None` at its end. A record dead-lettered after
+    /// the walk began comes after and is not reached.
+    async fn next_chunk(
+        &self,
+        walk: &mut Walk,
+    ) -> Result<Option<Vec<DeadLetter>>, redis::RedisError> {
+        if walk.left == 0 {
+            return Ok(None);
+        }
+        let want = CHUNK.min(usize::try_from(walk.left).unwrap_or(CHUNK));
+        let letters = self.list(walk.cursor.as_deref(), want).await?;
+        let Some(last) = letters.last() else {
+            return Ok(None);
+        };
+        walk.cursor = Some(last.id.clone());
+        walk.left = walk.left.saturating_sub(letters.len() as u64);
+        Ok(Some(letters))
+    }
+
+    /// How many dead letters `selection` names (that exist).
+    pub async fn matching(&self, selection: &Selection) -> Result<u64, redis::RedisError> {
+        match selection {
+            Selection::All => self.count().await,
+            Selection::Ids(ids) => {
+                let mut n = 0;
+                for id in ids {
+                    n += u64::from(self.get(id).await?.is_some());
+                }
+                Ok(n)
+            }
+            Selection::Where(filter) => {
+                let mut n = 0;
+                let mut walk = self.walk().await?;
+                while let Some(letters) = self.next_chunk(&mut walk).await? {
+                    n += letters.iter().filter(|l| filter.matches(l)).count() as u64;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Every dead letter grouped by error, event type and hour ([`summarize`]).
+    pub async fn summary(&self) -> Result<Vec<Kind>, redis::RedisError> {
+        let mut all = Vec::new();
+        let mut walk = self.walk().await?;
+        while let Some(letters) = self.next_chunk(&mut walk).await? {
+            all.extend(letters);
+        }
+        Ok(summarize(&all))
     }
 
     /// The dead letter with `id`.
@@ -232,54 +532,84 @@ impl DeadLetters {
             .arg(id)
             .query_async(&mut self.redis.clone())
             .await?;
-        Ok(entry::parse_range(reply)?
+        let letter = entry::parse_range(reply)?
             .into_iter()
-            .find_map(DeadLetter::from_entry))
+            .find_map(DeadLetter::from_entry);
+        Ok(self.counted(letter.into_iter().collect()).await?.pop())
     }
 
     /// Puts the selected dead letters back at the end of their original
-    /// streams as new entries (so their attempts start again from 1), then
-    /// removes them from the dead-letter stream. `progress(done, total)` is
-    /// called after every chunk. Returns how many were redriven.
+    /// streams as new entries (so their attempts start again from 1), counts
+    /// the redrive, then removes them from the dead-letter stream; records
+    /// redriven `policy.max_redrives` times already stay, unless forced.
+    /// `progress(done, total)` is called after every chunk.
     pub async fn redrive(
         &self,
         selection: &Selection,
+        policy: &RedrivePolicy,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<u64, redis::RedisError> {
-        let mut done = 0;
+    ) -> Result<RedriveReport, redis::RedisError> {
+        let mut report = RedriveReport {
+            dry_run: policy.dry_run,
+            ..RedriveReport::default()
+        };
         match selection {
-            Selection::All => {
-                // Only what is there now: a record that fails again while this
-                // runs is dead-lettered anew and not redriven twice.
-                let total = self.count().await?;
-                let mut cursor: Option<String> = None;
-                while done < total {
-                    let want = CHUNK.min(usize::try_from(total - done).unwrap_or(CHUNK));
-                    let letters = self.list(cursor.as_deref(), want).await?;
-                    let Some(last) = letters.last() else { break };
-                    cursor = Some(last.id.clone());
-                    self.redrive_letters(&letters).await?;
+            Selection::All | Selection::Where(_) => {
+                let filter = match selection {
+                    Selection::Where(f) => f.clone(),
+                    _ => Filter::default(),
+                };
+                let mut walk = self.walk().await?;
+                let (total, mut done) = (walk.left, 0);
+                while let Some(letters) = self.next_chunk(&mut walk).await? {
                     done += letters.len() as u64;
+                    let chosen: Vec<DeadLetter> =
+                        letters.into_iter().filter(|l| filter.matches(l)).collect();
+                    self.redrive_chunk(&chosen, policy, &mut report).await?;
                     progress(done, total);
                 }
             }
             Selection::Ids(ids) => {
                 let total = ids.len() as u64;
+                let mut done = 0;
                 for chunk in ids.chunks(CHUNK) {
                     let mut letters = Vec::with_capacity(chunk.len());
                     for id in chunk {
-                        letters.extend(self.get(id).await?);
+                        match self.get(id).await? {
+                            Some(letter) => letters.push(letter),
+                            None => report.not_found.push(id.clone()),
+                        }
                     }
-                    self.redrive_letters(&letters).await?;
-                    done += letters.len() as u64;
+                    self.redrive_chunk(&letters, policy, &mut report).await?;
+                    done += chunk.len() as u64;
                     progress(done, total);
                 }
             }
         }
-        Ok(done)
+        Ok(report)
     }
 
-    async fn redrive_letters(&self, letters: &[DeadLetter]) -> Result<(), redis::RedisError> {
+    async fn redrive_chunk(
+        &self,
+        letters: &[DeadLetter],
+        policy: &RedrivePolicy,
+        report: &mut RedriveReport,
+    ) -> Result<(), redis::RedisError> {
+        let (admitted, refused) = admit(letters, policy);
+        report.refused.extend(refused);
+        if !policy.dry_run {
+            self.redrive_letters(&admitted).await?;
+        }
+        for letter in admitted {
+            *report
+                .redriven
+                .entry(letter.source_stream.clone())
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+
+    async fn redrive_letters(&self, letters: &[&DeadLetter]) -> Result<(), redis::RedisError> {
         if letters.is_empty() {
             return Ok(());
         }
@@ -293,35 +623,79 @@ impl DeadLetters {
             // The copy goes back before the dead letter is deleted: a crash in
             // between leaves a duplicate, never a loss.
             pipe.add_command(xadd).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(&self.redrives_key)
+                .arg(identity(&letter.fields))
+                .arg(1)
+                .ignore();
             pipe.cmd("XDEL").arg(&self.key).arg(&letter.id).ignore();
         }
+        pipe.cmd("EXPIRE")
+            .arg(&self.redrives_key)
+            .arg(REDRIVE_MEMORY.as_secs())
+            .ignore();
         pipe.query_async::<()>(&mut self.redis.clone()).await
     }
 
-    /// Deletes the selected dead letters; returns how many.
+    /// Deletes the selected dead letters and their redrive counts; returns how many.
     pub async fn purge(&self, selection: &Selection) -> Result<u64, redis::RedisError> {
-        let mut redis = self.redis.clone();
         match selection {
             Selection::All => {
                 let n = self.count().await?;
-                redis::cmd("DEL")
+                redis::pipe()
+                    .cmd("DEL")
                     .arg(&self.key)
-                    .query_async::<()>(&mut redis)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(&self.redrives_key)
+                    .ignore()
+                    .query_async::<()>(&mut self.redis.clone())
                     .await?;
+                Ok(n)
+            }
+            Selection::Where(filter) => {
+                let mut n = 0;
+                let mut walk = self.walk().await?;
+                while let Some(letters) = self.next_chunk(&mut walk).await? {
+                    let chosen: Vec<DeadLetter> =
+                        letters.into_iter().filter(|l| filter.matches(l)).collect();
+                    n += chosen.len() as u64;
+                    self.delete(&chosen).await?;
+                }
                 Ok(n)
             }
             Selection::Ids(ids) => {
                 let mut n = 0;
                 for chunk in ids.chunks(CHUNK) {
-                    n += redis::cmd("XDEL")
-                        .arg(&self.key)
-                        .arg(chunk)
-                        .query_async::<u64>(&mut redis)
-                        .await?;
+                    let mut letters = Vec::with_capacity(chunk.len());
+                    for id in chunk {
+                        letters.extend(self.get(id).await?);
+                    }
+                    n += letters.len() as u64;
+                    self.delete(&letters).await?;
                 }
                 Ok(n)
             }
         }
+    }
+
+    async fn delete(&self, letters: &[DeadLetter]) -> Result<(), redis::RedisError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
+        let identities: Vec<String> = letters.iter().map(|l| identity(&l.fields)).collect();
+        redis::pipe()
+            .cmd("XDEL")
+            .arg(&self.key)
+            .arg(&ids)
+            .ignore()
+            .cmd("HDEL")
+            .arg(&self.redrives_key)
+            .arg(&identities)
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await
     }
 }
 
@@ -354,5 +728,110 @@ mod tests {
             "events:dlq:inventory"
         );
         assert_eq!(dead_letter_key_pattern("events"), "events:dlq:*");
+    }
+
+    fn letter(id: &str, error: &str, failed_at: &str, redrives: u32) -> DeadLetter {
+        DeadLetter {
+            id: id.into(),
+            source_stream: "events:{Order:0}".into(),
+            source_id: "1-0".into(),
+            group: "inventory".into(),
+            error: error.into(),
+            attempts: 3,
+            failed_at: failed_at.into(),
+            fields: vec![(b"payload".to_vec(), id.as_bytes().to_vec())],
+            redrives,
+        }
+    }
+
+    #[test]
+    fn dead_letters_group_by_error_type_and_hour_largest_first() {
+        let letters = [
+            letter("1-0", "disk", "2026-11-29T01:10:00Z", 0),
+            letter("2-0", "price", "2026-11-29T01:20:00Z", 2),
+            letter("3-0", "disk", "2026-11-29T01:30:00Z", 1),
+            letter("10-0", "disk", "2026-11-29T02:00:00Z", 0),
+        ];
+        let kinds = summarize(&letters);
+        let brief: Vec<(&str, &str, u64, u32, &str, &str)> = kinds
+            .iter()
+            .map(|k| {
+                (
+                    k.error.as_str(),
+                    k.hour.as_str(),
+                    k.count,
+                    k.max_redrives,
+                    k.first_id.as_str(),
+                    k.last_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                ("disk", "2026-11-29T01", 2, 1, "1-0", "3-0"),
+                ("price", "2026-11-29T01", 1, 2, "2-0", "2-0"),
+                ("disk", "2026-11-29T02", 1, 0, "10-0", "10-0"),
+            ]
+        );
+        assert!(kinds.iter().all(|k| k.event_type == "undecodable"));
+        let disk_at_one = Filter {
+            error: Some("disk".into()),
+            hour: Some("2026-11-29T01".into()),
+            event_type: Some("undecodable".into()),
+        };
+        let chosen: Vec<&str> = letters
+            .iter()
+            .filter(|l| disk_at_one.matches(l))
+            .map(|l| l.id.as_str())
+            .collect();
+        assert_eq!(chosen, ["1-0", "3-0"]);
+        assert!(letters.iter().all(|l| Filter::default().matches(l)));
+    }
+
+    #[test]
+    fn a_record_redriven_max_times_is_refused_unless_forced() {
+        let letters = [
+            letter("1-0", "e", "t", 0),
+            letter("2-0", "e", "t", 2),
+            letter("3-0", "e", "t", 3),
+            letter("4-0", "e", "t", 7),
+        ];
+        let ids = |chosen: Vec<&DeadLetter>| -> Vec<String> {
+            chosen.into_iter().map(|l| l.id.clone()).collect()
+        };
+        let (admitted, refused) = admit(&letters, &RedrivePolicy::new(3));
+        assert_eq!(ids(admitted), ["1-0", "2-0"]);
+        assert_eq!(
+            refused,
+            [
+                Refused {
+                    id: "3-0".into(),
+                    redrives: 3
+                },
+                Refused {
+                    id: "4-0".into(),
+                    redrives: 7
+                },
+            ]
+        );
+        let forced = RedrivePolicy {
+            force: true,
+            ..RedrivePolicy::new(3)
+        };
+        let (admitted, refused) = admit(&letters, &forced);
+        assert_eq!(admitted.len(), 4);
+        assert!(refused.is_empty());
+        // 0 allows none.
+        assert!(!RedrivePolicy::new(0).admits(0));
+    }
+
+    #[test]
+    fn a_record_is_the_same_across_redrives_and_differs_by_any_byte() {
+        let a = vec![(b"ab".to_vec(), b"c".to_vec())];
+        let b = vec![(b"a".to_vec(), b"bc".to_vec())];
+        assert_eq!(identity(&a), identity(&a.clone()));
+        assert_ne!(identity(&a), identity(&b), "field boundaries count");
+        assert_eq!(identity(&a).len(), 32);
     }
 }

@@ -50,8 +50,9 @@ pub use batch::{
 };
 pub use consumer::{stop_at, Consumer, ConsumerConfig};
 pub use dead_letter::{
-    dead_letter_key, dead_letter_key_pattern, dead_letter_keys, dead_letter_streams, DeadLetter,
-    DeadLetterStream, DeadLetters, Selection,
+    dead_letter_key, dead_letter_key_pattern, dead_letter_keys, dead_letter_streams, max_redrives,
+    redrives_key, summarize, DeadLetter, DeadLetterStream, DeadLetters, Filter, Kind,
+    RedrivePolicy, RedriveReport, Refused, Selection, DEFAULT_MAX_REDRIVES, MAX_REDRIVES,
 };
 pub use entry::RawEntry;
 pub use overview::{streams as stream_overview, GroupOverview, StreamOverview};

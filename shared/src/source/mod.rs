@@ -55,7 +55,7 @@ pub use dead_letter::{
     RedrivePolicy, RedriveReport, Refused, Selection, DEFAULT_MAX_REDRIVES, MAX_REDRIVES,
 };
 pub use entry::RawEntry;
-pub use overview::{streams as stream_overview, GroupOverview, StreamOverview};
+pub use overview::{streams as stream_overview, ConsumerOverview, GroupOverview, StreamOverview};
 pub use settings::{default_consumer_name, SourceSettings, StartingPosition};
 
 pub use worker::{Outcome, StreamWorker};
@@ -227,10 +227,7 @@ impl EventSource {
     }
 
     fn lease_key(&self, stream: &str) -> String {
-        format!(
-            "{}:lease:{}:{stream}",
-            self.settings.namespace, self.settings.group
-        )
+        overview::lease_key(&self.settings.namespace, &self.settings.group, stream)
     }
 
     fn members_key(&self) -> String {

@@ -822,14 +822,21 @@ async fn up(
     let address = listener.local_addr()?.to_string();
     println!("{}", stores.describe());
     print!("{}", system.banner(&address));
+    println!("Console on http://{address}/_console/ (logs: emulator logs --order ID)");
     println!(
         "Ready in {} ms. Ctrl-C to stop.",
         started.elapsed().as_millis()
     );
-    let status = status_source(env, &system, &stores).await?;
+    let status = Arc::new(status_source(env, &system, &stores).await?);
+    let console = crate::console::Console {
+        source: Arc::clone(&status),
+        groups: crate::cli::groups(system.template()),
+        max_redrives: shared::source::max_redrives(env)?,
+    };
     let emulator = crate::Emulator::of(&system)
         .with_status(status)
-        .with_logs(book);
+        .with_logs(book)
+        .with_console(console);
     let served = crate::serve(emulator, listener, shutdown_signal()).await;
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;

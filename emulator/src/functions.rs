@@ -205,6 +205,8 @@ pub struct Function {
     pub runner: Runner,
     /// Invocations started and not yet ended.
     pub in_flight: InFlight,
+    /// Invocations through [`Function::invoke`] that ended in an error.
+    pub errors: std::sync::atomic::AtomicU64,
 }
 
 /// A count of invocations in flight.
@@ -234,6 +236,15 @@ impl Drop for InFlightGuard<'_> {
 impl Function {
     /// One invocation under the function's `Timeout`.
     pub async fn invoke(&self, invocation: Invocation) -> Result<Bytes, InvokeError> {
+        let result = self.run(invocation).await;
+        if result.is_err() {
+            self.errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn run(&self, invocation: Invocation) -> Result<Bytes, InvokeError> {
         let _counted = self.in_flight.enter();
         match &self.runner {
             Runner::Process(pool) => pool.invoke(invocation).await,
@@ -377,5 +388,6 @@ pub async fn link(
         env,
         runner: Runner::Linked(linked),
         in_flight: InFlight::default(),
+        errors: std::sync::atomic::AtomicU64::new(0),
     }))
 }

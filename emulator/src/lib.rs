@@ -17,6 +17,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod console;
 pub mod cors;
 pub mod database;
 pub mod functions;
@@ -54,6 +55,8 @@ pub struct Emulator {
     pub status: Option<Arc<status::Source>>,
     /// What `GET /_emulator/logs` reads; without it, that path answers 404.
     pub logs: Option<Arc<shared::logbook::LogBook>>,
+    /// The web console at `/_console/`; without it, that path answers 404.
+    pub console: Option<Arc<console::Console>>,
 }
 
 impl Emulator {
@@ -65,13 +68,21 @@ impl Emulator {
             gate: Arc::clone(&system.gate),
             status: None,
             logs: None,
+            console: None,
         }
     }
 
     /// With `GET /_emulator/status` reading from `source`.
     #[must_use]
-    pub fn with_status(mut self, source: status::Source) -> Self {
-        self.status = Some(Arc::new(source));
+    pub fn with_status(mut self, source: Arc<status::Source>) -> Self {
+        self.status = Some(source);
+        self
+    }
+
+    /// With the web console at `/_console/`.
+    #[must_use]
+    pub fn with_console(mut self, console: console::Console) -> Self {
+        self.console = Some(Arc::new(console));
         self
     }
 
@@ -98,6 +109,14 @@ pub async fn serve(
         .route("/metrics", axum::routing::get(metrics))
         .route("/_emulator/status", axum::routing::get(status_api))
         .route("/_emulator/logs", axum::routing::get(logs_api))
+        .route("/_console", axum::routing::get(console_home))
+        .route("/_console/", axum::routing::get(console_page))
+        .route("/_console/{file}", axum::routing::get(console_asset))
+        .route("/_console/api/events", axum::routing::get(console_events))
+        .route(
+            "/_console/api/dlq/{group}/{name}",
+            axum::routing::get(console_letter).post(console_act),
+        )
         .fallback(dispatch)
         .layer(axum::Extension(Listener(local)))
         .with_state(Arc::new(emulator));
@@ -245,6 +264,62 @@ async fn logs_api(
         )
             .into_response(),
         Some(book) => axum::Json(logs::read(book, &query)).into_response(),
+    }
+}
+
+/// 404: this emulator has no console.
+fn no_console() -> axum::response::Response {
+    axum::http::StatusCode::NOT_FOUND.into_response()
+}
+
+async fn console_home() -> axum::response::Response {
+    axum::response::Redirect::permanent("/_console/").into_response()
+}
+
+async fn console_page(State(emulator): State<Arc<Emulator>>) -> axum::response::Response {
+    match &emulator.console {
+        Some(_) => console::asset(axum::extract::Path(String::new())).await,
+        None => no_console(),
+    }
+}
+
+async fn console_asset(
+    State(emulator): State<Arc<Emulator>>,
+    file: axum::extract::Path<String>,
+) -> axum::response::Response {
+    match &emulator.console {
+        Some(_) => console::asset(file).await,
+        None => no_console(),
+    }
+}
+
+async fn console_events(State(emulator): State<Arc<Emulator>>) -> axum::response::Response {
+    match &emulator.console {
+        Some(c) => console::events(Arc::clone(c), Arc::clone(&emulator.functions)),
+        None => no_console(),
+    }
+}
+
+async fn console_letter(
+    State(emulator): State<Arc<Emulator>>,
+    axum::extract::Path((group, id)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    match &emulator.console {
+        Some(c) => console::letter(c, &group, &id).await,
+        None => no_console(),
+    }
+}
+
+async fn console_act(
+    State(emulator): State<Arc<Emulator>>,
+    axum::Extension(Listener(listener)): axum::Extension<Listener>,
+    axum::extract::Path((group, verb)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    match &emulator.console {
+        Some(c) => console::act(c, listener, &headers, &group, &verb, &body).await,
+        None => no_console(),
     }
 }
 

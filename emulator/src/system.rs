@@ -379,6 +379,7 @@ fn process(
         env,
         runner: Runner::Process(pool),
         in_flight: crate::functions::InFlight::default(),
+        errors: std::sync::atomic::AtomicU64::new(0),
     }
 }
 

@@ -53,6 +53,12 @@ impl LogBook {
         ring.lines.push_back(Arc::from(line));
     }
 
+    /// The number the next line written will have.
+    pub fn next(&self) -> u64 {
+        let ring = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.first + ring.lines.len() as u64
+    }
+
     /// The lines numbered `from` and later that `keep` accepts, oldest first,
     /// at most the last `limit` of them. The lock is held only to copy the
     /// (shared) lines out; `keep` runs after.

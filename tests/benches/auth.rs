@@ -93,6 +93,7 @@ async fn main() -> Result<()> {
         gate: Arc::new(Gate::new(&template, Trust::Off)?),
         status: None,
         logs: None,
+        console: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let open_base = format!("http://{}", listener.local_addr()?);

@@ -85,6 +85,17 @@ pub struct LetterRow {
     pub failed_at: String,
 }
 
+/// One outbox: its backlog and the rows set aside as failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxView {
+    pub outbox: String,
+    pub pending: u64,
+    pub oldest_pending_age_ms: Option<u64>,
+    pub failed: u64,
+    /// The oldest few failed rows, with their errors.
+    pub failed_rows: Vec<shared::relay::FailedRow>,
+}
+
 /// Everything the page shows but the logs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -92,6 +103,7 @@ pub struct Snapshot {
     pub status: Option<status::Status>,
     pub functions: Vec<FunctionView>,
     pub streams: Vec<StreamOverview>,
+    pub outboxes: Vec<OutboxView>,
     pub dead_letters: Vec<DeadLetterGroup>,
     pub max_redrives: u32,
     /// Why a part is missing, when one is.
@@ -160,9 +172,11 @@ pub fn figures(text: &str) -> BTreeMap<String, ServiceFigures> {
 /// or in float notation when large.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Rounded, clamped at 0.
 fn count(value: &str) -> u64 {
-    value
-        .parse::<u64>()
-        .unwrap_or_else(|_| value.parse::<f64>().map_or(0, |f| f.max(0.0).round() as u64))
+    value.parse::<u64>().unwrap_or_else(|_| {
+        value
+            .parse::<f64>()
+            .map_or(0, |f| f.max(0.0).round() as u64)
+    })
 }
 
 /// The upper bound of the bucket that holds the quantile `per_mille`/1000 of `buckets`.
@@ -201,6 +215,13 @@ impl Console {
                 Vec::new()
             }
         };
+        let mut outboxes = Vec::new();
+        for outbox in &self.source.relay.options().outboxes {
+            match self.outbox(outbox).await {
+                Ok(o) => outboxes.push(o),
+                Err(e) => errors.push(format!("outbox {outbox}: {e}")),
+            }
+        }
         let mut dead_letters = Vec::new();
         for group in &self.groups {
             match self.dead_letters(group).await {
@@ -213,10 +234,31 @@ impl Console {
             status,
             functions: function_views(functions),
             streams,
+            outboxes,
             dead_letters,
             max_redrives: self.max_redrives,
             errors,
         }
+    }
+
+    async fn outbox(
+        &self,
+        outbox: &shared::outbox::Outbox,
+    ) -> Result<OutboxView, shared::relay::RelayError> {
+        let relay = &self.source.relay;
+        let backlog = relay.backlog(outbox).await?;
+        let failed_rows = if backlog.failed == 0 {
+            Vec::new()
+        } else {
+            relay.failed_rows(outbox, 20).await?
+        };
+        Ok(OutboxView {
+            outbox: outbox.to_string(),
+            pending: backlog.pending,
+            oldest_pending_age_ms: backlog.oldest_pending_age_ms,
+            failed: backlog.failed,
+            failed_rows,
+        })
     }
 
     fn letters_of(&self, group: &str) -> DeadLetters {
@@ -430,6 +472,46 @@ pub async fn act(
             Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         },
         _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `POST /_console/api/outbox/{outbox}/redrive` with `{"ids": [..]}`: puts
+/// failed rows back in line (after their cause was fixed).
+pub async fn redrive_outbox(
+    console: &Console,
+    listener: SocketAddr,
+    headers: &HeaderMap,
+    outbox: &str,
+    body: &[u8],
+) -> Response {
+    #[derive(Deserialize)]
+    struct Rows {
+        ids: Vec<i64>,
+    }
+    if let Some(reason) = refused(headers, listener) {
+        tracing::warn!(%reason, "console action refused");
+        return json_error(StatusCode::FORBIDDEN, &reason);
+    }
+    let relay = &console.source.relay;
+    let Some(outbox) = relay
+        .options()
+        .outboxes
+        .iter()
+        .find(|o| o.to_string() == outbox)
+    else {
+        return json_error(StatusCode::NOT_FOUND, &format!("unknown outbox {outbox:?}"));
+    };
+    let rows: Rows = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("the body: {e}")),
+    };
+    match relay.redrive(outbox, &rows.ids).await {
+        Ok(n) => axum::Json(serde_json::json!({
+            "redriven": n,
+            "text": format!("{n} failed rows of {outbox} back in line"),
+        }))
+        .into_response(),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

@@ -117,6 +117,10 @@ pub async fn serve(
             "/_console/api/dlq/{group}/{name}",
             axum::routing::get(console_letter).post(console_act),
         )
+        .route(
+            "/_console/api/outbox/{outbox}/redrive",
+            axum::routing::post(console_outbox_redrive),
+        )
         .fallback(dispatch)
         .layer(axum::Extension(Listener(local)))
         .with_state(Arc::new(emulator));
@@ -319,6 +323,19 @@ async fn console_act(
 ) -> axum::response::Response {
     match &emulator.console {
         Some(c) => console::act(c, listener, &headers, &group, &verb, &body).await,
+        None => no_console(),
+    }
+}
+
+async fn console_outbox_redrive(
+    State(emulator): State<Arc<Emulator>>,
+    axum::Extension(Listener(listener)): axum::Extension<Listener>,
+    axum::extract::Path(outbox): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    match &emulator.console {
+        Some(c) => console::redrive_outbox(c, listener, &headers, &outbox, &body).await,
         None => no_console(),
     }
 }

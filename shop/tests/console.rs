@@ -2,8 +2,9 @@
 //! WebDriver (chromedriver) loads `/_console/` from `emulator up`, shows a
 //! posted order's journey across the functions, shows a poison record under
 //! dead letters, and its redrive from the page brings the order to
-//! `CONFIRMED`; the page raises no script error or policy violation, and its
-//! actions refuse another origin.
+//! `CONFIRMED`; an outbox row set aside as failed is shown with its error and
+//! put back in line from the page; the page raises no script error or policy
+//! violation, and its actions refuse another origin.
 
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 
@@ -284,6 +285,45 @@ async fn the_console_shows_a_journey_and_redrives_a_poison_record_in_a_browser(
             "emptied",
         )
         .await?;
+
+        // A row the relay can never publish is set aside with its error; the
+        // page puts it back in line (here unfixed, so it fails a second time).
+        sqlx::query(
+            "INSERT INTO orders.outbox (event_id, event_type, schema_version, aggregate_type, aggregate_id, occurred_at, payload)
+             VALUES (gen_random_uuid(), 'Not A Type', 1, 'Order', 'poison-1', now(), '{}'::json)",
+        )
+        .execute(&mut db)
+        .await?;
+        let failed_row = "#outbox-failed tr[data-failed-row]";
+        let shown = wait_text(&page, failed_row, "poison-1", "the failed outbox row").await?;
+        assert!(shown.contains("event_type"), "its error: {shown}");
+        let first_failed: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM failed_at)::float8 FROM orders.outbox WHERE aggregate_id = 'poison-1'",
+        )
+        .fetch_one(&mut db)
+        .await?;
+        page.find(Locator::Css(failed_row))
+            .await?
+            .find(Locator::XPath(".//button[text()='Redrive']"))
+            .await?
+            .click()
+            .await?;
+        wait_text(&page, "#outbox-result", "1 failed rows of orders.outbox back in line", "redriven")
+            .await?;
+        // Set aside again by the relay, later than the first time.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let again: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM failed_at)::float8 FROM orders.outbox WHERE aggregate_id = 'poison-1'",
+            )
+            .fetch_one(&mut db)
+            .await?;
+            if again.is_some_and(|t| t > first_failed) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the row was not tried again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert_eq!(errors(&page).await?, json!([]), "the page's script errors");
         anyhow::Ok(())
     }

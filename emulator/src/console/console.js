@@ -93,8 +93,32 @@ function renderStreams(snapshot) {
 }
 
 function renderOutboxes(snapshot) {
-  const outboxes = snapshot.status ? snapshot.status.outboxes : [];
-  fill($("#outboxes tbody"), outboxes.map((o) => row([o.outbox, o.pending])));
+  fill($("#outboxes tbody"), snapshot.outboxes.map((o) =>
+    row([o.outbox, o.pending, age(o.oldest_pending_age_ms), o.failed], { "data-outbox": o.outbox })));
+  const failed = [];
+  for (const o of snapshot.outboxes) {
+    for (const r of o.failed_rows) {
+      failed.push(row([o.outbox, r.id, r.event_id, `${r.aggregate_type} ${r.aggregate_id}`, r.attempts,
+        r.last_error, button("Redrive", () => redriveOutbox(o.outbox, [r.id]))], { "data-failed-row": r.id }));
+    }
+  }
+  fill($("#outbox-failed tbody"), failed);
+  $("#outbox-failed").hidden = failed.length === 0;
+}
+
+async function redriveOutbox(outbox, ids) {
+  const out = $("#outbox-result");
+  try {
+    const response = await fetch(`/_console/api/outbox/${encodeURIComponent(outbox)}/redrive`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ids }),
+    });
+    const answer = await response.json();
+    out.textContent = response.ok ? answer.text : `refused: ${answer.message}`;
+  } catch (e) {
+    out.textContent = `failed: ${e}`;
+  }
 }
 
 function button(label, onClick, danger) {

@@ -216,7 +216,7 @@ pub async fn dlq_summary(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let dead = DeadLetters::new(redis.clone(), namespace, group);
-    let kinds = dead.summary().await?;
+    let kinds = dead.summary(usize::MAX).await?;
     if format == Format::Json {
         return json(out, &kinds);
     }

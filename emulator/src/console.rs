@@ -28,6 +28,10 @@ const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/console.js");
 const STYLE: &str = include_str!("console/console.css");
 
+/// How many of a group's oldest dead letters the page groups by kind each
+/// second (`emulator dlq summary` groups them all).
+pub const SUMMARIZED: usize = 2000;
+
 /// How often the page gets a new snapshot.
 pub const EVERY: Duration = Duration::from_secs(1);
 
@@ -69,6 +73,7 @@ pub struct DeadLetterGroup {
     pub group: String,
     pub key: String,
     pub total: u64,
+    /// The kinds among the oldest [`SUMMARIZED`].
     pub kinds: Vec<Kind>,
     /// The oldest few, with their redrive counts.
     pub letters: Vec<LetterRow>,
@@ -193,28 +198,11 @@ pub fn quantile(buckets: &[(f64, u64)], count: u64, per_mille: u64) -> Option<f6
 }
 
 impl Console {
-    /// The snapshot the page shows now.
+    /// The snapshot the page shows now. Each figure is read once: the
+    /// status is decided from the same outboxes and streams the page shows.
     pub async fn snapshot(&self, functions: &Functions) -> Snapshot {
         let mut errors = Vec::new();
-        let status = match self.source.read(functions).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errors.push(format!("status: {e:#}"));
-                None
-            }
-        };
-        let streams = match shared::source::stream_overview(
-            &mut self.source.redis.clone(),
-            &self.source.namespace,
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                errors.push(format!("streams: {e}"));
-                Vec::new()
-            }
-        };
+        let in_flight = functions.in_flight();
         let mut outboxes = Vec::new();
         for outbox in &self.source.relay.options().outboxes {
             match self.outbox(outbox).await {
@@ -222,6 +210,34 @@ impl Console {
                 Err(e) => errors.push(format!("outbox {outbox}: {e}")),
             }
         }
+        let streams = match shared::source::stream_overview(
+            &mut self.source.redis.clone(),
+            &self.source.namespace,
+        )
+        .await
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(format!("streams: {e}"));
+                None
+            }
+        };
+        let status = streams
+            .as_ref()
+            .filter(|_| errors.is_empty())
+            .map(|streams| {
+                status::decide(
+                    in_flight.max(functions.in_flight()),
+                    outboxes
+                        .iter()
+                        .map(|o| status::OutboxStatus {
+                            outbox: o.outbox.clone(),
+                            pending: o.pending,
+                        })
+                        .collect(),
+                    status::groups_of(streams),
+                )
+            });
         let mut dead_letters = Vec::new();
         for group in &self.groups {
             match self.dead_letters(group).await {
@@ -233,7 +249,7 @@ impl Console {
             at: shared::envelope::format_timestamp(shared::envelope::now_utc()),
             status,
             functions: function_views(functions),
-            streams,
+            streams: streams.unwrap_or_default(),
             outboxes,
             dead_letters,
             max_redrives: self.max_redrives,
@@ -271,7 +287,7 @@ impl Console {
         let kinds = if total == 0 {
             Vec::new()
         } else {
-            dead.summary().await?
+            dead.summary(SUMMARIZED).await?
         };
         let letters = dead
             .list(None, 50)

@@ -63,18 +63,7 @@ impl Source {
         for (now, then) in outboxes.iter_mut().zip(before) {
             now.pending = now.pending.max(then.pending);
         }
-        let groups = streams
-            .into_iter()
-            .flat_map(|s| {
-                let stream = s.key;
-                s.groups.into_iter().map(move |g| GroupStatus {
-                    stream: stream.clone(),
-                    group: g.name,
-                    lag: g.lag,
-                    pending: g.pending,
-                })
-            })
-            .collect();
+        let groups = groups_of(&streams);
         let in_flight = in_flight.max(functions.in_flight());
         Ok(decide(in_flight, outboxes, groups))
     }
@@ -89,6 +78,21 @@ impl Source {
         }
         Ok(out)
     }
+}
+
+/// Per stream and consumer group, its lag and pending.
+pub fn groups_of(streams: &[shared::source::StreamOverview]) -> Vec<GroupStatus> {
+    streams
+        .iter()
+        .flat_map(|s| {
+            s.groups.iter().map(|g| GroupStatus {
+                stream: s.key.clone(),
+                group: g.name.clone(),
+                lag: g.lag,
+                pending: g.pending,
+            })
+        })
+        .collect()
 }
 
 /// Idle: nothing in flight, no outbox row waiting, no stream entry unread or

@@ -133,32 +133,13 @@ async fn the_console_shows_a_journey_and_redrives_a_poison_record_in_a_browser(
         &database_url,
         &[],
     )?;
-    let mut banner = String::new();
-    loop {
-        let line = lines.recv_timeout(Duration::from_secs(30))?;
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.starts_with("Ready in") {
-            break;
-        }
-    }
+    let banner = common::banner(&lines)?;
     let base = format!("http://127.0.0.1:{port}");
     assert!(
         banner.contains(&format!("Console on {base}/_console/")),
         "{banner}"
     );
-    let token = Command::new(BIN)
-        .args([
-            "token",
-            "--sub",
-            "c-1",
-            "--template",
-            TEMPLATE,
-            "--state-dir",
-        ])
-        .arg(&state)
-        .output()?;
-    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let token = common::token("c-1", &state)?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {token}").parse()?);
     let http = reqwest::Client::builder()

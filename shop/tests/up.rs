@@ -38,15 +38,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
         &database_url,
         &[],
     )?;
-    let mut banner = String::new();
-    loop {
-        let line = lines.recv_timeout(Duration::from_secs(20))?;
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.starts_with("Ready in") {
-            break;
-        }
-    }
+    let banner = common::banner(&lines)?;
     let ready_after = started.elapsed();
     for expected in [
         "POST   /orders/{id}/cancel",
@@ -75,19 +67,7 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
 
     let base = format!("http://127.0.0.1:{port}");
     // `emulator token` signs with the key `up` trusts: the state directory's.
-    let token = Command::new(BIN)
-        .args([
-            "token",
-            "--sub",
-            "c-1",
-            "--template",
-            TEMPLATE,
-            "--state-dir",
-        ])
-        .arg(&state)
-        .output()?;
-    assert!(token.status.success(), "{token:?}");
-    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let token = common::token("c-1", &state)?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {token}").parse()?);
     let anonymous = reqwest::Client::new()

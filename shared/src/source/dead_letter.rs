@@ -514,13 +514,18 @@ impl DeadLetters {
         }
     }
 
-    /// Every dead letter grouped by error, event type and hour ([`summarize`]).
-    pub async fn summary(&self) -> Result<Vec<Kind>, redis::RedisError> {
+    /// The oldest `limit` dead letters (all: `usize::MAX`) grouped by error,
+    /// event type and hour ([`summarize`]).
+    pub async fn summary(&self, limit: usize) -> Result<Vec<Kind>, redis::RedisError> {
         let mut all = Vec::new();
         let mut walk = self.walk().await?;
-        while let Some(letters) = self.next_chunk(&mut walk).await? {
+        while all.len() < limit {
+            let Some(letters) = self.next_chunk(&mut walk).await? else {
+                break;
+            };
             all.extend(letters);
         }
+        all.truncate(limit);
         Ok(summarize(&all))
     }
 

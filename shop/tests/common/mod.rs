@@ -100,3 +100,34 @@ impl Drop for Up {
         }
     }
 }
+
+/// The lines `up` prints up to and including `Ready in ...`: its banner.
+pub fn banner(lines: &mpsc::Receiver<String>) -> anyhow::Result<String> {
+    let mut banner = String::new();
+    loop {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(30))?;
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Ready in") {
+            return Ok(banner);
+        }
+    }
+}
+
+/// A bearer token for `subject` from `emulator token`, signed with the key of
+/// the state directory `state` (the one `up --state-dir` trusts).
+pub fn token(subject: &str, state: &std::path::Path) -> anyhow::Result<String> {
+    let token = Command::new(BIN)
+        .args([
+            "token",
+            "--sub",
+            subject,
+            "--template",
+            TEMPLATE,
+            "--state-dir",
+        ])
+        .arg(state)
+        .output()?;
+    anyhow::ensure!(token.status.success(), "{token:?}");
+    Ok(String::from_utf8(token.stdout)?.trim().to_owned())
+}

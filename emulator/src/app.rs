@@ -803,6 +803,7 @@ async fn up(
         registry.migrations(),
     )
     .await?;
+    let views = registry.console_views();
     let system = crate::system::System::start(crate::system::Options {
         template,
         mode,
@@ -832,6 +833,8 @@ async fn up(
         source: Arc::clone(&status),
         groups: crate::cli::groups(system.template()),
         max_redrives: shared::source::max_redrives(env)?,
+        views,
+        pool: stores.pool()?.clone(),
     };
     let emulator = crate::Emulator::of(&system)
         .with_status(status)

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
 use shared::source::{DeadLetters, Filter, Kind, RedrivePolicy, Selection, StreamOverview};
 
-use crate::functions::Functions;
+use crate::functions::{ConsoleView, Functions};
 use crate::status;
 
 const PAGE: &str = include_str!("console/index.html");
@@ -43,7 +43,24 @@ pub struct Console {
     pub groups: Vec<String>,
     /// `DLQ_MAX_REDRIVES` of the emulator's environment.
     pub max_redrives: u32,
+    /// The services' own tables ([`crate::functions::Registry::console_views`]).
+    pub views: Vec<ConsoleView>,
+    /// Where the views' queries run.
+    pub pool: sqlx::PgPool,
 }
+
+/// A service's table, read now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewRows {
+    pub title: String,
+    /// Each row as an object of its columns; the first [`VIEW_ROWS`].
+    pub rows: Vec<serde_json::Value>,
+    /// Why it could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// The most rows of a view the page shows.
+pub const VIEW_ROWS: usize = 50;
 
 /// One function, as the console lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,6 +128,7 @@ pub struct Snapshot {
     pub outboxes: Vec<OutboxView>,
     pub dead_letters: Vec<DeadLetterGroup>,
     pub max_redrives: u32,
+    pub views: Vec<ViewRows>,
     /// Why a part is missing, when one is.
     pub errors: Vec<String>,
 }
@@ -253,8 +271,36 @@ impl Console {
             outboxes,
             dead_letters,
             max_redrives: self.max_redrives,
+            views: self.views().await,
             errors,
         }
+    }
+
+    async fn views(&self) -> Vec<ViewRows> {
+        let mut out = Vec::with_capacity(self.views.len());
+        for view in &self.views {
+            let sql = format!(
+                "SELECT row_to_json(v)::text FROM ({}) v LIMIT {VIEW_ROWS}",
+                view.sql
+            );
+            let read: Result<Vec<String>, sqlx::Error> =
+                sqlx::query_scalar(&sql).fetch_all(&self.pool).await;
+            let (rows, error) = match read {
+                Ok(rows) => (
+                    rows.iter()
+                        .filter_map(|r| serde_json::from_str(r).ok())
+                        .collect(),
+                    None,
+                ),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            out.push(ViewRows {
+                title: view.title.to_owned(),
+                rows,
+                error,
+            });
+        }
+        out
     }
 
     async fn outbox(

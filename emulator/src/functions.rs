@@ -76,6 +76,19 @@ pub trait Registry: fmt::Debug + Send + Sync {
 
     /// The migration folders, in the order they are applied.
     fn migrations(&self) -> Vec<sqlx::migrate::Migrator>;
+
+    /// Tables the services add to the web console (none by default).
+    fn console_views(&self) -> Vec<ConsoleView> {
+        Vec::new()
+    }
+}
+
+/// A table a service adds to the web console: a title and a query whose rows
+/// (the first 50, each as a JSON object of its columns) the page shows live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleView {
+    pub title: &'static str,
+    pub sql: &'static str,
 }
 
 /// A registry that links nothing and migrates nothing: every function runs as

@@ -59,6 +59,13 @@ impl Registry for Shop {
     fn migrations(&self) -> Vec<sqlx::migrate::Migrator> {
         migrate::migrations()
     }
+
+    fn console_views(&self) -> Vec<emulator::functions::ConsoleView> {
+        vec![emulator::functions::ConsoleView {
+            title: "Orders stuck in PENDING (older than 5 s)",
+            sql: order_service::orders::STUCK_PENDING_SQL,
+        }]
+    }
 }
 
 /// One of the shop's functions, built.

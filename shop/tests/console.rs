@@ -1,8 +1,8 @@
 //! The web console in a real browser: headless Chromium driven through
 //! WebDriver (chromedriver) loads `/_console/` from `emulator up`, shows a
 //! posted order's journey across the functions, shows a poison record under
-//! dead letters, and its redrive from the page brings the order to
-//! `CONFIRMED`; an outbox row set aside as failed is shown with its error and
+//! dead letters (and its order among the shop's stuck orders), and its redrive
+//! from the page brings the order to `CONFIRMED`; an outbox row set aside as failed is shown with its error and
 //! put back in line from the page; the page raises no script error or policy
 //! violation, and its actions refuse another origin.
 
@@ -223,6 +223,9 @@ async fn the_console_shows_a_journey_and_redrives_a_poison_record_in_a_browser(
             "its kind",
         )
         .await?;
+        // Its order waits for the inventory's answer: after 5 s the shop's own
+        // view lists it as stuck in PENDING.
+        wait_text(&page, "#views .view", &second, "the stuck order").await?;
         screenshot("console-dead-letters.png", &page.screenshot().await?)?;
 
         // Another origin cannot drive the console's actions.

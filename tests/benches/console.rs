@@ -128,6 +128,8 @@ async fn main() -> Result<()> {
             source,
             groups: emulator::cli::groups(&template),
             max_redrives: shared::source::DEFAULT_MAX_REDRIVES,
+            views: emulator::functions::Registry::console_views(&shop::Shop),
+            pool: db.pool.clone(),
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -232,6 +232,26 @@ async function showTrace(id) {
     row([l.timestamp, l.function_name, l.level, l.message], { "data-function": l.function_name || "" })));
 }
 
+// The services' own tables: columns from the rows' keys.
+function renderViews(snapshot) {
+  $("#views").replaceChildren(...snapshot.views.map((v) => {
+    const div = el("div", null, { class: "view" });
+    div.append(el("h2", `${v.title}: ${v.rows.length}`));
+    if (v.error) div.append(el("p", `could not read: ${v.error}`, { class: "problems" }));
+    if (v.rows.length > 0) {
+      const columns = Object.keys(v.rows[0]);
+      const table = el("table");
+      table.append(el("thead"));
+      table.tHead.append(row(columns));
+      const body = el("tbody");
+      for (const r of v.rows) body.append(row(columns.map((c) => r[c])));
+      table.append(body);
+      div.append(table);
+    }
+    return div;
+  }));
+}
+
 function render(snapshot) {
   const state = $("#state");
   if (snapshot.status) {
@@ -244,6 +264,7 @@ function render(snapshot) {
   renderStreams(snapshot);
   renderOutboxes(snapshot);
   renderDeadLetters(snapshot);
+  renderViews(snapshot);
   previous = snapshot;
 }
 

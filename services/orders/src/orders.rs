@@ -549,3 +549,11 @@ pub async fn pending_overview(
     .map_err(|e| StoreError::database("measuring pending orders", e))?;
     Ok((r.oldest, r.older))
 }
+
+/// The orders still `PENDING`, oldest first, with their age: the emulator's
+/// console shows them (a saga that does not settle is a bug to find). The
+/// partial index `orders_pending_idx` serves it.
+pub const STUCK_PENDING_SQL: &str = "SELECT id AS order_id, customer_id, total_cents, created_at, \
+       floor(extract(epoch FROM now() - created_at))::bigint AS age_s \
+       FROM orders.orders WHERE status = 'PENDING' AND created_at < now() - interval '5 seconds' \
+       ORDER BY created_at";

@@ -301,5 +301,14 @@ async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
         },
     )
     .await?;
+    // Settled, nothing is in flight: a stream source's long poll is not work
+    // in hand (its records show as lag or pending), so `wait-idle` can return.
+    let functions =
+        std::sync::Arc::clone(&running.system.as_ref().expect("a running system").functions);
+    tests::wait_until(Duration::from_secs(30), "nothing in flight", || {
+        let functions = std::sync::Arc::clone(&functions);
+        async move { Ok(functions.in_flight() == 0) }
+    })
+    .await?;
     running.stop().await
 }

@@ -359,9 +359,16 @@ impl Functions {
             .or_else(|| self.by_id.values().find(|f| f.spec.binary == name))
     }
 
-    /// Invocations in flight, over every function.
+    /// Invocations in flight that are work in hand: over every function but
+    /// those with a stream source, whose invocation under `--runtime-api` is a
+    /// long poll that never ends while the emulator runs (the records it
+    /// works on show as lag or pending instead).
     pub fn in_flight(&self) -> u64 {
-        self.by_id.values().map(|f| f.in_flight.get()).sum()
+        self.by_id
+            .values()
+            .filter(|f| f.spec.stream_source().is_none())
+            .map(|f| f.in_flight.get())
+            .sum()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Function>> {

@@ -86,9 +86,33 @@ pub fn read(book: &LogBook, query: &Query) -> Answer {
             .lines
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
+            .map(flatten)
             .collect(),
         next: page.next,
         traces: traces.into_iter().collect(),
+    }
+}
+
+/// A function binary's own JSON line (under `--runtime-api`, the emulator's
+/// line carries it as its message) in place of the line that carries it: its
+/// time, level, message and fields are the function's.
+fn flatten(line: Value) -> Value {
+    let inner = line
+        .get("message")
+        .and_then(Value::as_str)
+        .filter(|m| m.starts_with('{'))
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+        .filter(|v| v.get("message").is_some());
+    match inner {
+        Some(Value::Object(mut inner)) => {
+            if let Some(function) = line.get("function_name") {
+                inner
+                    .entry("function_name")
+                    .or_insert_with(|| function.clone());
+            }
+            Value::Object(inner)
+        }
+        _ => line,
     }
 }
 
@@ -248,6 +272,21 @@ mod tests {
             },
         );
         assert_eq!(messages(&later).len(), 1);
+    }
+
+    #[test]
+    fn a_binarys_own_json_line_stands_for_the_line_that_carries_it() {
+        let inner =
+            json!({"timestamp":"t0","level":"WARN","message":"event failed","trace_id":"aaa"});
+        let carried = json!({"timestamp":"t1","level":"INFO","message": inner.to_string(),
+                             "function_name":"InventoryConsumerFunction","stream":"stdout"});
+        let flat = flatten(carried);
+        assert_eq!(flat["message"], "event failed");
+        assert_eq!(flat["level"], "WARN");
+        assert_eq!(flat["function_name"], "InventoryConsumerFunction");
+        // A text line stays as it is.
+        let text = json!({"message":"{not json","function_name":"F"});
+        assert_eq!(flatten(text.clone()), text);
     }
 
     #[test]

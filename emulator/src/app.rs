@@ -61,6 +61,10 @@ directory); `emulator token --sub ID` prints a token signed with it.")]
         /// default: `LOG_FORMAT`, else text.
         #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
         log_format: Option<String>,
+        /// How many of the latest log lines to keep in memory for `emulator logs`
+        /// and the console's trace view; 0 keeps none (and formats no JSON copy).
+        #[arg(long, value_name = "N", default_value_t = crate::logs::BOOK_LINES)]
+        log_lines: usize,
         #[command(flatten)]
         system: SystemArgs,
     },
@@ -470,8 +474,12 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
         env = env.with("LOG_FORMAT", format);
     }
     // `up` keeps its last lines for `emulator logs` and the console.
-    let book = matches!(cli.command, Command::Up { .. })
-        .then(|| shared::logbook::LogBook::new(crate::logs::BOOK_LINES));
+    let book = match cli.command {
+        Command::Up { log_lines, .. } if log_lines > 0 => {
+            Some(shared::logbook::LogBook::new(log_lines))
+        }
+        _ => None,
+    };
     shared::telemetry::install_with_book(&env, "emulator", logs, book.clone());
     // Not locked: `up`'s logs write to stdout too, from other tasks.
     let mut out = std::io::stdout();
@@ -482,9 +490,9 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             no_auth,
             system,
             log_format: _,
+            log_lines: _,
         } => {
             let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
-            let book = book.context("up keeps a log book")?;
             up(&env, port, &system, trust, registry, book).await
         }
         Command::Token {
@@ -786,7 +794,7 @@ async fn up(
     args: &SystemArgs,
     trust: crate::auth::Trust,
     registry: Arc<dyn Registry>,
-    book: Arc<shared::logbook::LogBook>,
+    book: Option<Arc<shared::logbook::LogBook>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let template = load_template(args)?;
@@ -836,10 +844,12 @@ async fn up(
         views,
         pool: stores.pool()?.clone(),
     };
-    let emulator = crate::Emulator::of(&system)
+    let mut emulator = crate::Emulator::of(&system)
         .with_status(status)
-        .with_logs(book)
         .with_console(console);
+    if let Some(book) = book {
+        emulator = emulator.with_logs(book);
+    }
     let served = crate::serve(emulator, listener, shutdown_signal()).await;
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;

@@ -65,6 +65,12 @@ directory); `emulator token --sub ID` prints a token signed with it.")]
         /// and the console's trace view; 0 keeps none (and formats no JSON copy).
         #[arg(long, value_name = "N", default_value_t = crate::logs::BOOK_LINES)]
         log_lines: usize,
+        /// With --runtime-api: on every change to the workspace's sources, run
+        /// `cargo build --bin F ...` for the functions (--release when they are release builds)
+        /// and swap the functions whose binaries changed; in-flight invocations
+        /// finish on the old code. A failed build keeps the old code serving.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         system: SystemArgs,
     },
@@ -491,9 +497,15 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             system,
             log_format: _,
             log_lines: _,
+            watch,
         } => {
+            anyhow::ensure!(
+                !watch || system.runtime_api,
+                "--watch needs --runtime-api: in-process functions are linked into the \
+                 emulator's own binary, which cannot swap its code while it runs"
+            );
             let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
-            up(&env, port, &system, trust, registry, book).await
+            up(&env, port, &system, trust, registry, book, watch).await
         }
         Command::Token {
             sub,
@@ -722,6 +734,17 @@ fn load_template(args: &SystemArgs) -> anyhow::Result<crate::template::Template>
     Ok(template)
 }
 
+/// The workspace `--watch` watches and builds: the template's directory.
+fn watch_root(args: &SystemArgs) -> anyhow::Result<std::path::PathBuf> {
+    let dir = args
+        .template
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    dir.canonicalize()
+        .with_context(|| format!("the template's directory {}", dir.display()))
+}
+
 fn mode(args: &SystemArgs) -> anyhow::Result<crate::system::Mode> {
     if !args.runtime_api {
         return Ok(crate::system::Mode::InProcess);
@@ -795,10 +818,15 @@ async fn up(
     trust: crate::auth::Trust,
     registry: Arc<dyn Registry>,
     book: Option<Arc<shared::logbook::LogBook>>,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let template = load_template(args)?;
     let mode = mode(args)?;
+    let release_build = match &mode {
+        crate::system::Mode::RuntimeApi { binaries, .. } => binaries.ends_with("release"),
+        crate::system::Mode::InProcess => false,
+    };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
         .with_context(|| {
@@ -850,7 +878,24 @@ async fn up(
     if let Some(book) = book {
         emulator = emulator.with_logs(book);
     }
+    let (stop_watching, stopped) = tokio::sync::watch::channel(false);
+    let watcher = if watch {
+        Some(tokio::spawn(crate::watch::run(
+            watch_root(args)?,
+            release_build,
+            Arc::clone(&system.functions),
+            stopped,
+        )))
+    } else {
+        None
+    };
     let served = crate::serve(emulator, listener, shutdown_signal()).await;
+    let _ = stop_watching.send(true);
+    if let Some(watcher) = watcher {
+        if let Ok(Err(e)) = watcher.await {
+            tracing::warn!(error = %format!("{e:#}"), "the watcher stopped");
+        }
+    }
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;
     stores.stop().await?;

@@ -33,6 +33,7 @@ pub mod status;
 pub mod stores;
 pub mod system;
 pub mod template;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;

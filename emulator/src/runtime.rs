@@ -126,6 +126,8 @@ struct PoolInner {
     /// Invocations and prewarms under way; shutdown waits for zero.
     in_flight: watch::Sender<usize>,
     last_init: Mutex<Option<Duration>>,
+    /// Told whenever an instance goes back to idle or a slot frees up.
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -139,6 +141,12 @@ struct Slots {
     next_id: u64,
     /// Shutting down: no new invocations.
     closed: bool,
+    /// Instances of code replaced by [`Pool::retire`]: stopped when their
+    /// invocation ends instead of going back to idle.
+    retired: std::collections::HashSet<u64>,
+    /// New instances busy with their first invocation (slow: connections
+    /// are opened, caches filled).
+    warming: usize,
 }
 
 enum Acquired {
@@ -167,6 +175,7 @@ impl Pool {
                 slots: Mutex::new(Slots::default()),
                 in_flight: watch::Sender::new(0),
                 last_init: Mutex::new(None),
+                freed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -203,6 +212,7 @@ impl Pool {
                 pool.reserve(&mut slots)
             };
             let (instance, init) = pool.cold_start(id).await?;
+            pool.warmed();
             pool.release(instance);
             Ok(init)
         })
@@ -290,12 +300,15 @@ impl Pool {
                 invocation.trace_id = None;
             }
         }
-        let instance = match self.acquire()? {
-            Acquired::Warm(instance) => instance,
-            Acquired::Cold(id) => self.cold_start(id).await?.0,
+        let (instance, cold) = match self.acquire_waiting().await? {
+            Acquired::Warm(instance) => (instance, false),
+            Acquired::Cold(id) => (self.cold_start(id).await?.0, true),
         };
         let request_id = invocation.request_id.clone();
         let result = instance.invoke(invocation, self.inner.spec.timeout).await;
+        if cold {
+            self.warmed();
+        }
         match &result {
             Ok(_) | Err(InvokeError::Function { .. }) => self.release(instance),
             Err(error) => {
@@ -322,6 +335,37 @@ impl Pool {
         slots.starting += 1;
         slots.next_id += 1;
         slots.next_id
+    }
+
+    /// [`Pool::acquire`], but while the pool is at its limit only for a
+    /// while ([`Pool::transient`]: a burst of cold starts, a swap under
+    /// `--watch`), the invocation waits for a free instance (up to the init
+    /// timeout) instead of being throttled. At the limit with warm instances
+    /// all busy, it is throttled, as in AWS.
+    async fn acquire_waiting(&self) -> Result<Acquired, InvokeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.spec.init_timeout;
+        loop {
+            let freed = self.inner.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a slot freed meanwhile is not missed.
+            freed.as_mut().enable();
+            match self.acquire() {
+                Err(InvokeError::Throttled)
+                    if self.transient() && tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline, freed).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the pool is at its limit only for a while: instances
+    /// starting or busy with their first invocation, or retired ones
+    /// finishing.
+    fn transient(&self) -> bool {
+        let slots = lock(&self.inner.slots);
+        !slots.closed && (slots.starting > 0 || slots.warming > 0 || !slots.retired.is_empty())
     }
 
     /// An idle instance, or a reserved slot for a new one.
@@ -354,9 +398,12 @@ impl Pool {
             let instance = spawned?;
             if !slots.closed {
                 slots.all.insert(id, Arc::clone(&instance));
+                // Warming until its first invocation ends ([`Pool::warmed`]).
+                slots.warming += 1;
             }
             (instance, slots.closed)
         };
+        self.inner.freed.notify_waiters();
         if closed {
             // Shutdown began while it was spawning.
             instance.kill().await;
@@ -376,28 +423,98 @@ impl Pool {
             }
             Err(error) => {
                 tracing::warn!(function = %spec.name, pid = instance.pid, %error, "init failed");
+                self.warmed();
                 self.remove(&instance);
                 Err(error)
             }
         }
     }
 
-    /// Back to idle after an invocation, unless the pool is closing or the process is gone.
+    /// Back to idle after an invocation, unless the pool is closing, the
+    /// process is gone, or the instance was retired (then it stops).
     fn release(&self, instance: Arc<Instance>) {
-        let mut slots = lock(&self.inner.slots);
-        if instance.has_exited() {
-            slots.all.remove(&instance.id);
-        } else if !slots.closed && slots.all.contains_key(&instance.id) {
-            slots.idle.push(instance);
+        let retired = {
+            let mut slots = lock(&self.inner.slots);
+            if instance.has_exited() {
+                slots.all.remove(&instance.id);
+                slots.retired.remove(&instance.id);
+                None
+            } else if slots.retired.remove(&instance.id) {
+                slots.all.remove(&instance.id);
+                Some(instance)
+            } else {
+                if !slots.closed && slots.all.contains_key(&instance.id) {
+                    slots.idle.push(instance);
+                }
+                // Otherwise shutdown holds (or has already stopped) it.
+                None
+            }
+        };
+        if let Some(instance) = retired {
+            stop_in_background(instance);
         }
-        // Otherwise shutdown holds (or has already stopped) it.
+        self.inner.freed.notify_waiters();
+    }
+
+    /// Retires every instance, after the function's binary was replaced: new
+    /// invocations start new instances from the binary as it is now; idle
+    /// instances stop at once; busy ones finish their invocation on the old
+    /// code, then stop. With `end_early`, busy ones are asked to end their
+    /// invocation early first (SIGTERM: a stream consumer finishes and
+    /// acknowledges its batch, gives up its leases, and responds). Returns
+    /// how many instances were retired.
+    pub fn retire(&self, end_early: bool) -> usize {
+        let (idle, busy) = {
+            let mut slots = lock(&self.inner.slots);
+            let idle = std::mem::take(&mut slots.idle);
+            for instance in &idle {
+                slots.all.remove(&instance.id);
+            }
+            let busy: Vec<Arc<Instance>> = slots.all.values().cloned().collect();
+            let ids: Vec<u64> = busy.iter().map(|i| i.id).collect();
+            slots.retired.extend(ids);
+            (idle, busy)
+        };
+        if end_early {
+            for instance in &busy {
+                instance.signal(Stop::Terminate);
+            }
+        }
+        let retired = idle.len() + busy.len();
+        for instance in idle {
+            stop_in_background(instance);
+        }
+        retired
+    }
+
+    /// A new instance's first invocation (or its prewarm) is over.
+    fn warmed(&self) {
+        let mut slots = lock(&self.inner.slots);
+        slots.warming = slots.warming.saturating_sub(1);
     }
 
     fn remove(&self, instance: &Instance) {
         let mut slots = lock(&self.inner.slots);
         slots.all.remove(&instance.id);
+        slots.retired.remove(&instance.id);
         slots.idle.retain(|i| i.id != instance.id);
+        drop(slots);
+        self.inner.freed.notify_waiters();
     }
+}
+
+/// SIGTERM, and SIGKILL if it still runs [`TERM_GRACE`] later; reaped.
+fn stop_in_background(instance: Arc<Instance>) {
+    tokio::spawn(async move {
+        instance.signal(Stop::Terminate);
+        if tokio::time::timeout(TERM_GRACE, instance.exited())
+            .await
+            .is_err()
+        {
+            instance.signal(Stop::Kill);
+        }
+        instance.wait_exit(REAP_WAIT).await;
+    });
 }
 
 /// Counts an invocation under way for as long as it lives.

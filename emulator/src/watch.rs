@@ -163,9 +163,24 @@ pub async fn run(
         }
     })
     .context("watching the sources")?;
+    // The root's own files, and every directory under it but the build's
+    // output and git's: watching `target/` would cost a watch per directory
+    // of it and wake on every file a build writes.
     watcher
-        .watch(&root, notify::RecursiveMode::Recursive)
+        .watch(&root, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", root.display()))?;
+    for entry in std::fs::read_dir(&root)?.flatten() {
+        let path = entry.path();
+        let skip = matches!(
+            path.file_name().and_then(|n| n.to_str()),
+            Some("target" | ".git")
+        );
+        if path.is_dir() && !skip {
+            watcher
+                .watch(&path, notify::RecursiveMode::Recursive)
+                .with_context(|| format!("watching {}", path.display()))?;
+        }
+    }
     println!("Watching {} for changes (--watch).", root.display());
     loop {
         let first = tokio::select! {

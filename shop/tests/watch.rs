@@ -32,12 +32,26 @@ const CONSUMER_SOURCE: &str = concat!(
     "/../functions/inventory-consumer/src/lib.rs"
 );
 
-/// Puts a source back as it was, whatever happens.
-struct Restore(&'static str, String);
+/// Puts the sources back as they were, whatever happens, and builds the
+/// binaries again from them: later tests run these binaries.
+struct Restore {
+    sources: Vec<(&'static str, String)>,
+    build: Vec<String>,
+}
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.0, &self.1);
+        for (path, text) in &self.sources {
+            let _ = std::fs::write(path, text);
+        }
+        let rebuilt = std::process::Command::new(env!("CARGO"))
+            .arg("build")
+            .args(self.build.iter().flat_map(|b| ["--bin", b.as_str()]))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output();
+        if !rebuilt.is_ok_and(|o| o.status.success()) {
+            eprintln!("the function binaries could not be built again from the restored sources");
+        }
     }
 }
 
@@ -69,9 +83,7 @@ async fn a_saved_change_is_served_without_losing_or_repeating_an_order() -> anyh
         original.contains("\"order created\""),
         "the handler's message moved"
     );
-    let _restore = Restore(SOURCE, original.clone());
     let consumer = std::fs::read_to_string(CONSUMER_SOURCE)?;
-    let _restore_consumer = Restore(CONSUMER_SOURCE, consumer.clone());
 
     // The binaries as the watcher's own `cargo build` makes them (`cargo test`
     // may have built them with its dev-dependencies' features): the reload
@@ -90,6 +102,17 @@ async fn a_saved_change_is_served_without_losing_or_repeating_an_order() -> anyh
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
+    let _restore = Restore {
+        sources: vec![
+            (SOURCE, original.clone()),
+            (CONSUMER_SOURCE, consumer.clone()),
+        ],
+        build: template
+            .functions
+            .iter()
+            .map(|f| f.binary.clone())
+            .collect(),
+    };
 
     let database_url = fresh_database().await?;
     let namespace = format!("wat{}", uuid::Uuid::now_v7().simple());

@@ -409,12 +409,7 @@ pub async fn asset(Path(file): Path<String>) -> Response {
 /// Why a state-changing request is refused, if it is: see the module's comment.
 pub fn refused(headers: &HeaderMap, listener: SocketAddr) -> Option<String> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok())?;
-    let loopback_host = {
-        let (name, port) = host.rsplit_once(':').unwrap_or((host, "80"));
-        matches!(name, "localhost" | "127.0.0.1" | "[::1]")
-            && port.parse::<u16>().ok() == Some(listener.port())
-    };
-    if !loopback_host {
+    if !crate::own_address(host, listener) {
         return Some(format!(
             "the console answers only its own address (Host: {host})"
         ));

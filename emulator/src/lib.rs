@@ -345,6 +345,18 @@ async fn console_outbox_redrive(
 #[derive(Debug, Clone, Copy)]
 struct Listener(SocketAddr);
 
+/// Whether a request's `Host` names the listener: a loopback name (or its
+/// address) and its port. Anything else came through DNS rebinding.
+pub(crate) fn own_address(host: &str, listener: SocketAddr) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && !port.contains(']') => (name, port.parse().ok()),
+        _ => (host, Some(80)),
+    };
+    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+        || name.trim_start_matches('[').trim_end_matches(']') == listener.ip().to_string();
+    loopback && port == Some(listener.port())
+}
+
 /// Why an Invoke API request is refused as cross-site, if it is: a web page
 /// open in the developer's browser can send requests to loopback (with an
 /// `Origin`), or reach it under a name of its own through DNS rebinding (a
@@ -358,13 +370,7 @@ fn cross_site(headers: &axum::http::HeaderMap, listener: SocketAddr) -> Option<S
     }
     let host = headers.get(axum::http::header::HOST)?;
     let host = host.to_str().unwrap_or_default();
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) if !name.is_empty() && !port.contains(']') => (name, port.parse().ok()),
-        _ => (host, Some(80)),
-    };
-    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]")
-        || name.trim_start_matches('[').trim_end_matches(']') == listener.ip().to_string();
-    if loopback && port == Some(listener.port()) {
+    if own_address(host, listener) {
         None
     } else {
         Some(format!(

@@ -140,17 +140,8 @@ async fn the_console_shows_a_journey_and_redrives_a_poison_record_in_a_browser(
         "{banner}"
     );
     let token = common::token("c-1", &state)?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse()?);
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?;
-    let put = http
-        .put(format!("{base}/inventory/LAMP-9"))
-        .json(&json!({"available": 5, "price_cents": 100}))
-        .send()
-        .await?;
-    assert_eq!(put.status(), 200);
+    let http = common::client(&token)?;
+    common::stock_lamp(&http, &base, 5).await?;
     let post_order = || async {
         let order: Value = http
             .post(format!("{base}/orders"))

@@ -68,22 +68,13 @@ async fn up_serves_the_saga_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
     let base = format!("http://127.0.0.1:{port}");
     // `emulator token` signs with the key `up` trusts: the state directory's.
     let token = common::token("c-1", &state)?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse()?);
     let anonymous = reqwest::Client::new()
         .get(format!("{base}/inventory/LAMP-9"))
         .send()
         .await?;
     assert_eq!(anonymous.status(), 401, "a request without a token");
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?;
-    let put = http
-        .put(format!("{base}/inventory/LAMP-9"))
-        .json(&json!({"available": 1, "price_cents": 100}))
-        .send()
-        .await?;
-    assert_eq!(put.status(), 200);
+    let http = common::client(&token)?;
+    common::stock_lamp(&http, &base, 1).await?;
     let order: Value = http
         .post(format!("{base}/orders"))
         .json(&json!({"items":[{"sku":"LAMP-9","quantity":1,"unit_price_cents":100}]}))

@@ -141,17 +141,8 @@ async fn a_saved_change_is_served_without_losing_or_repeating_an_order() -> anyh
     wait_line(&lines, "Watching ", Duration::from_secs(10))?;
     let base = format!("http://127.0.0.1:{port}");
     let token = common::token("c-1", &state)?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse()?);
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?;
-    let put = http
-        .put(format!("{base}/inventory/LAMP-9"))
-        .json(&json!({"available": 100000, "price_cents": 100}))
-        .send()
-        .await?;
-    assert_eq!(put.status(), 200);
+    let http = common::client(&token)?;
+    common::stock_lamp(&http, &base, 100000).await?;
 
     // About 100 orders a second until told to stop; every answer is kept.
     let running = Arc::new(AtomicBool::new(true));

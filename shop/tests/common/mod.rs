@@ -131,3 +131,27 @@ pub fn token(subject: &str, state: &std::path::Path) -> anyhow::Result<String> {
     anyhow::ensure!(token.status.success(), "{token:?}");
     Ok(String::from_utf8(token.stdout)?.trim().to_owned())
 }
+
+/// A client whose every request carries `token`.
+pub fn client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
+/// `PUT /inventory/LAMP-9` with `available` at 100 cents: the SKU the tests order.
+pub async fn stock_lamp(http: &reqwest::Client, base: &str, available: u64) -> anyhow::Result<()> {
+    let put = http
+        .put(format!("{base}/inventory/LAMP-9"))
+        .json(&json!({"available": available, "price_cents": 100}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        put.status() == 200,
+        "PUT /inventory/LAMP-9 answered {}",
+        put.status()
+    );
+    Ok(())
+}

@@ -25,6 +25,20 @@ struct Cli {
     command: Command,
 }
 
+/// What `up --watch` tells the emulator process it runs behind its proxy.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Supervised {
+    /// The address clients reach it at: the proxy's.
+    #[arg(long, hide = true)]
+    pub public_address: Option<SocketAddr>,
+    /// Where the log lines pass from one process to the next.
+    #[arg(long, hide = true)]
+    pub book_handover: Option<std::path::PathBuf>,
+    /// A reload: one line instead of the banner.
+    #[arg(long, hide = true)]
+    pub reloaded: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the system of template.yaml: the HTTP API and the Lambda Invoke API on
@@ -65,12 +79,17 @@ directory); `emulator token --sub ID` prints a token signed with it.")]
         /// and the console's trace view; 0 keeps none (and formats no JSON copy).
         #[arg(long, value_name = "N", default_value_t = crate::logs::BOOK_LINES)]
         log_lines: usize,
-        /// With --runtime-api: on every change to the workspace's sources, run
-        /// `cargo build --bin F ...` for the functions (--release when they are release builds)
-        /// and swap the functions whose binaries changed; in-flight invocations
-        /// finish on the old code. A failed build keeps the old code serving.
+        /// On every change to the workspace's sources, build and swap what changed:
+        /// with --runtime-api, `cargo build --bin F ...` for the functions and a new
+        /// process for each function whose binary changed; in-process, `cargo build`
+        /// of this binary and a new emulator process behind a proxy that holds the
+        /// port. Either way in-flight invocations finish on the old code, requests
+        /// during the swap wait, and a failed build keeps the old code serving.
         #[arg(long)]
         watch: bool,
+        /// (Set by `up --watch` for the emulator it supervises.)
+        #[command(flatten)]
+        supervised: Supervised,
         #[command(flatten)]
         system: SystemArgs,
     },
@@ -480,9 +499,17 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
         env = env.with("LOG_FORMAT", format);
     }
     // `up` keeps its last lines for `emulator logs` and the console.
-    let book = match cli.command {
-        Command::Up { log_lines, .. } if log_lines > 0 => {
-            Some(shared::logbook::LogBook::new(log_lines))
+    let book = match &cli.command {
+        Command::Up {
+            log_lines,
+            supervised,
+            ..
+        } if *log_lines > 0 => {
+            let book = shared::logbook::LogBook::new(*log_lines);
+            if let Some(path) = &supervised.book_handover {
+                crate::supervise::take_over_book(&book, path);
+            }
+            Some(book)
         }
         _ => None,
     };
@@ -498,14 +525,27 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             log_format: _,
             log_lines: _,
             watch,
+            supervised,
         } => {
-            anyhow::ensure!(
-                !watch || system.runtime_api,
-                "--watch needs --runtime-api: in-process functions are linked into the \
-                 emulator's own binary, which cannot swap its code while it runs"
-            );
+            if watch && !system.runtime_api {
+                // In-process functions are linked into this binary: a new
+                // binary means a new process, behind a proxy holding the port.
+                return crate::supervise::run(crate::supervise::Plan::new(
+                    &env,
+                    port,
+                    &state_dir(&env, &system)?,
+                    watch_root(&system)?,
+                    registry.migrations(),
+                )?)
+                .await;
+            }
             let trust = trust(&env, &system, jwks.as_deref(), no_auth)?;
-            up(&env, port, &system, trust, registry, book, watch).await
+            let options = UpOptions {
+                port,
+                watch,
+                supervised,
+            };
+            up(&env, &options, &system, trust, registry, book).await
         }
         Command::Token {
             sub,
@@ -811,22 +851,36 @@ fn token(
     Ok(())
 }
 
+/// `up`'s own flags.
+#[derive(Debug)]
+struct UpOptions {
+    port: u16,
+    watch: bool,
+    supervised: Supervised,
+}
+
 async fn up(
     env: &Env,
-    port: u16,
+    options: &UpOptions,
     args: &SystemArgs,
     trust: crate::auth::Trust,
     registry: Arc<dyn Registry>,
     book: Option<Arc<shared::logbook::LogBook>>,
-    watch: bool,
 ) -> anyhow::Result<()> {
+    let UpOptions {
+        port,
+        watch,
+        ref supervised,
+    } = *options;
+    if supervised.public_address.is_some() {
+        // Behind `up --watch`: ends with the process that runs it, even one
+        // that was killed.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+            .context("asking to end with the supervising process")?;
+    }
     let started = Instant::now();
     let template = load_template(args)?;
     let mode = mode(args)?;
-    let release_build = match &mode {
-        crate::system::Mode::RuntimeApi { binaries, .. } => binaries.ends_with("release"),
-        crate::system::Mode::InProcess => false,
-    };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
         .with_context(|| {
@@ -856,14 +910,28 @@ async fn up(
             return Err(e);
         }
     };
-    let address = listener.local_addr()?.to_string();
-    println!("{}", stores.describe());
-    print!("{}", system.banner(&address));
-    println!("Console on http://{address}/_console/ (logs: emulator logs --order ID)");
-    println!(
-        "Ready in {} ms. Ctrl-C to stop.",
-        started.elapsed().as_millis()
-    );
+    let address = match supervised.public_address {
+        Some(public) => public.to_string(),
+        None => listener.local_addr()?.to_string(),
+    };
+    if supervised.reloaded {
+        println!(
+            "The new code is ready in {} ms (process {}).",
+            started.elapsed().as_millis(),
+            std::process::id()
+        );
+    } else {
+        if supervised.public_address.is_none() {
+            // (Behind `up --watch`'s proxy, which printed where its stores are.)
+            println!("{}", stores.describe());
+        }
+        print!("{}", system.banner(&address));
+        println!("Console on http://{address}/_console/ (logs: emulator logs --order ID)");
+        println!(
+            "Ready in {} ms. Ctrl-C to stop.",
+            started.elapsed().as_millis()
+        );
+    }
     let status = Arc::new(status_source(env, &system, &stores).await?);
     let console = crate::console::Console {
         source: Arc::clone(&status),
@@ -875,15 +943,19 @@ async fn up(
     let mut emulator = crate::Emulator::of(&system)
         .with_status(status)
         .with_console(console);
-    if let Some(book) = book {
-        emulator = emulator.with_logs(book);
+    if let Some(public) = supervised.public_address {
+        emulator = emulator.with_public(public);
+    }
+    if let Some(book) = &book {
+        emulator = emulator.with_logs(Arc::clone(book));
     }
     let (stop_watching, stopped) = tokio::sync::watch::channel(false);
     let watcher = if watch {
         Some(tokio::spawn(crate::watch::run(
             watch_root(args)?,
-            release_build,
-            Arc::clone(&system.functions),
+            crate::watch::Target::Processes {
+                functions: Arc::clone(&system.functions),
+            },
             stopped,
         )))
     } else {
@@ -899,6 +971,9 @@ async fn up(
     println!("Stopping: in-flight invocations finish first.");
     system.stop().await;
     stores.stop().await?;
+    if let (Some(book), Some(path)) = (&book, &supervised.book_handover) {
+        crate::supervise::hand_over_book(book, path)?;
+    }
     served?;
     println!("Stopped.");
     Ok(())
@@ -1065,7 +1140,7 @@ fn generate_event(kind: EventKind, out: &mut dyn std::io::Write) -> anyhow::Resu
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -612,8 +612,14 @@ pub async fn letter(console: &Console, group: &str, id: &str) -> Response {
 }
 
 /// `GET /_console/api/events`: a snapshot now and every [`EVERY`], as
-/// server-sent events named `snapshot`.
-pub fn events(console: Arc<Console>, functions: Arc<Functions>) -> Response {
+/// server-sent events named `snapshot`, until `stopping` (the emulator's
+/// shutdown: the browser reconnects, to the next emulator when `up --watch`
+/// swaps it).
+pub fn events(
+    console: Arc<Console>,
+    functions: Arc<Functions>,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Response {
     let stream = futures::stream::unfold(
         (console, functions, true),
         |(console, functions, first)| async move {
@@ -628,6 +634,15 @@ pub fn events(console: Arc<Console>, functions: Arc<Functions>) -> Response {
             Some((event, (console, functions, false)))
         },
     );
+    let stopped = async move {
+        match stopping {
+            Some(mut stopping) => {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let stream = futures::StreamExt::take_until(stream, stopped);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

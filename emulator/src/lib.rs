@@ -13,6 +13,7 @@
 //! - [`cli`]: the operator commands (`dlq`, `streams`, `outbox`, `generate-event`).
 //! - [`database`] and [`servers`]: zero-configuration PostgreSQL and Redis.
 //! - [`invoke`]: an invocation and its errors, as AWS reports them.
+//! - [`watch`] and [`supervise`]: `up --watch`, in both run modes.
 
 pub mod app;
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod schedule;
 pub mod servers;
 pub mod status;
 pub mod stores;
+pub mod supervise;
 pub mod system;
 pub mod template;
 pub mod watch;
@@ -58,6 +60,11 @@ pub struct Emulator {
     pub logs: Option<Arc<shared::logbook::LogBook>>,
     /// The web console at `/_console/`; without it, that path answers 404.
     pub console: Option<Arc<console::Console>>,
+    /// The address clients reach the emulator at, when it is not the
+    /// listener's own (behind `up --watch`'s proxy): the `Host` checks use it.
+    pub public: Option<SocketAddr>,
+    /// Set once shutdown begins: endless responses (the console's events) end.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Emulator {
@@ -70,7 +77,16 @@ impl Emulator {
             status: None,
             logs: None,
             console: None,
+            public: None,
+            stopping: None,
         }
+    }
+
+    /// Answering as `public`, the address clients reach it at.
+    #[must_use]
+    pub fn with_public(mut self, public: SocketAddr) -> Self {
+        self.public = Some(public);
+        self
     }
 
     /// With `GET /_emulator/status` reading from `source`.
@@ -97,11 +113,20 @@ impl Emulator {
 
 /// Serves HTTP on `listener` until `shutdown` completes; in-flight requests finish first.
 pub async fn serve(
-    emulator: Emulator,
+    mut emulator: Emulator,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let local = listener.local_addr().context("the listener's address")?;
+    let local = match emulator.public {
+        Some(public) => public,
+        None => listener.local_addr().context("the listener's address")?,
+    };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    emulator.stopping = Some(stopping);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     let app = Router::new()
         .route(
             "/2015-03-31/functions/{name}/invocations",
@@ -300,7 +325,11 @@ async fn console_asset(
 
 async fn console_events(State(emulator): State<Arc<Emulator>>) -> axum::response::Response {
     match &emulator.console {
-        Some(c) => console::events(Arc::clone(c), Arc::clone(&emulator.functions)),
+        Some(c) => console::events(
+            Arc::clone(c),
+            Arc::clone(&emulator.functions),
+            emulator.stopping.clone(),
+        ),
         None => no_console(),
     }
 }

@@ -1,12 +1,18 @@
-//! `emulator up --runtime-api --watch`: edit a handler and the running system
-//! serves the new code. A change to the workspace's sources starts
-//! `cargo build --bin F ...` for the functions' binaries (cargo's own
-//! incremental build: only what the change affects is compiled again); each function whose binary the build replaced
-//! is swapped ([`crate::runtime::Pool::retire`]): new invocations start the
-//! new binary, invocations under way finish on the old one, a stream source's
-//! consumer finishes and acknowledges its batch and gives up its leases before
-//! the new one takes them. HTTP requests during the swap wait for a new
-//! instance's cold start; none is refused. A failed build prints the
+//! `emulator up --watch`: edit a handler and the running system serves the
+//! new code. A change to the workspace's sources starts a `cargo build`
+//! (cargo's own incremental build: only what the change affects is compiled
+//! again) of what runs ([`Target`]):
+//! - with `--runtime-api`, the functions' binaries (`cargo build --bin F ...`);
+//!   each function whose binary the build replaced is swapped
+//!   ([`crate::runtime::Pool::retire`]): new invocations start the new binary,
+//!   invocations under way finish on the old one, a stream source's consumer
+//!   finishes and acknowledges its batch and gives up its leases before the
+//!   new one takes them; HTTP requests during the swap wait for a new
+//!   instance's cold start;
+//! - in-process, the emulator's own binary, whose new build replaces the
+//!   emulator process behind [`crate::supervise`]'s proxy.
+//!
+//! Either way no request is refused, and a failed build prints the
 //! compiler's errors and leaves the old code serving.
 
 #![allow(clippy::print_stdout)] // `up`'s reports go to stdout, with its banner.
@@ -89,34 +95,102 @@ pub struct Reload {
     pub failed: Option<String>,
 }
 
-/// Builds the workspace at `root` and swaps the functions whose binaries changed.
-pub async fn reload(root: &Path, release: bool, functions: &Functions) -> anyhow::Result<Reload> {
-    let before = stamps(functions);
-    let began = Instant::now();
+/// What `--watch` builds and swaps.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `--runtime-api`: the functions' processes.
+    Processes { functions: Arc<Functions> },
+    /// In-process: the emulator's own binary, run behind the supervisor.
+    Emulator(Arc<crate::supervise::Supervisor>),
+}
+
+/// `cargo build` of `binaries` at `root` (--release for a release build), at
+/// a low priority where `nice` exists: the running system keeps its speed
+/// while the compiler works.
+async fn cargo_build(
+    root: &Path,
+    package: Option<&str>,
+    binaries: impl IntoIterator<Item = &Path>,
+) -> anyhow::Result<std::process::Output> {
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // At a low priority where `nice` exists: the running system keeps its
-    // speed while the compiler works.
     let mut cargo = if Path::new("/usr/bin/nice").is_file() {
         let mut nice = tokio::process::Command::new("/usr/bin/nice");
-        nice.args(["-n", "10", &cargo_bin]);
+        nice.args(["-n", "19", &cargo_bin]);
         nice
     } else {
         tokio::process::Command::new(&cargo_bin)
     };
-    cargo.arg("build").current_dir(root);
-    // The functions' binaries only: not the emulator running this.
-    for (binary, _) in before.values() {
+    cargo.arg("build").current_dir(root).kill_on_drop(true);
+    if let Some(package) = package {
+        cargo.args(["--package", package]);
+    }
+    let mut release = false;
+    for binary in binaries {
         if let Some(name) = binary.file_name().and_then(|n| n.to_str()) {
             cargo.args(["--bin", name]);
         }
+        release |= binary.parent().is_some_and(|dir| dir.ends_with("release"));
     }
     if release {
         cargo.arg("--release");
     }
-    let output = cargo
+    cargo
         .output()
         .await
-        .context("running cargo build (is cargo on PATH?)")?;
+        .context("running cargo build (is cargo on PATH?)")
+}
+
+/// Builds what `target` runs and swaps what changed.
+pub async fn reload(root: &Path, target: &Target) -> anyhow::Result<Reload> {
+    match target {
+        Target::Processes { functions, .. } => reload_processes(root, functions).await,
+        Target::Emulator(supervisor) => reload_emulator(root, supervisor).await,
+    }
+}
+
+/// Builds the emulator's binary; when it changed, swaps the emulator process.
+async fn reload_emulator(
+    root: &Path,
+    supervisor: &crate::supervise::Supervisor,
+) -> anyhow::Result<Reload> {
+    let exe = supervisor.exe();
+    let before = stamp(exe);
+    let began = Instant::now();
+    let output = cargo_build(root, supervisor.package(), [exe]).await?;
+    let build = began.elapsed();
+    if !output.status.success() {
+        return Ok(Reload {
+            build,
+            swapped: Vec::new(),
+            failed: Some(String::from_utf8_lossy(&output.stderr).into_owned()),
+        });
+    }
+    if stamp(exe) == before {
+        return Ok(Reload {
+            build,
+            swapped: Vec::new(),
+            failed: None,
+        });
+    }
+    supervisor.swap().await?;
+    Ok(Reload {
+        build,
+        swapped: vec!["the in-process functions".to_owned()],
+        failed: None,
+    })
+}
+
+/// Builds the functions' binaries (not the emulator running this) and swaps
+/// the functions whose binaries changed.
+async fn reload_processes(root: &Path, functions: &Functions) -> anyhow::Result<Reload> {
+    let before = stamps(functions);
+    let began = Instant::now();
+    let output = cargo_build(
+        root,
+        None,
+        before.values().map(|(binary, _)| binary.as_path()),
+    )
+    .await?;
     let build = began.elapsed();
     if !output.status.success() {
         return Ok(Reload {
@@ -144,8 +218,7 @@ pub async fn reload(root: &Path, release: bool, functions: &Functions) -> anyhow
 /// Watches `root` until `stop` and reloads on every change; reports on stdout.
 pub async fn run(
     root: PathBuf,
-    release: bool,
-    functions: Arc<Functions>,
+    target: Target,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
@@ -198,7 +271,11 @@ pub async fn run(
             .collect();
         println!("Reload: {} changed; cargo build ...", names.join(", "));
         let began = Instant::now();
-        match reload(&root, release, &functions).await {
+        let reloaded = tokio::select! {
+            reloaded = reload(&root, &target) => reloaded,
+            _ = stop.changed() => return Ok(()),
+        };
+        match reloaded {
             Ok(Reload {
                 build,
                 failed: Some(errors),
@@ -210,10 +287,7 @@ pub async fn run(
                 );
             }
             Ok(Reload { build, swapped, .. }) if swapped.is_empty() => {
-                println!(
-                    "Built in {} ms; no function's binary changed.",
-                    build.as_millis()
-                );
+                println!("Built in {} ms; no binary changed.", build.as_millis());
             }
             Ok(Reload { build, swapped, .. }) => {
                 println!(

@@ -53,6 +53,28 @@ impl LogBook {
         ring.lines.push_back(Arc::from(line));
     }
 
+    /// The lines it holds, with the number of the first: what a process hands
+    /// to the one that takes over from it ([`LogBook::restore`]).
+    pub fn snapshot(&self) -> (u64, Vec<Arc<str>>) {
+        let ring = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (ring.first, ring.lines.iter().cloned().collect())
+    }
+
+    /// Takes over a predecessor's lines ([`LogBook::snapshot`]), before any of
+    /// its own: readers' positions stay valid across the handover.
+    pub fn restore(&self, first: u64, lines: impl IntoIterator<Item = String>) {
+        let mut ring = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let own = std::mem::take(&mut ring.lines);
+        ring.first = first.max(1);
+        for line in lines.into_iter().chain(own.iter().map(|l| l.to_string())) {
+            if ring.lines.len() == self.capacity {
+                ring.lines.pop_front();
+                ring.first += 1;
+            }
+            ring.lines.push_back(Arc::from(line));
+        }
+    }
+
     /// The number the next line written will have.
     pub fn next(&self) -> u64 {
         let ring = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -147,6 +169,22 @@ mod tests {
         assert_eq!(second.next, 4);
         assert!(book.read(second.next, 100, |_| true).lines.is_empty());
         assert_eq!(book.read(second.next, 100, |_| true).next, 4);
+    }
+
+    #[test]
+    fn a_restored_book_keeps_its_predecessors_numbers() {
+        let old = LogBook::new(3);
+        for line in ["1", "2", "3", "4"] {
+            old.push(line);
+        }
+        let (first, lines) = old.snapshot();
+        assert_eq!(first, 2);
+        let new = LogBook::new(3);
+        new.push("own");
+        new.restore(first, lines.iter().map(|l| l.to_string()));
+        let page = new.read(4, 100, |_| true);
+        assert_eq!(texts(&page), ["4", "own"]);
+        assert_eq!((page.next, page.dropped), (6, 0));
     }
 
     #[test]

@@ -87,14 +87,8 @@ async fn main() -> Result<()> {
     let template = tests::emulated::unthrottled_template()?;
 
     // The same system behind a second listener whose authorizers check nothing.
-    let open = emulator::Emulator {
-        functions: Arc::clone(&system.functions),
-        routes: system.routes.clone(),
-        gate: Arc::new(Gate::new(&template, Trust::Off)?),
-        status: None,
-        logs: None,
-        console: None,
-    };
+    let mut open = emulator::Emulator::of(system);
+    open.gate = Arc::new(Gate::new(&template, Trust::Off)?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let open_base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

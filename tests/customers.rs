@@ -106,3 +106,35 @@ async fn credit_limits_are_set_by_operators_and_read_by_their_owners() -> Result
     assert_eq!(limit, 50000);
     running.stop().await
 }
+
+/// A request that reaches customers-api without claims (a route left without
+/// its authorizer) is 401 with a Bearer challenge, and writes nothing.
+#[tokio::test]
+async fn without_claims_the_credit_routes_are_401_and_write_nothing() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = customers_api::Deps {
+        pool: db.pool.clone(),
+        default_limit_cents: 7000,
+    };
+    for request in [
+        tests::ApiRequest::put_inventory("X", r#"{"limit_cents": 500}"#)
+            .path("/customers/alice/credit"),
+        tests::ApiRequest::get_inventory("X").path("/customers/alice/credit"),
+    ] {
+        let answer = tests::Answer::from(
+            customers_api::handle(&deps, request.without_authorizer().build()).await,
+        );
+        assert_eq!(
+            answer.status,
+            401,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM customers.credit")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(rows, 0, "nothing written");
+    Ok(())
+}

@@ -393,3 +393,35 @@ async fn an_unreachable_database_is_503() -> Result<()> {
     }
     Ok(())
 }
+
+/// A request that reaches the function without claims (a route left without
+/// its authorizer) is 401 with a Bearer challenge, and changes nothing.
+#[tokio::test]
+async fn without_claims_every_route_is_401_and_writes_nothing() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    let deps = deps(&db);
+    let stocked = call(
+        &deps,
+        ApiRequest::put_inventory("WIDGET-1", r#"{"available": 10, "price_cents": 1999}"#),
+    )
+    .await;
+    assert_eq!(stocked.status, 200);
+    let before = stock_rows(&db).await?;
+    for request in [
+        ApiRequest::put_inventory("WIDGET-1", r#"{"available": 1}"#),
+        ApiRequest::put_inventory("NEW-1", r#"{"available": 1, "price_cents": 5}"#),
+        ApiRequest::get_inventory("WIDGET-1"),
+    ] {
+        let answer = call(&deps, request.without_authorizer()).await;
+        assert_eq!(
+            answer.status,
+            401,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(answer.json()["status"], 401);
+    }
+    assert_eq!(stock_rows(&db).await?, before, "nothing written");
+    Ok(())
+}

@@ -302,8 +302,9 @@ struct SystemArgs {
     /// `--env-vars`, whose entries win.
     #[arg(long)]
     env_file: Option<std::path::PathBuf>,
-    /// Template parameter values, `Name=Value` (over the parameters' defaults).
-    #[arg(long = "parameter-overrides", value_name = "NAME=VALUE")]
+    /// Template parameter values, `Name=Value` (over the parameters' defaults):
+    /// several after one flag, or in one space-separated argument, as SAM takes them.
+    #[arg(long = "parameter-overrides", value_name = "NAME=VALUE", num_args = 1..)]
     parameter_overrides: Vec<String>,
     /// Run the real function binaries as child processes behind the emulator's
     /// Lambda Runtime API, instead of calling the handlers in-process.
@@ -751,7 +752,11 @@ fn load_template(args: &SystemArgs) -> anyhow::Result<crate::template::Template>
         )
     })?;
     let mut parameters = std::collections::BTreeMap::new();
-    for pair in &args.parameter_overrides {
+    for pair in args
+        .parameter_overrides
+        .iter()
+        .flat_map(|p| p.split_whitespace())
+    {
         let (name, value) = pair
             .split_once('=')
             .with_context(|| format!("--parameter-overrides {pair}: expected NAME=VALUE"))?;

@@ -761,6 +761,51 @@ Resources:
         );
     }
 
+    /// Cognito's access tokens carry `client_id` instead of `aud`, and Okta's
+    /// and Azure's `scp` instead of `scope`; a token issued in the future is
+    /// refused, as API Gateway does.
+    #[test]
+    fn client_id_stands_for_aud_scp_for_scope_and_a_future_iat_is_refused() {
+        let (gate, key) = gate();
+        let scopes = ["orders:write".to_owned()];
+        let now = now_secs();
+        let sign = |extra: Value| {
+            let mut claims = json!({"iss": DEV_ISSUER, "sub": "c-1", "exp": now + 60});
+            for (name, value) in extra.as_object().cloned().unwrap_or_default() {
+                claims[name] = value;
+            }
+            let claims = claims.as_object().cloned().unwrap_or_default();
+            bearer(&key.sign(&claims).expect("signed"))
+        };
+        let check = |headers: &HeaderMap| gate.authorize("Api/Jwt", &scopes, headers);
+
+        let cognito = sign(json!({"client_id": DEV_AUDIENCE, "scp": ["orders:write"]}));
+        let context = check(&cognito).expect("client_id is the audience; scp a list");
+        assert_eq!(context["jwt"]["scopes"], json!(["orders:write"]));
+        let text = sign(json!({"aud": DEV_AUDIENCE, "scp": "orders:read orders:write"}));
+        assert!(check(&text).is_ok(), "scp space-separated");
+        let readers = sign(json!({"aud": DEV_AUDIENCE, "scp": ["orders:read"]}));
+        assert!(matches!(check(&readers), Err(Denied::Forbidden { .. })));
+
+        let refused = |headers: &HeaderMap, why: &str| match check(headers) {
+            Err(Denied::Unauthorized(reason)) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("expected 401 ({why}), got {other:?}"),
+        };
+        refused(
+            &sign(json!({"client_id": "another-client", "scope": "orders:write"})),
+            "audience",
+        );
+        refused(&sign(json!({"scope": "orders:write"})), "audience");
+        refused(
+            &sign(json!({"aud": DEV_AUDIENCE, "scope": "orders:write", "iat": now + 300})),
+            "future",
+        );
+        refused(
+            &sign(json!({"aud": DEV_AUDIENCE, "scope": "orders:write", "exp": null})),
+            "no exp",
+        );
+    }
+
     #[test]
     fn the_key_is_kept_and_reused() {
         let dir = std::env::temp_dir().join(format!("emulator-auth-{}", uuid::Uuid::now_v7()));

@@ -478,6 +478,20 @@ async fn scenario(mode: Mode) -> anyhow::Result<()> {
     )?;
     eprintln!("consumer: {reloaded}");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    if mode == Mode::InProcess {
+        // A change that builds but cannot start (create-order refuses its
+        // configuration): the previous build starts again and serves.
+        let unstartable = original.replacen("24 * 60 * 60)? {", "24 * 60 * 60)? * 0 {", 1);
+        anyhow::ensure!(unstartable != original, "the TTL's default moved");
+        std::fs::write(SOURCE, unstartable)?;
+        let (failed, seen) = wait_line(&running.lines, "Reload failed", Duration::from_secs(300))?;
+        eprintln!("unstartable: {failed}");
+        assert!(
+            failed.contains("the previous build serves again"),
+            "{failed}\n{seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let answers = load.stop().await?;
     // (One order was posted by the quiet reload.)
     exactly_once(

@@ -108,6 +108,9 @@ impl ApiRequest {
             self.event["pathParameters"] = json!({ "id": id });
         } else if let Some(sku) = path.strip_prefix("/inventory/") {
             self.event["pathParameters"] = json!({ "sku": sku });
+        } else if let Some(rest) = path.strip_prefix("/customers/") {
+            let id = rest.strip_suffix("/credit").unwrap_or(rest);
+            self.event["pathParameters"] = json!({ "id": id });
         }
         self
     }

@@ -95,6 +95,25 @@ pub struct Reload {
     pub failed: Option<String>,
 }
 
+impl Reload {
+    fn swapped(build: Duration, swapped: Vec<String>) -> Self {
+        Self {
+            build,
+            swapped,
+            failed: None,
+        }
+    }
+
+    /// A build that failed, with the compiler's errors.
+    fn failed(build: Duration, cargo: &std::process::Output) -> Self {
+        Self {
+            build,
+            swapped: Vec::new(),
+            failed: Some(String::from_utf8_lossy(&cargo.stderr).into_owned()),
+        }
+    }
+}
+
 /// What `--watch` builds and swaps.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -159,25 +178,16 @@ async fn reload_emulator(
     let output = cargo_build(root, supervisor.package(), [exe]).await?;
     let build = began.elapsed();
     if !output.status.success() {
-        return Ok(Reload {
-            build,
-            swapped: Vec::new(),
-            failed: Some(String::from_utf8_lossy(&output.stderr).into_owned()),
-        });
+        return Ok(Reload::failed(build, &output));
     }
     if stamp(exe) == before {
-        return Ok(Reload {
-            build,
-            swapped: Vec::new(),
-            failed: None,
-        });
+        return Ok(Reload::swapped(build, Vec::new()));
     }
     supervisor.swap().await?;
-    Ok(Reload {
+    Ok(Reload::swapped(
         build,
-        swapped: vec!["the in-process functions".to_owned()],
-        failed: None,
-    })
+        vec!["the in-process functions".to_owned()],
+    ))
 }
 
 /// Builds the functions' binaries (not the emulator running this) and swaps
@@ -193,11 +203,7 @@ async fn reload_processes(root: &Path, functions: &Functions) -> anyhow::Result<
     .await?;
     let build = began.elapsed();
     if !output.status.success() {
-        return Ok(Reload {
-            build,
-            swapped: Vec::new(),
-            failed: Some(String::from_utf8_lossy(&output.stderr).into_owned()),
-        });
+        return Ok(Reload::failed(build, &output));
     }
     let swapped = changed(&before, &stamps(functions));
     for id in &swapped {
@@ -208,11 +214,7 @@ async fn reload_processes(root: &Path, functions: &Functions) -> anyhow::Result<
             }
         }
     }
-    Ok(Reload {
-        build,
-        swapped,
-        failed: None,
-    })
+    Ok(Reload::swapped(build, swapped))
 }
 
 /// Watches `root` until `stop` and reloads on every change; reports on stdout.

@@ -190,18 +190,8 @@ async fn exactly_once(
     );
     assert_eq!((all, confirmed), (posted, posted), "every order confirmed");
     assert_eq!(reserved, posted, "each order reserved once");
-    let logs = std::process::Command::new(BIN)
-        .args([
-            "logs",
-            "--url",
-            base,
-            "--function",
-            "InventoryConsumerFunction",
-        ])
-        .args(["--json", "--limit", "1000000"])
-        .output()?;
     let mut handled: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for line in String::from_utf8(logs.stdout)?.lines() {
+    for line in logs_of(base, "InventoryConsumerFunction")?.lines() {
         let line: Value = serde_json::from_str(line)?;
         if line["message"] == "event handled" {
             *handled
@@ -215,22 +205,22 @@ async fn exactly_once(
     Ok(())
 }
 
+/// `emulator logs --function F --json`: every line the emulator keeps.
+fn logs_of(base: &str, function: &str) -> anyhow::Result<String> {
+    let logs = std::process::Command::new(BIN)
+        .args(["logs", "--url", base, "--function", function])
+        .args(["--json", "--limit", "1000000"])
+        .output()?;
+    anyhow::ensure!(logs.status.success(), "{logs:?}");
+    Ok(String::from_utf8(logs.stdout)?)
+}
+
 /// Polls `emulator logs` until a line of CreateOrderFunction carries `marker`:
 /// the first order the new code answered.
 async fn first_answer_with(base: &str, marker: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let logs = std::process::Command::new(BIN)
-            .args([
-                "logs",
-                "--url",
-                base,
-                "--function",
-                "CreateOrderFunction",
-                "--json",
-            ])
-            .output()?;
-        if String::from_utf8_lossy(&logs.stdout).contains(marker) {
+        if logs_of(base, "CreateOrderFunction")?.contains(marker) {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "no order ran the new code");

@@ -212,7 +212,7 @@ impl Supervisor {
         let previous = match serving.take() {
             Some(old) => {
                 let binary = old.binary.clone();
-                stop(old).await;
+                stop_process(old).await;
                 Some(binary)
             }
             None => None,
@@ -272,14 +272,14 @@ impl Supervisor {
         *target = None;
         if let Some(old) = self.serving.lock().await.take() {
             let binary = old.binary.clone();
-            stop(old).await;
+            stop_process(old).await;
             let _ = std::fs::remove_file(binary);
         }
     }
 }
 
 /// Asks a process to stop as Ctrl-C does, and waits for it.
-async fn stop(mut serving: Serving) {
+async fn stop_process(mut serving: Serving) {
     if let Some(pid) = serving.child.id().and_then(|id| i32::try_from(id).ok()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

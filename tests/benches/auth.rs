@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use emulator::auth::{Gate, Trust};
 use emulator::system::Mode;
-use tests::load::{closed_loop, median, Load};
-use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
+use tests::load::{median, post_orders};
+use tests::{http_client, stock_up, TestDb};
 
 struct Args {
     clients: usize,
@@ -50,32 +50,6 @@ fn args() -> Result<Args> {
         }
     }
     Ok(parsed)
-}
-
-async fn post_orders(base: &str, clients: usize, duration: Duration, run: &str) -> Result<Load> {
-    let http = http_client()?;
-    let url = Arc::new(format!("{base}/orders"));
-    let run = run.to_owned();
-    closed_loop(clients, duration, move |task, _| {
-        let (http, url) = (http.clone(), Arc::clone(&url));
-        // The same customers (and tokens) in both phases.
-        let customer = format!("{run}-{task}");
-        async move { Ok(post_order(&http, &url, &customer).await.map(drop)?) }
-    })
-    .await
-}
-
-fn line(name: &str, load: &Load) -> String {
-    format!(
-        "{name} {:>6.0}/s (p50 {}, p99 {}{})",
-        load.rate,
-        ms(percentile(&load.latencies, 50.0)),
-        ms(percentile(&load.latencies, 99.0)),
-        match &load.first_error {
-            None => String::new(),
-            Some(e) => format!(", {} errors: {e}", load.errors),
-        }
-    )
 }
 
 #[tokio::main]
@@ -110,8 +84,8 @@ async fn main() -> Result<()> {
         let open = post_orders(&open_base, args.clients, seconds, "c").await?;
         println!(
             "  round {round}: {}   {}   with / without {:.3}",
-            line("authorizer", &verified),
-            line("no authorizer", &open),
+            verified.line("authorizer"),
+            open.line("no authorizer"),
             verified.rate / open.rate
         );
         ratios.push(verified.rate / open.rate);

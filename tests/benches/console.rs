@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use emulator::system::Mode;
-use tests::load::{closed_loop, median, Load};
-use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
+use tests::load::{median, post_orders};
+use tests::{http_client, stock_up, TestDb};
 
 struct Args {
     clients: usize,
@@ -44,30 +44,6 @@ fn args() -> Result<Args> {
         }
     }
     Ok(parsed)
-}
-
-async fn post_orders(base: &str, clients: usize, duration: Duration) -> Result<Load> {
-    let http = http_client()?;
-    let url = Arc::new(format!("{base}/orders"));
-    closed_loop(clients, duration, move |task, _| {
-        let (http, url) = (http.clone(), Arc::clone(&url));
-        let customer = format!("console-{task}");
-        async move { Ok(post_order(&http, &url, &customer).await.map(drop)?) }
-    })
-    .await
-}
-
-fn line(name: &str, load: &Load) -> String {
-    format!(
-        "{name} {:>6.0}/s (p50 {}, p99 {}{})",
-        load.rate,
-        ms(percentile(&load.latencies, 50.0)),
-        ms(percentile(&load.latencies, 99.0)),
-        match &load.first_error {
-            None => String::new(),
-            Some(e) => format!(", {} errors: {e}", load.errors),
-        }
-    )
 }
 
 /// chromedriver on a spare port, and a headless Chromium session through it.
@@ -144,7 +120,7 @@ async fn main() -> Result<()> {
         args.clients, args.seconds, args.rounds
     );
     let seconds = Duration::from_secs(args.seconds);
-    post_orders(&base, args.clients, Duration::from_secs(2)).await?;
+    post_orders(&base, args.clients, Duration::from_secs(2), "console").await?;
     let (mut with, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let functions = Arc::clone(&system.functions);
     // Each phase starts with the pipeline idle: the backlog of one phase does
@@ -173,7 +149,7 @@ async fn main() -> Result<()> {
             } else {
                 page.goto("about:blank").await?;
             }
-            post_orders(base, args.clients, seconds).await
+            post_orders(base, args.clients, seconds, "console").await
         }
     };
     for round in 1..=args.rounds {
@@ -187,8 +163,8 @@ async fn main() -> Result<()> {
         };
         println!(
             "  round {round}: {}   {}   with / without {:.3}",
-            line("console closed", &closed),
-            line("console open", &open),
+            closed.line("console closed"),
+            open.line("console open"),
             open.rate / closed.rate
         );
         ratios.push(open.rate / closed.rate);

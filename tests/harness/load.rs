@@ -15,6 +15,42 @@ pub struct Load {
     pub first_error: Option<String>,
 }
 
+impl Load {
+    /// One line for a report: rate, p50, p99, and the errors if any.
+    pub fn line(&self, name: &str) -> String {
+        format!(
+            "{name} {:>6.0}/s (p50 {}, p99 {}{})",
+            self.rate,
+            crate::ms(crate::percentile(&self.latencies, 50.0)),
+            crate::ms(crate::percentile(&self.latencies, 99.0)),
+            match &self.first_error {
+                None => String::new(),
+                Some(e) => format!(", {} errors: {e}", self.errors),
+            }
+        )
+    }
+}
+
+/// `POST /orders` at `base` for `duration` from `clients` keep-alive clients,
+/// each the customer `{run}-{task}` with its own token (the same customers,
+/// and tokens, in every phase that gives the same `run`).
+pub async fn post_orders(
+    base: &str,
+    clients: usize,
+    duration: Duration,
+    run: &str,
+) -> Result<Load> {
+    let http = crate::http_client()?;
+    let url = Arc::new(format!("{base}/orders"));
+    let run = run.to_owned();
+    closed_loop(clients, duration, move |task, _| {
+        let (http, url) = (http.clone(), Arc::clone(&url));
+        let customer = format!("{run}-{task}");
+        async move { Ok(crate::post_order(&http, &url, &customer).await.map(drop)?) }
+    })
+    .await
+}
+
 /// Runs `work(task, n)` in `clients` tasks, back to back, for `duration`.
 pub async fn closed_loop<F, Fut>(clients: usize, duration: Duration, work: F) -> Result<Load>
 where

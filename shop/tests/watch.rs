@@ -281,6 +281,10 @@ async fn watching(mode: &[&str]) -> anyhow::Result<Running> {
         &vars_path,
         "--state-dir",
         &state_path,
+        // The test counts every `event handled` line of the run: a slow build
+        // under load lets more orders through than the default book holds.
+        "--log-lines",
+        "5000000",
         "--watch",
     ];
     args.extend_from_slice(mode);

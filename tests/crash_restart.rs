@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use emulator::servers::{self, Binaries, StateDir};
 use emulator::system::{Mode, Options, System};
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use shared::envelope::AggregateType;
+use shared::redis_link::Redis;
 use shared::source::{dead_letter_key, DeadLetters, RawEntry};
 use shared::streams::{partition_of, stream_key};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -360,6 +360,7 @@ async fn drive(
         mode: Mode::InProcess,
         database_url: database_url.clone(),
         redis_url: redis_url.clone(),
+        redis_cluster: false,
         trust: tests::auth::trust(),
         registry: std::sync::Arc::new(shop::Shop),
     })
@@ -378,7 +379,7 @@ async fn drive(
         w.start()?;
     }
 
-    let redis_conn = ConnectionManager::new(redis::Client::open(redis_url.as_str())?).await?;
+    let redis_conn = shared::relay::connect_redis(&redis_url, Duration::from_secs(5)).await?;
     let mut poison = Vec::new();
     inject_poison(&redis_conn, &namespace, &mut poison, "early").await?;
 
@@ -725,7 +726,7 @@ async fn place_order(
 /// Writes undecodable entries and envelopes of an unknown type into both
 /// groups' streams, each on an aggregate of its own.
 async fn inject_poison(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     poison: &mut Vec<Poison>,
     when: &str,
@@ -787,11 +788,7 @@ async fn inject_poison(
 /// Appends copies of `n` already published `Order` entries to their streams
 /// again, as a relay that crashed after publishing would: the same event ids,
 /// delivered twice.
-async fn inject_duplicates(
-    redis: &ConnectionManager,
-    namespace: &str,
-    n: usize,
-) -> anyhow::Result<()> {
+async fn inject_duplicates(redis: &Redis, namespace: &str, n: usize) -> anyhow::Result<()> {
     let mut conn = redis.clone();
     let mut copied = 0;
     for p in 0..PARTITIONS {
@@ -863,7 +860,7 @@ fn parse_entries(reply: redis::Value) -> anyhow::Result<Vec<RawEntry>> {
     Ok(out)
 }
 
-async fn dead_letter_count(redis: &ConnectionManager, namespace: &str) -> anyhow::Result<u64> {
+async fn dead_letter_count(redis: &Redis, namespace: &str) -> anyhow::Result<u64> {
     let mut n = 0;
     for (group, _) in GROUPS {
         n += DeadLetters::new(redis.clone(), namespace, group)
@@ -875,7 +872,7 @@ async fn dead_letter_count(redis: &ConnectionManager, namespace: &str) -> anyhow
 
 /// Every entry of the streams of `aggregate`: (event id, event type, aggregate id), poison included.
 async fn stream_events(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     aggregate: &str,
 ) -> anyhow::Result<Vec<(String, String, String)>> {
@@ -922,7 +919,7 @@ async fn stream_events(
 async fn check(
     report: &mut Report,
     pool: &PgPool,
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     initial: &BTreeMap<String, i64>,
     accepted: &[(String, bool)],

@@ -49,6 +49,7 @@ async fn a_function_the_registry_does_not_link_runs_as_its_binary() -> anyhow::R
         mode: Mode::InProcess,
         database_url: tests::admin_url(),
         redis_url: tests::redis_url(),
+        redis_cluster: false,
         trust: tests::auth::trust(),
         registry: std::sync::Arc::new(shop::Shop),
     })
@@ -90,6 +91,7 @@ async fn serve() -> anyhow::Result<RunningEmulator> {
         },
         database_url: tests::admin_url(),
         redis_url: tests::redis_url(),
+        redis_cluster: false,
         trust: tests::auth::trust(),
         registry: std::sync::Arc::new(emulator::functions::NothingLinked),
     })

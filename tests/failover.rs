@@ -12,18 +12,15 @@
 
 #![allow(clippy::expect_used, clippy::print_stderr)] // Test code: `expect` says what it relies on; reports go to stderr.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-use shared::envelope::AggregateType;
+use shared::redis_link::RedisClient;
 use shared::relay::{Relay, RelayError, RelayOptions};
-use shared::streams::stream_keys;
 use sqlx::Connection;
 use tests::forwarder::Forwarder;
-use tests::source::{fast_settings, Running};
+use tests::pipeline::{Outcome, Pipeline, Wiring};
 use tests::wait_until;
-use tests::{spare_port, Answer, ApiRequest, RedisServer, RunningRelay, TestDb};
+use tests::{spare_port, RedisServer, TestDb};
 
 const BEFORE: usize = 15;
 const DURING: usize = 15;
@@ -102,158 +99,14 @@ impl Servers {
     }
 }
 
-/// The order system on the endpoint.
-struct System {
-    db: TestDb,
-    ns: String,
-    api: create_order::Deps,
-    relay: Option<RunningRelay>,
-    consumers: Vec<Running>,
-    redis_url: String,
-    generation: usize,
-}
-
-impl System {
-    async fn start(redis_url: String, min_replicas: u32) -> anyhow::Result<Self> {
-        let db = TestDb::fresh().await?;
-        let ns = tests::unique_namespace();
-        let options = RelayOptions {
-            stream_namespace: ns.clone(),
-            min_replicas,
-            replica_timeout: Duration::from_millis(200),
-            ..tests::relay_options()
-        };
-        let relay = RunningRelay::start(
-            tests::relay(&db.pool, &redis_url, options).await?,
-            Duration::from_millis(200),
-        )
-        .await;
-        let mut system = Self {
-            api: create_order::Deps {
-                pool: db.pool.clone(),
-                idempotency_ttl: Duration::from_secs(3600),
-            },
-            db,
-            ns,
-            relay: Some(relay),
-            consumers: Vec::new(),
-            redis_url,
-            generation: 0,
-        };
-        sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('P-1', 1000000, 100)")
-            .execute(&system.db.pool)
-            .await?;
-        system.start_consumers().await?;
-        Ok(system)
-    }
-
-    fn streams(&self, aggregate: &str) -> Vec<String> {
-        stream_keys(
-            &self.ns,
-            &AggregateType::parse(aggregate).expect("valid"),
-            1,
-        )
-    }
-
-    async fn source(
-        &self,
-        group: &str,
-        aggregates: &[&str],
-    ) -> anyhow::Result<shared::source::EventSource> {
-        let streams = aggregates.iter().flat_map(|a| self.streams(a)).collect();
-        let mut settings = fast_settings(&self.ns, group, streams);
-        settings.consumer = format!("{group}-{}", self.generation);
-        Ok(
-            shared::source::EventSource::connect(&self.redis_url, Duration::from_secs(5), settings)
-                .await?,
-        )
-    }
-
-    async fn start_consumers(&mut self) -> anyhow::Result<()> {
-        self.generation += 1;
-        let inventory = Arc::new(inventory_consumer::Inventory {
-            pool: self.db.pool.clone(),
-        });
-        let customers = Arc::new(customers_consumer::Customers {
-            pool: self.db.pool.clone(),
-            default_limit_cents: 100_000_000_000,
-        });
-        let saga = Arc::new(order_saga::Saga {
-            pool: self.db.pool.clone(),
-        });
-        self.consumers.push(Running::start(
-            self.source(inventory_consumer::GROUP, &["Order"]).await?,
-            inventory,
-        ));
-        self.consumers.push(Running::start(
-            self.source(customers_consumer::GROUP, &["Order"]).await?,
-            customers,
-        ));
-        self.consumers.push(Running::start(
-            self.source(order_saga::GROUP, &["Reservation", "Credit"])
-                .await?,
-            saga,
-        ));
-        Ok(())
-    }
-
-    async fn stop_consumers(&mut self) -> anyhow::Result<()> {
-        for c in self.consumers.drain(..) {
-            c.stop().await?;
-        }
-        Ok(())
-    }
-
-    async fn post_orders(&self, n: usize) -> anyhow::Result<()> {
-        for i in 0..n {
-            let body =
-                json!({"items": [{"sku": "P-1", "quantity": 1 + i % 3, "unit_price_cents": 100}]})
-                    .to_string();
-            let answer = Answer::from(
-                create_order::handle(&self.api, ApiRequest::post_orders(&body).build()).await,
-            );
-            anyhow::ensure!(
-                answer.status == 201,
-                "POST /orders answered {}",
-                answer.status
-            );
-        }
-        Ok(())
-    }
-
-    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(sql).fetch_one(&self.db.pool).await?)
-    }
-
-    async fn pending(&self) -> anyhow::Result<i64> {
-        self.count("SELECT count(*) FROM orders.orders WHERE status = 'PENDING'")
-            .await
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop_consumers().await?;
-        if let Some(relay) = self.relay.take() {
-            relay.stop().await?;
-        }
-        Ok(())
-    }
-}
-
-/// What a failover left behind.
-#[derive(Debug)]
-struct Outcome {
-    pending: i64,
-    confirmed: i64,
-    /// Stock reserved against the quantities of the confirmed orders.
-    reserved: (i64, i64),
-    reservations: i64,
-    /// Inventory inbox rows: one per distinct OrderCreated.
-    inventory_inbox: i64,
-}
-
 async fn failover(min_replicas: u32, reconciler: bool) -> anyhow::Result<Outcome> {
     let mut servers = Servers::start().await?;
-    let mut system = System::start(servers.endpoint.url(), min_replicas).await?;
+    let mut system = Pipeline::start(Wiring {
+        redis: RedisClient::open(&servers.endpoint.url(), false)?,
+        partitions: 1,
+        min_replicas,
+    })
+    .await?;
     system.post_orders(BEFORE).await?;
     wait_until(
         Duration::from_secs(60),
@@ -294,40 +147,9 @@ async fn failover(min_replicas: u32, reconciler: bool) -> anyhow::Result<Outcome
     }
     // Let in-flight redeliveries settle before counting effects.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let outcome = Outcome {
-        pending: system.pending().await?,
-        confirmed: system
-            .count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
-            .await?,
-        reserved: (
-            system
-                .count("SELECT reserved::bigint FROM inventory.stock WHERE sku = 'P-1'")
-                .await?,
-            system
-                .count("SELECT coalesce(sum(l.quantity), 0)::bigint FROM orders.order_lines l JOIN orders.orders o ON o.id = l.order_id WHERE o.status = 'CONFIRMED'")
-                .await?,
-        ),
-        reservations: system
-            .count("SELECT count(*) FROM inventory.reservations")
-            .await?,
-        inventory_inbox: system
-            .count("SELECT count(*) FROM inventory.processed_events")
-            .await?,
-    };
+    let outcome = system.outcome().await?;
     system.stop().await?;
     Ok(outcome)
-}
-
-fn assert_nothing_lost(outcome: &Outcome) {
-    let accepted = (BEFORE + DURING) as i64;
-    assert_eq!(outcome.pending, 0, "{outcome:?}");
-    assert_eq!(outcome.confirmed, accepted, "{outcome:?}");
-    assert_eq!(
-        outcome.reserved.0, outcome.reserved.1,
-        "stock exact: {outcome:?}"
-    );
-    assert_eq!(outcome.reservations, accepted, "reserved once: {outcome:?}");
-    assert_eq!(outcome.inventory_inbox, accepted, "{outcome:?}");
 }
 
 #[tokio::test]
@@ -335,7 +157,7 @@ async fn with_replica_acknowledgement_a_failover_loses_no_order() -> anyhow::Res
     // WAIT alone: the batches the replica never acknowledged stay in the outbox
     // and are published again to the promoted replica.
     let outcome = failover(1, false).await?;
-    assert_nothing_lost(&outcome);
+    outcome.assert_nothing_lost((BEFORE + DURING) as i64);
     Ok(())
 }
 
@@ -343,7 +165,7 @@ async fn with_replica_acknowledgement_a_failover_loses_no_order() -> anyhow::Res
 async fn with_the_reconciler_a_failover_loses_no_order() -> anyhow::Result<()> {
     // The reconciler alone: what the failover lost is sent again.
     let outcome = failover(0, true).await?;
-    assert_nothing_lost(&outcome);
+    outcome.assert_nothing_lost((BEFORE + DURING) as i64);
     Ok(())
 }
 

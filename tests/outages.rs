@@ -120,6 +120,7 @@ async fn drive(
         mode: Mode::InProcess,
         database_url: database_url.clone(),
         redis_url: redis.url.clone(),
+        redis_cluster: false,
         trust: tests::auth::trust(),
         registry: std::sync::Arc::new(shop::Shop),
     })

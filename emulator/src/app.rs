@@ -611,11 +611,8 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
                 registry.migrations(),
             )
             .await?;
-            let relay = shared::relay::Relay::new(
-                stores.pool()?.clone(),
-                connect_redis(&stores.redis_url).await?,
-                options,
-            );
+            let relay =
+                shared::relay::Relay::new(stores.pool()?.clone(), connect_redis(&stores)?, options);
             match action {
                 None => crate::cli::outbox(&relay, report_format(json), &mut out).await?,
                 Some(OutboxAction::Failed { outbox, count }) => {
@@ -642,7 +639,7 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             let stores =
                 crate::stores::Stores::prepare(&env, None, crate::stores::Needs::Redis, Vec::new())
                     .await?;
-            let redis = connect_redis(&stores.redis_url).await?;
+            let redis = connect_redis(&stores)?;
             crate::cli::streams(&redis, &namespace, report_format(json), &mut out).await?;
             stores.stop().await
         }
@@ -652,7 +649,7 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
             let stores =
                 crate::stores::Stores::prepare(&env, None, crate::stores::Needs::Redis, Vec::new())
                     .await?;
-            let redis = connect_redis(&stores.redis_url).await?;
+            let redis = connect_redis(&stores)?;
             dlq(&env, &redis, &namespace, &groups, action, &mut out).await?;
             stores.stop().await
         }
@@ -661,7 +658,7 @@ async fn run(registry: Arc<dyn Registry>) -> anyhow::Result<()> {
 
 async fn dlq(
     env: &Env,
-    redis: &redis::aio::ConnectionManager,
+    redis: &shared::redis_link::Redis,
     namespace: &str,
     groups: &[String],
     action: DlqAction,
@@ -735,12 +732,11 @@ fn report_format(json: bool) -> crate::cli::Format {
     }
 }
 
-async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    shared::relay::connect_redis(url, Duration::from_secs(10))
-        .await
-        .with_context(|| {
-            format!("connecting to Redis at {url} (start redis-server, or set REDIS_URL)")
-        })
+/// The stores' Redis: one node, or a cluster with `REDIS_CLUSTER=true`.
+fn connect_redis(stores: &crate::stores::Stores) -> anyhow::Result<shared::redis_link::Redis> {
+    shared::redis_link::RedisClient::open(&stores.redis_url, stores.redis_cluster)
+        .and_then(|client| client.connect(Duration::from_secs(10)))
+        .context("connecting to Redis (start redis-server, or set REDIS_URL)")
 }
 
 /// The template with `--parameter-overrides`, `--env-file` and `--env-vars` applied.
@@ -904,6 +900,7 @@ async fn up(
         mode,
         database_url: stores.database_url.clone(),
         redis_url: stores.redis_url.clone(),
+        redis_cluster: stores.redis_cluster,
         trust,
         registry,
     })
@@ -1000,7 +997,7 @@ async fn status_source(
         Some(namespace) => namespace,
         None => shared::streams::namespace(env)?,
     };
-    let redis = connect_redis(&stores.redis_url).await?;
+    let redis = connect_redis(stores)?;
     let options = shared::relay::RelayOptions {
         outboxes: template.relay_outboxes()?,
         stream_namespace: namespace.clone(),
@@ -1064,6 +1061,7 @@ async fn invoke(
         mode: mode(args)?,
         database_url: stores.database_url.clone(),
         redis_url: stores.redis_url.clone(),
+        redis_cluster: stores.redis_cluster,
         // `invoke` hands the event to the function as given: no authorizer runs.
         trust: crate::auth::Trust::Off,
         registry,

@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 use shared::outbox::Outbox;
+use shared::redis_link::Redis;
 use shared::relay::Relay;
 use shared::source::{DeadLetter, DeadLetters, RedrivePolicy, RedriveReport, Selection};
 
@@ -128,7 +128,7 @@ fn age(ms: u64) -> String {
 /// the age of its oldest entry (retention trims by that age), then the dead
 /// letters of `groups`, up to `count` each.
 pub async fn dlq_list(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     groups: &[&str],
     count: usize,
@@ -183,7 +183,7 @@ pub async fn dlq_list(
 
 /// `dlq show`: one dead letter, with its original fields.
 pub async fn dlq_show(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     group: &str,
     id: &str,
@@ -209,7 +209,7 @@ pub async fn dlq_show(
 
 /// `dlq summary`: the group's dead letters by error, event type and hour.
 pub async fn dlq_summary(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     group: &str,
     format: Format,
@@ -234,7 +234,7 @@ pub async fn dlq_summary(
 /// `dlq redrive`: back to their original streams, with progress; what was
 /// (or, dry, would be) redriven per stream, and what was refused.
 pub async fn dlq_redrive(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     group: &str,
     selection: &Selection,
@@ -285,7 +285,7 @@ pub fn redrive_lines(key: &str, policy: &RedrivePolicy, report: &RedriveReport) 
 
 /// `dlq purge`: with `yes`, deletes; without, says how many it would.
 pub async fn dlq_purge(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     group: &str,
     selection: &Selection,
@@ -309,7 +309,7 @@ pub async fn dlq_purge(
 
 /// `streams`: per stream, its length and each group's consumers, pending and lag.
 pub async fn streams(
-    redis: &ConnectionManager,
+    redis: &Redis,
     namespace: &str,
     format: Format,
     out: &mut dyn Write,

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use shared::redis_link::Redis;
 use shared::relay::Relay;
 
 use crate::functions::Functions;
@@ -20,7 +20,7 @@ use crate::functions::Functions;
 #[derive(Debug)]
 pub struct Source {
     pub relay: Relay,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub namespace: String,
 }
 

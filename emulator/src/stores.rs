@@ -44,6 +44,8 @@ pub struct Stores {
     pool: Option<PgPool>,
     pub database_url: String,
     pub redis_url: String,
+    /// `REDIS_CLUSTER=true` with a configured `REDIS_URL`: a Redis Cluster.
+    pub redis_cluster: bool,
     postgres: Option<servers::Postgres>,
     redis: Option<servers::Redis>,
 }
@@ -86,6 +88,7 @@ impl Stores {
             pool: None,
             database_url: String::new(),
             redis_url: String::new(),
+            redis_cluster: false,
             postgres: None,
             redis: None,
         };
@@ -93,12 +96,11 @@ impl Stores {
             // A configured REDIS_URL with REDIS_USERNAME / REDIS_PASSWORD applied, as
             // the functions apply them (e.g. ElastiCache's AUTH token for `dlq`).
             let configured = match env.get("REDIS_URL")? {
-                Some(_) => Some(
-                    secrecy::ExposeSecret::expose_secret(
-                        shared::config::RedisConfig::from_env(env)?.url(),
-                    )
-                    .to_owned(),
-                ),
+                Some(_) => {
+                    let config = shared::config::RedisConfig::from_env(env)?;
+                    stores.redis_cluster = config.cluster();
+                    Some(secrecy::ExposeSecret::expose_secret(config.url()).to_owned())
+                }
                 None => None,
             };
             let redis = servers::redis(configured.as_deref(), DEFAULT_REDIS, &state).await?;

@@ -332,6 +332,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         vars: vec![
             ("DATABASE_URL", stores.database_url.clone()),
             ("REDIS_URL", stores.redis_url.clone()),
+            ("REDIS_CLUSTER", stores.redis_cluster.to_string()),
         ],
         public,
         handover: handover.clone(),

@@ -47,6 +47,8 @@ pub struct Options {
     /// the emulator prepared.
     pub database_url: String,
     pub redis_url: String,
+    /// The Redis is a cluster: every function gets `REDIS_CLUSTER=true`.
+    pub redis_cluster: bool,
     /// The keys the HTTP APIs' JWT authorizers trust.
     pub trust: crate::auth::Trust,
     /// The functions linked in-process ([`Mode::InProcess`]).
@@ -309,6 +311,8 @@ fn environment(spec: &FunctionSpec, options: &Options) -> BTreeMap<String, Strin
         .or_insert_with(|| options.database_url.clone());
     env.entry("REDIS_URL".into())
         .or_insert_with(|| options.redis_url.clone());
+    // The store the emulator prepared decides, not the template's parameter for AWS.
+    env.insert("REDIS_CLUSTER".into(), options.redis_cluster.to_string());
     if matches!(options.mode, Mode::InProcess) {
         let configured = env
             .get("DATABASE_MAX_CONNECTIONS")

@@ -324,6 +324,7 @@ impl fmt::Debug for DatabaseConfig {
 #[derive(Clone)]
 pub struct RedisConfig {
     url: SecretString,
+    cluster: bool,
 }
 
 impl RedisConfig {
@@ -333,14 +334,34 @@ impl RedisConfig {
     /// The ACL user (MemoryDB, ElastiCache RBAC); unset: Redis's `default` user.
     pub const USERNAME: &'static str = "REDIS_USERNAME";
 
-    /// Reads `REDIS_URL` (required) and `REDIS_USERNAME` / `REDIS_PASSWORD`, which
-    /// replace the URL's credentials (e.g. resolved from Secrets Manager).
+    /// `true`: a Redis Cluster (ElastiCache with cluster mode enabled, or any
+    /// Redis Cluster), whose nodes `REDIS_URL` names, one or several
+    /// comma-separated.
+    pub const CLUSTER: &'static str = "REDIS_CLUSTER";
+
+    /// Reads `REDIS_URL` (required), `REDIS_CLUSTER` (false) and
+    /// `REDIS_USERNAME` / `REDIS_PASSWORD`, which replace the URL's credentials
+    /// (e.g. resolved from Secrets Manager; on a cluster, every node's).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.require(Self::URL, "e.g. redis://127.0.0.1:6379")?;
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let cluster: bool = env.parse_or(Self::CLUSTER, false)?;
+        let nodes: Vec<&str> = if cluster {
+            url.split(',').map(str::trim).collect()
+        } else {
+            vec![url]
+        };
+        if nodes
+            .iter()
+            .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
             return Err(ConfigError::Malformed {
                 var: Self::URL,
-                reason: "must start with redis:// or rediss://".into(),
+                reason: if cluster {
+                    "each node's URL must start with redis:// or rediss://".into()
+                } else {
+                    "must start with redis:// or rediss:// (several nodes need REDIS_CLUSTER=true)"
+                        .into()
+                },
             });
         }
         let password = env.get(Self::PASSWORD)?;
@@ -353,15 +374,32 @@ impl RedisConfig {
                     hint: "REDIS_USERNAME needs the user's password",
                 })
             }
-            (username, Some(password)) => with_credentials(url, username, password),
+            (username, Some(password)) => nodes
+                .iter()
+                .map(|u| with_credentials(u, username, password))
+                .collect::<Vec<_>>()
+                .join(","),
         };
         Ok(Self {
             url: SecretString::from(url),
+            cluster,
         })
     }
 
+    /// One node's URL, or with [`RedisConfig::cluster`] the nodes' URLs,
+    /// comma-separated.
     pub fn url(&self) -> &SecretString {
         &self.url
+    }
+
+    pub fn cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The client for this configuration.
+    pub fn client(&self) -> Result<crate::redis_link::RedisClient, redis::RedisError> {
+        use secrecy::ExposeSecret as _;
+        crate::redis_link::RedisClient::open(self.url.expose_secret(), self.cluster)
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`envelope`]: the one event envelope, and how it is written to a Redis Stream
 //!   entry and an outbox row.
 //! - [`outbox`]: appending an event to a service's transactional outbox.
+//! - [`redis_link`]: one Redis node or a Redis Cluster behind one connection type.
 //! - [`relay`]: moving outbox rows to Redis Streams, in order, never losing one.
 //! - [`source`]: reading Redis Streams with the semantics of a Lambda event source mapping.
 //! - [`streams`]: stream names and partitions.
@@ -33,6 +34,7 @@ pub mod inbox;
 pub mod logbook;
 pub mod metrics;
 pub mod outbox;
+pub mod redis_link;
 pub mod relay;
 pub mod retention;
 pub mod source;

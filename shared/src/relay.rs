@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::redis_link::{Redis, RedisClient, Sending, SlotPipeline};
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info, warn};
@@ -430,7 +430,7 @@ fn slot_lock_base(outbox: &Outbox) -> i32 {
 /// Moves events from the outboxes to Redis Streams.
 pub struct Relay {
     pool: PgPool,
-    redis: ConnectionManager,
+    redis: Redis,
     options: RelayOptions,
     /// Where the next batch starts looking for free slots, so successive batches
     /// cycle through all of them.
@@ -450,7 +450,7 @@ impl fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, redis: ConnectionManager, options: RelayOptions) -> Self {
+    pub fn new(pool: PgPool, redis: Redis, options: RelayOptions) -> Self {
         let sql = options
             .outboxes
             .iter()
@@ -584,7 +584,7 @@ impl Relay {
             Vec::new()
         };
 
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipeline::new();
         let mut published = Vec::with_capacity(rows.len());
         let mut logged = Vec::with_capacity(rows.len());
         let (mut failed_ids, mut failed_errors) = (Vec::new(), Vec::new());
@@ -598,7 +598,9 @@ impl Relay {
             };
             match self.entry(row) {
                 Ok((key, fields)) => {
-                    pipe.xadd(&key, "*", &fields).ignore();
+                    let mut xadd = redis::cmd("XADD");
+                    xadd.arg(&key).arg("*").arg(&fields);
+                    pipe.add(&key, xadd);
                     published.push(id);
                     logged.push((line, key));
                 }
@@ -613,22 +615,27 @@ impl Relay {
         // transaction: the deletion counts only if the commit below happens, and
         // the commit happens only once Redis has accepted every entry (and, with
         // `min_replicas`, once that many replicas have it: `WAIT` in the same
-        // pipeline, so it covers exactly what came before it on the connection).
+        // pipeline, so it covers exactly what came before it on the connection;
+        // on a cluster, one pipeline per slot, each with its own `WAIT`).
         if !published.is_empty() {
             let mut redis = self.redis.clone();
             let wanted = self.options.min_replicas;
             let timeout_ms =
                 u64::try_from(self.options.replica_timeout.as_millis()).unwrap_or(u64::MAX);
-            if wanted > 0 {
-                pipe.cmd("WAIT").arg(wanted).arg(timeout_ms);
-            }
-            let publish = pipe.query_async::<Vec<u64>>(&mut redis);
+            let wait = (wanted > 0).then(|| redis::cmd("WAIT").arg(wanted).arg(timeout_ms).clone());
+            let publish = pipe.run(&mut redis, Sending::Concurrently, wait.as_ref());
             let delete = sqlx::query(&sql.delete).bind(&published).execute(&mut **tx);
             let (published_result, deleted) = tokio::join!(publish, delete);
             let replies = published_result
                 .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
             if wanted > 0 {
-                let acked = replies.first().copied().unwrap_or(0);
+                // The least replicated pipeline decides.
+                let acked = replies
+                    .tails
+                    .into_iter()
+                    .map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0))
+                    .min()
+                    .unwrap_or(0);
                 if acked < u64::from(wanted) {
                     self.metrics.count(Metric::REPLICATION_TIMEOUTS, 1);
                     return Err(RelayError::Replication {
@@ -1144,11 +1151,7 @@ impl Relay {
 
 /// The lowest id that may be trimmed to: `cutoff`, or the oldest entry a group
 /// still has pending (or has not yet been delivered), whichever is lower.
-async fn safe_min_id(
-    redis: &mut ConnectionManager,
-    key: &str,
-    cutoff: String,
-) -> Result<String, RelayError> {
+async fn safe_min_id(redis: &mut Redis, key: &str, cutoff: String) -> Result<String, RelayError> {
     let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(key)
@@ -1202,29 +1205,15 @@ impl fmt::Display for StreamId {
     }
 }
 
-/// A Redis connection for the relay: reconnects by itself, and gives up on a
-/// command after `response_timeout` so an unreachable Redis fails a batch
-/// instead of hanging it.
+/// A connection to the Redis node at `url` for the relay: reconnects by
+/// itself, and gives up on a command after `response_timeout` so an
+/// unreachable Redis fails a batch instead of hanging it. (A cluster:
+/// [`RedisClient::open`] with `cluster`, then [`RedisClient::connect`].)
 pub async fn connect_redis(
     url: &str,
     response_timeout: Duration,
-) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    lazy_connection(client, response_timeout)
-}
-
-/// A connection manager for `client` that connects on its first command (and
-/// reconnects after a failure), so a cold start neither waits for Redis nor
-/// fails while it is briefly away: the first command reports that instead.
-pub fn lazy_connection(
-    client: redis::Client,
-    response_timeout: Duration,
-) -> Result<ConnectionManager, redis::RedisError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(response_timeout))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(1);
-    ConnectionManager::new_lazy_with_config(client, config)
+) -> Result<Redis, redis::RedisError> {
+    RedisClient::open(url, false)?.connect(response_timeout)
 }
 
 /// Whether the relay failed because a store is away ([`Failure::Outage`]).

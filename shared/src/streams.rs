@@ -68,34 +68,13 @@ pub fn stream_key_pattern(namespace: &str) -> String {
     format!("{namespace}:{{*}}")
 }
 
-/// The keys of every stream matching `pattern` (`SCAN ... MATCH ... TYPE stream`),
-/// sorted, each once (`SCAN` may return a key twice).
+/// The keys of every stream matching `pattern` (`SCAN ... MATCH ... TYPE stream`,
+/// on every primary of a cluster), sorted, each once.
 pub async fn scan_streams(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut crate::redis_link::Redis,
     pattern: &str,
 ) -> Result<Vec<String>, redis::RedisError> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(redis)
-            .await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
+    redis.scan(pattern, Some("stream")).await
 }
 
 #[cfg(test)]

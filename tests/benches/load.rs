@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use redis::aio::ConnectionManager;
+use shared::redis_link::Redis;
 use shared::relay::Relay;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -111,7 +111,7 @@ struct Target {
 struct Database {
     pool: PgPool,
     relay: Relay,
-    redis: ConnectionManager,
+    redis: Redis,
     namespace: String,
 }
 

@@ -97,6 +97,7 @@ pub async fn start_with(
         mode,
         database_url: db.url(),
         redis_url: crate::redis_url(),
+        redis_cluster: false,
         trust,
         registry: std::sync::Arc::new(shop::Shop),
     })

@@ -8,9 +8,11 @@
 #![allow(clippy::expect_used, clippy::print_stderr)]
 
 pub mod auth;
+pub mod cluster;
 pub mod emulated;
 pub mod forwarder;
 pub mod load;
+pub mod pipeline;
 pub mod source;
 
 pub use test_support::{

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use lambda_runtime::LambdaEvent;
-use secrecy::ExposeSecret;
 use shared::config::{ConfigError, DatabaseConfig, Env, RedisConfig};
 use shared::relay::{DrainSummary, Relay, RelayError, RelayOptions};
 use shared::telemetry::Invocation;
@@ -50,9 +49,7 @@ pub struct Deps {
 impl Deps {
     pub async fn connect(config: &Config) -> Result<Self, redis::RedisError> {
         let pool = shared::db::lazy_pool(&config.database);
-        let redis =
-            shared::relay::connect_redis(config.redis.url().expose_secret(), config.redis_timeout)
-                .await?;
+        let redis = config.redis.client()?.connect(config.redis_timeout)?;
         Ok(Self {
             relay: Relay::new(pool, redis, config.relay.clone()),
             safety_margin: config.safety_margin,

@@ -128,14 +128,12 @@ pub struct Consumer<H> {
 
 impl<H: super::BatchHandler> Consumer<H> {
     pub async fn connect(config: &ConsumerConfig, handler: H) -> Result<Self, redis::RedisError> {
-        use secrecy::ExposeSecret;
         Ok(Self {
-            source: super::EventSource::connect(
-                config.redis.url().expose_secret(),
+            source: super::EventSource::with_client(
+                config.redis.client()?,
                 config.redis_timeout,
                 config.source.clone(),
-            )
-            .await?,
+            )?,
             handler: std::sync::Arc::new(handler),
             safety_margin: config.safety_margin,
             stopping: tokio::sync::watch::Sender::new(false),

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis_link::{Redis, Sending, SlotPipeline};
 use redis::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -75,7 +75,7 @@ pub fn dead_letter_key_pattern(namespace: &str) -> String {
 
 /// The keys of every dead-letter stream under `namespace`, sorted.
 pub async fn dead_letter_keys(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     namespace: &str,
 ) -> Result<Vec<String>, redis::RedisError> {
     crate::streams::scan_streams(redis, &dead_letter_key_pattern(namespace)).await
@@ -96,7 +96,7 @@ pub struct DeadLetterStream {
 /// Every dead-letter stream under `namespace` with its length and the age of
 /// its oldest entry (what retention trims first).
 pub async fn dead_letter_streams(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     namespace: &str,
 ) -> Result<Vec<DeadLetterStream>, redis::RedisError> {
     let prefix = format!("{namespace}:dlq:");
@@ -378,7 +378,7 @@ fn admit<'a>(
 /// A consumer group's dead-letter stream.
 #[derive(Clone)]
 pub struct DeadLetters {
-    redis: ConnectionManager,
+    redis: Redis,
     key: String,
     redrives_key: String,
 }
@@ -403,7 +403,7 @@ struct Walk {
 const CHUNK: usize = 200;
 
 impl DeadLetters {
-    pub fn new(redis: ConnectionManager, namespace: &str, group: &str) -> Self {
+    pub fn new(redis: Redis, namespace: &str, group: &str) -> Self {
         Self {
             redis,
             key: dead_letter_key(namespace, group),
@@ -618,28 +618,39 @@ impl DeadLetters {
         if letters.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        // The copies go back before the dead letters are deleted: a crash in
+        // between leaves a duplicate, never a loss. (On a cluster the source
+        // streams, the counts and the dead letters may be on three slots: each
+        // slot's commands go in the order of its first one, so the copies
+        // still come first.)
+        let mut pipe = SlotPipeline::new();
         for letter in letters {
             let mut xadd = redis::cmd("XADD");
             xadd.arg(&letter.source_stream).arg("*");
             for (k, v) in &letter.fields {
                 xadd.arg(k.as_slice()).arg(v.as_slice());
             }
-            // The copy goes back before the dead letter is deleted: a crash in
-            // between leaves a duplicate, never a loss.
-            pipe.add_command(xadd).ignore();
-            pipe.cmd("HINCRBY")
+            pipe.add(&letter.source_stream, xadd);
+        }
+        for letter in letters {
+            let mut count = redis::cmd("HINCRBY");
+            count
                 .arg(&self.redrives_key)
                 .arg(identity(&letter.fields))
-                .arg(1)
-                .ignore();
-            pipe.cmd("XDEL").arg(&self.key).arg(&letter.id).ignore();
+                .arg(1);
+            pipe.add(&self.redrives_key, count);
         }
-        pipe.cmd("EXPIRE")
-            .arg(&self.redrives_key)
-            .arg(REDRIVE_MEMORY.as_secs())
-            .ignore();
-        pipe.query_async::<()>(&mut self.redis.clone()).await
+        let mut expire = redis::cmd("EXPIRE");
+        expire.arg(&self.redrives_key).arg(REDRIVE_MEMORY.as_secs());
+        pipe.add(&self.redrives_key, expire);
+        let mut delete = redis::cmd("XDEL");
+        delete
+            .arg(&self.key)
+            .arg(letters.iter().map(|l| l.id.as_str()).collect::<Vec<_>>());
+        pipe.add(&self.key, delete);
+        pipe.run(&mut self.redis.clone(), Sending::InOrder, None)
+            .await
+            .map(drop)
     }
 
     /// Deletes the selected dead letters and their redrive counts; returns how many.
@@ -647,14 +658,13 @@ impl DeadLetters {
         match selection {
             Selection::All => {
                 let n = self.count().await?;
-                redis::pipe()
-                    .cmd("DEL")
-                    .arg(&self.key)
-                    .ignore()
-                    .cmd("DEL")
-                    .arg(&self.redrives_key)
-                    .ignore()
-                    .query_async::<()>(&mut self.redis.clone())
+                let mut pipe = SlotPipeline::new();
+                pipe.add(&self.key, redis::cmd("DEL").arg(&self.key).clone());
+                pipe.add(
+                    &self.redrives_key,
+                    redis::cmd("DEL").arg(&self.redrives_key).clone(),
+                );
+                pipe.run(&mut self.redis.clone(), Sending::InOrder, None)
                     .await?;
                 Ok(n)
             }
@@ -690,17 +700,21 @@ impl DeadLetters {
         }
         let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
         let identities: Vec<String> = letters.iter().map(|l| identity(&l.fields)).collect();
-        redis::pipe()
-            .cmd("XDEL")
-            .arg(&self.key)
-            .arg(&ids)
-            .ignore()
-            .cmd("HDEL")
-            .arg(&self.redrives_key)
-            .arg(&identities)
-            .ignore()
-            .query_async::<()>(&mut self.redis.clone())
+        let mut pipe = SlotPipeline::new();
+        pipe.add(
+            &self.key,
+            redis::cmd("XDEL").arg(&self.key).arg(&ids).clone(),
+        );
+        pipe.add(
+            &self.redrives_key,
+            redis::cmd("HDEL")
+                .arg(&self.redrives_key)
+                .arg(&identities)
+                .clone(),
+        );
+        pipe.run(&mut self.redis.clone(), Sending::InOrder, None)
             .await
+            .map(drop)
     }
 }
 

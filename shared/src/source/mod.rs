@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::redis_link::{Redis, RedisClient};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -147,8 +147,8 @@ const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 /// Reads a consumer group's streams and calls a batch handler.
 pub struct EventSource {
     settings: Arc<SourceSettings>,
-    client: redis::Client,
-    redis: ConnectionManager,
+    client: RedisClient,
+    redis: Redis,
     stats: Arc<Stats>,
 }
 
@@ -192,15 +192,24 @@ impl Drop for Task {
 }
 
 impl EventSource {
-    /// Connects to Redis at `url` (commands time out after `response_timeout`;
-    /// blocking reads use their own connections with a longer timeout).
+    /// Connects to the Redis node at `url` (commands time out after
+    /// `response_timeout`; blocking reads use their own connections with a
+    /// longer timeout).
     pub async fn connect(
         url: &str,
         response_timeout: Duration,
         settings: SourceSettings,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let redis = crate::relay::lazy_connection(client.clone(), response_timeout)?;
+        Self::with_client(RedisClient::open(url, false)?, response_timeout, settings)
+    }
+
+    /// As [`EventSource::connect`], to a node or a cluster.
+    pub fn with_client(
+        client: RedisClient,
+        response_timeout: Duration,
+        settings: SourceSettings,
+    ) -> Result<Self, redis::RedisError> {
+        let redis = client.connect(response_timeout)?;
         Ok(Self {
             settings: Arc::new(settings),
             client,
@@ -347,7 +356,7 @@ impl EventSource {
     /// every live consumer holds its share.
     async fn maintain<H: BatchHandler>(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut Redis,
         handler: &Arc<H>,
         deadline: Option<Instant>,
         held: &mut HashMap<String, Held>,
@@ -466,7 +475,7 @@ impl EventSource {
         Ok(())
     }
 
-    async fn release(&self, redis: &mut ConnectionManager, stream: &str) {
+    async fn release(&self, redis: &mut Redis, stream: &str) {
         let released: Result<i64, _> = redis::cmd("EVAL")
             .arg(RELEASE)
             .arg(1)
@@ -480,7 +489,7 @@ impl EventSource {
     }
 
     /// Removes this consumer from `stream`'s group if it has nothing pending.
-    async fn leave_group_if_done(&self, redis: &mut ConnectionManager, stream: &str) {
+    async fn leave_group_if_done(&self, redis: &mut Redis, stream: &str) {
         let consumers: Result<redis::streams::StreamInfoConsumersReply, _> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(stream)
@@ -507,7 +516,7 @@ impl EventSource {
     /// timeout with nothing pending (Lambda instances come and go).
     async fn remove_idle_consumers<'a>(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut Redis,
         streams: impl Iterator<Item = &'a String>,
     ) {
         let limit =

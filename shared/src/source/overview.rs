@@ -1,7 +1,7 @@
 //! What an operator wants to know about the streams: length, groups, consumers,
 //! pending records and lag.
 
-use redis::aio::ConnectionManager;
+use crate::redis_link::Redis;
 use serde::Serialize;
 
 /// One stream.
@@ -46,7 +46,7 @@ pub(crate) fn lease_key(namespace: &str, group: &str, stream: &str) -> String {
 
 /// Every stream under `namespace` (event streams and dead-letter streams), by key.
 pub async fn streams(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     namespace: &str,
 ) -> Result<Vec<StreamOverview>, redis::RedisError> {
     let keys = crate::streams::scan_streams(redis, &format!("{namespace}:*")).await?;
@@ -83,7 +83,7 @@ pub async fn streams(
 
 /// A group's oldest pending age, lease holder and consumers.
 async fn group_details(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     namespace: &str,
     key: &str,
     group: &str,

@@ -36,9 +36,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis_link::{Redis, RedisClient, Sending, SlotPipeline};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::StreamPendingCountReply;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -163,12 +163,12 @@ struct Handled {
 pub struct StreamWorker<H> {
     stream: String,
     settings: Arc<SourceSettings>,
-    client: redis::Client,
-    redis: ConnectionManager,
+    client: RedisClient,
+    redis: Redis,
     handler: Arc<H>,
     stats: Arc<Stats>,
     metrics: Recorder,
-    reader: Option<MultiplexedConnection>,
+    reader: Option<Redis>,
     /// Contents of pending entries already read, by id.
     cache: HashMap<String, RawEntry>,
     dlq_key: String,
@@ -207,8 +207,8 @@ impl<H: BatchHandler> StreamWorker<H> {
     pub(crate) fn new(
         stream: String,
         settings: Arc<SourceSettings>,
-        client: redis::Client,
-        redis: ConnectionManager,
+        client: RedisClient,
+        redis: Redis,
         handler: Arc<H>,
         stats: Arc<Stats>,
     ) -> Self {
@@ -636,14 +636,8 @@ impl<H: BatchHandler> StreamWorker<H> {
                 let timeout = self.settings.block
                     + self.settings.maximum_batching_window
                     + Duration::from_secs(5);
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(5)))
-                    .set_response_timeout(Some(timeout));
-                self.reader.insert(
-                    self.client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                )
+                self.reader
+                    .insert(self.client.connect_dedicated(timeout).await?)
             }
         };
         let mut cmd = redis::cmd("XREADGROUP");
@@ -662,13 +656,14 @@ impl<H: BatchHandler> StreamWorker<H> {
         entry::parse_read(reply)
     }
 
-    /// Acknowledgements, dead letters and attempt counts, in one round trip.
-    /// Dead letters are written before their acknowledgement: a crash in
-    /// between redelivers the record (and may dead-letter it twice), never
-    /// loses it.
+    /// Acknowledgements, dead letters and attempt counts, in one round trip
+    /// (on a cluster two when there are dead letters: the dead-letter stream
+    /// has a slot of its own). Dead letters are written before their
+    /// acknowledgement: a crash in between redelivers the record (and may
+    /// dead-letter it twice), never loses it.
     async fn settle(&mut self, plan: Settlement<'_>) -> Result<(), redis::RedisError> {
         let s = Arc::clone(&self.settings);
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipeline::new();
         for (entry, reason, attempts) in &plan.dead_letters {
             warn!(stream = %self.stream, id = %entry.id, attempts, reason, "record dead-lettered");
             let mut xadd = redis::cmd("XADD");
@@ -676,17 +671,16 @@ impl<H: BatchHandler> StreamWorker<H> {
             for (k, v) in dead_letter_fields(&self.stream, &s.group, entry, reason, *attempts) {
                 xadd.arg(k).arg(v);
             }
-            pipe.add_command(xadd).ignore();
+            pipe.add(&self.dlq_key, xadd);
         }
         if !plan.acks.is_empty() {
-            pipe.cmd("XACK")
-                .arg(&self.stream)
-                .arg(&s.group)
-                .arg(&plan.acks)
-                .ignore();
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&self.stream).arg(&s.group).arg(&plan.acks);
+            pipe.add(&self.stream, ack);
         }
         for (id, count) in &plan.restore {
-            pipe.cmd("XCLAIM")
+            let mut restore = redis::cmd("XCLAIM");
+            restore
                 .arg(&self.stream)
                 .arg(&s.group)
                 .arg(&s.consumer)
@@ -694,10 +688,10 @@ impl<H: BatchHandler> StreamWorker<H> {
                 .arg(*id)
                 .arg("RETRYCOUNT")
                 .arg(*count)
-                .arg("JUSTID")
-                .ignore();
+                .arg("JUSTID");
+            pipe.add(&self.stream, restore);
         }
-        pipe.query_async::<()>(&mut self.redis).await?;
+        pipe.run(&mut self.redis, Sending::InOrder, None).await?;
         for id in &plan.acks {
             self.cache.remove(*id);
         }
@@ -723,7 +717,7 @@ impl<H: BatchHandler> StreamWorker<H> {
 /// Creates the group (and the stream) unless it exists, at the starting
 /// position of the settings.
 pub(crate) async fn ensure_group(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     stream: &str,
     settings: &SourceSettings,
 ) -> Result<(), redis::RedisError> {
@@ -738,7 +732,7 @@ pub(crate) async fn ensure_group(
 
 /// `XGROUP CREATE <stream> <group> <start> MKSTREAM`; false if the group exists.
 async fn create_group(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     stream: &str,
     group: &str,
     start: &str,

@@ -193,3 +193,74 @@ async fn the_saga_loses_no_order_when_a_primary_is_killed_mid_run() -> anyhow::R
     system.stop().await?;
     Ok(())
 }
+
+/// The emulator on a cluster (`REDIS_URL` the nodes, `REDIS_CLUSTER=true`):
+/// orders posted over HTTP are confirmed, and `emulator streams` reports every
+/// partition's stream, wherever its slot lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulated_system_and_its_commands_run_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start().await?;
+    let db = tests::TestDb::fresh().await?;
+    sqlx::query(
+        "INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('LAMP-1', 100, 10)",
+    )
+    .execute(&db.pool)
+    .await?;
+    let store = tests::emulated::Store {
+        url: cluster.url(),
+        cluster: true,
+    };
+    let partitions = PARTITIONS.to_string();
+    let running = tests::emulated::start_on(
+        &db,
+        &store,
+        emulator::system::Mode::InProcess,
+        &[("STREAM_PARTITIONS", &partitions)],
+        tests::emulated::template()?,
+        tests::auth::trust(),
+    )
+    .await?;
+    let http = tests::client_as("c-1");
+    for _ in 0..10 {
+        let answer = http
+            .post(running.url("/orders"))
+            .json(&serde_json::json!({"items": [{"sku": "LAMP-1", "quantity": 1, "unit_price_cents": 10}]}))
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 201, "{}", answer.text().await?);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "every order is confirmed",
+        || async {
+            let confirmed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+                    .fetch_one(&db.pool)
+                    .await?;
+            Ok(confirmed == 10)
+        },
+    )
+    .await?;
+
+    let mut out = Vec::new();
+    emulator::cli::streams(
+        &cluster.connection()?,
+        &running.namespace,
+        emulator::cli::Format::Json,
+        &mut out,
+    )
+    .await?;
+    let listed: serde_json::Value = serde_json::from_slice(&out)?;
+    let keys: BTreeSet<String> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["key"].as_str().map(str::to_owned))
+        .collect();
+    let order = AggregateType::parse("Order").expect("valid");
+    for key in stream_keys(&running.namespace, &order, PARTITIONS) {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+    running.stop().await?;
+    Ok(())
+}

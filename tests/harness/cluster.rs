@@ -31,6 +31,8 @@ impl RedisCluster {
             let config = dir.join(format!("nodes-{port}.conf"));
             let timeout = NODE_TIMEOUT_MS.to_string();
             let log = dir.join(format!("{port}.log"));
+            // The bus port of its own: port + 10000 may be taken, or past 65535.
+            let bus = spare_port()?.to_string();
             nodes.push(Some(
                 RedisServer::start_with(
                     port,
@@ -39,6 +41,8 @@ impl RedisCluster {
                         "yes",
                         "--cluster-config-file",
                         &config.to_string_lossy(),
+                        "--cluster-port",
+                        &bus,
                         "--cluster-node-timeout",
                         &timeout,
                         "--dir",

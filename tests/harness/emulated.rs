@@ -50,6 +50,8 @@ pub struct RunningEmulator {
     pub base: String,
     pub namespace: String,
     pub system: Option<System>,
+    /// Where its streams are.
+    pub redis: Store,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -80,6 +82,29 @@ pub async fn start_with(
     db: &TestDb,
     mode: Mode,
     env: &[(&str, &str)],
+    template: emulator::template::Template,
+    trust: emulator::auth::Trust,
+) -> anyhow::Result<RunningEmulator> {
+    let redis = Store {
+        url: crate::redis_url(),
+        cluster: false,
+    };
+    start_on(db, &redis, mode, env, template, trust).await
+}
+
+/// The Redis an emulator uses: one node's URL, or a cluster's nodes.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub url: String,
+    pub cluster: bool,
+}
+
+/// [`start_with`] on the Redis `redis`.
+pub async fn start_on(
+    db: &TestDb,
+    redis: &Store,
+    mode: Mode,
+    env: &[(&str, &str)],
     mut template: emulator::template::Template,
     trust: emulator::auth::Trust,
 ) -> anyhow::Result<RunningEmulator> {
@@ -96,13 +121,15 @@ pub async fn start_with(
         template,
         mode,
         database_url: db.url(),
-        redis_url: crate::redis_url(),
-        redis_cluster: false,
+        redis_url: redis.url.clone(),
+        redis_cluster: redis.cluster,
         trust,
         registry: std::sync::Arc::new(shop::Shop),
     })
     .await?;
-    serve(system, namespace).await
+    let mut running = serve(system, namespace).await?;
+    running.redis = redis.clone();
+    Ok(running)
 }
 
 /// The repository's `template.yaml` with the routes' throttling lifted: for load
@@ -140,6 +167,10 @@ pub async fn serve(system: System, namespace: String) -> anyhow::Result<RunningE
         base,
         namespace,
         system: Some(system),
+        redis: Store {
+            url: crate::redis_url(),
+            cluster: false,
+        },
         stop: Some(stop),
         server,
     })
@@ -160,6 +191,10 @@ impl RunningEmulator {
         if let Some(system) = self.system.take() {
             system.stop().await;
         }
-        crate::delete_streams(&crate::redis_url(), &self.namespace).await
+        if self.redis.cluster {
+            // A test's cluster goes with the test.
+            return Ok(());
+        }
+        crate::delete_streams(&self.redis.url, &self.namespace).await
     }
 }

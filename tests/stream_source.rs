@@ -370,6 +370,78 @@ async fn events_of_one_aggregate_are_handled_in_order_under_two_consumers_with_f
     delete_streams(&redis_url(), &ns).await
 }
 
+/// `ParallelizationFactor`: up to that many calls of one stream at once, an
+/// aggregate's records in one call at a time, in order, through retries.
+#[tokio::test]
+async fn parallel_calls_of_one_stream_keep_each_aggregate_in_order_and_one_at_a_time(
+) -> anyhow::Result<()> {
+    let ns = unique_namespace();
+    let s = stream(&ns, 0);
+    // 40 aggregates, 15 events each, all in one stream.
+    let events: Vec<_> = (0..15)
+        .flat_map(|seq| (0..40).map(move |a| event(&format!("agg-{a}"), seq)))
+        .collect();
+    append(&s, &events).await?;
+    // About one delivery in 7 fails, as a function of the record and attempt.
+    let rule = |r: &shared::source::StreamRecord| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (&r.id, r.attempt).hash(&mut h);
+        if h.finish() % 7 == 0 {
+            RecordOutcome::Retry("flaky".into())
+        } else {
+            RecordOutcome::Done
+        }
+    };
+    let handler = Recorder::slow(rule, Duration::from_millis(5));
+    let mut settings = fast_settings(&ns, GROUP, vec![s.clone()]);
+    settings.batch_size = 10;
+    settings.parallelization_factor = 4;
+    settings.maximum_retry_attempts = 1000;
+    let running = Running::start(source(settings).await?, handler.clone());
+    wait_until(Duration::from_secs(60), "all 600 are done", || async {
+        Ok(handler.done().len() >= 600)
+    })
+    .await?;
+    running.stop().await?;
+    let most = handler.most_calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=4).contains(&most), "calls at once: {most}");
+    assert!(
+        handler
+            .batches
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .all(|n| *n <= 10),
+        "no call over BatchSize"
+    );
+    let overlaps = handler.overlaps.lock().expect("not poisoned").clone();
+    assert!(
+        overlaps.is_empty(),
+        "an aggregate in two calls at once: {overlaps:?}"
+    );
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut done = HashSet::new();
+    for x in handler
+        .seen()
+        .into_iter()
+        .filter(|x| x.outcome == RecordOutcome::Done)
+    {
+        let prev = last.entry(x.aggregate.clone()).or_insert(-1);
+        assert_eq!(
+            x.seq as i64,
+            *prev + 1,
+            "{} handled out of order",
+            x.aggregate
+        );
+        *prev = x.seq as i64;
+        assert!(done.insert(x.id), "handled twice");
+    }
+    assert_eq!(done.len(), 600);
+    assert_eq!(pending_count(&s, GROUP).await?, 0);
+    delete_streams(&redis_url(), &ns).await
+}
+
 #[tokio::test]
 async fn a_redriven_dead_letter_is_handled_again() -> anyhow::Result<()> {
     let ns = unique_namespace();

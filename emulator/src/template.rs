@@ -25,12 +25,13 @@ const DEFAULT_MEMORY_MB: u32 = 128;
 
 /// The environment variables that configure a stream source like an event
 /// source mapping.
-const STREAM_SETTINGS: [&str; 7] = [
+const STREAM_SETTINGS: [&str; 8] = [
     "BATCH_SIZE",
     "MAXIMUM_BATCHING_WINDOW_IN_SECONDS",
     "MAXIMUM_RETRY_ATTEMPTS",
     "MAXIMUM_RECORD_AGE_IN_SECONDS",
     "BISECT_BATCH_ON_FUNCTION_ERROR",
+    "PARALLELIZATION_FACTOR",
     "STARTING_POSITION",
     "VISIBILITY_TIMEOUT_SECONDS",
 ];

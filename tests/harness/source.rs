@@ -122,6 +122,14 @@ pub struct Recorder {
     pub seen: Mutex<Vec<Seen>>,
     pub batches: Mutex<Vec<usize>>,
     batch_error: Box<dyn Fn(&StreamBatch) -> bool + Send + Sync>,
+    /// How long each call takes (none by default).
+    pause: Duration,
+    calls_now: std::sync::atomic::AtomicUsize,
+    /// The most calls that ran at once.
+    pub most_calls: std::sync::atomic::AtomicUsize,
+    in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Aggregates a call was given while another call had one of their records.
+    pub overlaps: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -144,7 +152,22 @@ impl Recorder {
             seen: Mutex::default(),
             batches: Mutex::default(),
             batch_error: Box::new(batch_error),
+            pause: Duration::ZERO,
+            calls_now: std::sync::atomic::AtomicUsize::default(),
+            most_calls: std::sync::atomic::AtomicUsize::default(),
+            in_flight: Mutex::default(),
+            overlaps: Mutex::default(),
         })
+    }
+
+    /// [`Recorder::new`] whose every call takes `pause`, so calls can overlap.
+    pub fn slow(
+        rule: impl Fn(&StreamRecord) -> RecordOutcome + Send + Sync + 'static,
+        pause: Duration,
+    ) -> Arc<Self> {
+        let mut recorder = Self::with_batch_error(rule, |_| false);
+        Arc::get_mut(&mut recorder).expect("not shared yet").pause = pause;
+        recorder
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -163,6 +186,32 @@ impl Recorder {
 
 impl BatchHandler for Recorder {
     async fn handle(&self, batch: StreamBatch) -> Result<BatchResponse, HandlerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.calls_now.fetch_add(1, SeqCst) + 1;
+        self.most_calls.fetch_max(now, SeqCst);
+        let aggregates: std::collections::HashSet<String> = batch
+            .records
+            .iter()
+            .map(|r| r.event.aggregate_id.to_string())
+            .collect();
+        {
+            let mut in_flight = self.in_flight.lock().expect("not poisoned");
+            for a in &aggregates {
+                if !in_flight.insert(a.clone()) {
+                    self.overlaps.lock().expect("not poisoned").push(a.clone());
+                }
+            }
+        }
+        if !self.pause.is_zero() {
+            tokio::time::sleep(self.pause).await;
+        }
+        {
+            let mut in_flight = self.in_flight.lock().expect("not poisoned");
+            for a in &aggregates {
+                in_flight.remove(a);
+            }
+        }
+        self.calls_now.fetch_sub(1, SeqCst);
         self.batches
             .lock()
             .expect("not poisoned")

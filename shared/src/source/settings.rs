@@ -42,6 +42,10 @@ pub struct SourceSettings {
     /// `BisectBatchOnFunctionError`: on a handler error, split the batch in two
     /// and call the handler with each half (false).
     pub bisect_batch_on_function_error: bool,
+    /// `ParallelizationFactor` (1, 1..=10): up to this many handler calls of one
+    /// stream at once, each with the records of its own aggregates (an
+    /// aggregate's records go to one call at a time, in order).
+    pub parallelization_factor: usize,
     /// `StartingPosition` of a new consumer group.
     pub starting_position: StartingPosition,
     /// How long an entry delivered to another consumer stays untouched before
@@ -74,6 +78,7 @@ impl SourceSettings {
             maximum_retry_attempts: 3,
             maximum_record_age: None,
             bisect_batch_on_function_error: false,
+            parallelization_factor: 1,
             starting_position: StartingPosition::TrimHorizon,
             visibility_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_secs(1),
@@ -88,7 +93,8 @@ impl SourceSettings {
     /// `BATCH_SIZE` (1..=10000), `MAXIMUM_BATCHING_WINDOW_IN_SECONDS` (0..=300),
     /// `MAXIMUM_RETRY_ATTEMPTS` (-1 for 10000, 0..=10000),
     /// `MAXIMUM_RECORD_AGE_IN_SECONDS` (-1 for none, 60..=604800),
-    /// `BISECT_BATCH_ON_FUNCTION_ERROR` (true/false), `STARTING_POSITION`
+    /// `BISECT_BATCH_ON_FUNCTION_ERROR` (true/false), `PARALLELIZATION_FACTOR`
+    /// (1..=10), `STARTING_POSITION`
     /// (`TRIM_HORIZON`/`LATEST`), `VISIBILITY_TIMEOUT_SECONDS` (1..=43200),
     /// `CONSUMER_GROUP`, `CONSUMER_NAME`.
     pub fn from_env(mut self, env: &Env) -> Result<Self, ConfigError> {
@@ -116,6 +122,8 @@ impl SourceSettings {
                 }
                 n => Some(Duration::from_secs(n as u64)),
             };
+        self.parallelization_factor =
+            env.in_range("PARALLELIZATION_FACTOR", self.parallelization_factor, 1, 10)?;
         self.bisect_batch_on_function_error = env.parse_or(
             "BISECT_BATCH_ON_FUNCTION_ERROR",
             self.bisect_batch_on_function_error,
@@ -143,6 +151,11 @@ impl SourceSettings {
             self.consumer = checked_name("CONSUMER_NAME", name)?;
         }
         Ok(self)
+    }
+
+    /// The most records one cycle of a stream takes: a batch per lane.
+    pub fn cycle_capacity(&self) -> usize {
+        self.batch_size.max(1) * self.parallelization_factor.clamp(1, 10)
     }
 
     /// Attempts in all: the first plus the retries.

@@ -423,7 +423,9 @@ impl<H: BatchHandler> StreamWorker<H> {
         if let Some(mut wait) = first_read_wait(&in_hand, &s, deadline_left()) {
             let window_end = Instant::now() + s.maximum_batching_window;
             loop {
-                let fresh = self.read_new(s.batch_size - taken.len(), wait).await?;
+                let fresh = self
+                    .read_new(s.cycle_capacity() - taken.len(), wait)
+                    .await?;
                 let got = !fresh.is_empty();
                 fresh_count += fresh.len();
                 for entry in fresh {
@@ -438,7 +440,13 @@ impl<H: BatchHandler> StreamWorker<H> {
                 }
                 // Gather up to the batching window once something has arrived.
                 let window_left = window_end.saturating_duration_since(Instant::now());
-                match gather_more(taken.len(), s.batch_size, got, window_left, deadline_left()) {
+                match gather_more(
+                    taken.len(),
+                    s.cycle_capacity(),
+                    got,
+                    window_left,
+                    deadline_left(),
+                ) {
                     Some(next) => wait = next,
                     None => break,
                 }
@@ -467,12 +475,7 @@ impl<H: BatchHandler> StreamWorker<H> {
                     producer_span: r.event.traceparent.map(|tp| tp.span_id()),
                 })
                 .collect();
-            let outcomes = invoke(
-                Arc::clone(&self.handler),
-                records,
-                s.bisect_batch_on_function_error,
-            )
-            .await;
+            let outcomes = invoke_lanes(&self.handler, records, &s).await;
             let handled: Vec<(&str, u32)> = meta
                 .iter()
                 .map(|h| (h.aggregate.as_str(), h.attempt))
@@ -759,34 +762,139 @@ fn is_no_group(error: &redis::RedisError) -> bool {
         .any(|code| code == "NOGROUP")
 }
 
-/// Calls the handler; on a handler error, with bisect on, splits the batch and
-/// calls it with each half. One outcome per record, in order.
+/// The failures of earlier calls, by aggregate: a later record of one of these
+/// aggregates is not handed to the handler (it would overtake the failed one).
+type Failed = HashMap<String, RecordOutcome>;
+
+/// Hands `records` to the handler in up to `parallelization_factor` lanes at
+/// once ([`lanes`]: an aggregate's records all in one lane, in order), each lane
+/// calling it with up to `batch_size` records at a time, one call after another.
+/// One outcome per record, in `records`' order.
+async fn invoke_lanes<H: BatchHandler>(
+    handler: &Arc<H>,
+    records: Vec<StreamRecord>,
+    s: &SourceSettings,
+) -> Vec<RecordOutcome> {
+    let lanes = lanes(&records, s.parallelization_factor);
+    let mut records: Vec<Option<StreamRecord>> = records.into_iter().map(Some).collect();
+    let calls = lanes.iter().map(|lane| {
+        let lane: Vec<StreamRecord> = lane.iter().filter_map(|&i| records[i].take()).collect();
+        let handler = Arc::clone(handler);
+        let (batch_size, bisect) = (s.batch_size.max(1), s.bisect_batch_on_function_error);
+        async move {
+            let mut failed = Failed::new();
+            let mut outcomes = Vec::with_capacity(lane.len());
+            let mut lane = lane.into_iter().peekable();
+            while lane.peek().is_some() {
+                let call: Vec<StreamRecord> = lane.by_ref().take(batch_size).collect();
+                let (got, still) = invoke(Arc::clone(&handler), call, bisect, failed).await;
+                outcomes.extend(got);
+                failed = still;
+            }
+            outcomes
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut outcomes = vec![RecordOutcome::Done; records.len()];
+    for (lane, answer) in lanes.iter().zip(answers) {
+        for (&i, outcome) in lane.iter().zip(answer) {
+            outcomes[i] = outcome;
+        }
+    }
+    outcomes
+}
+
+/// The records' indices in `factor` lanes, by [`crate::streams::partition_of`]
+/// of their aggregate (so an aggregate is in one lane, its records in order);
+/// empty lanes left out.
+fn lanes(records: &[StreamRecord], factor: usize) -> Vec<Vec<usize>> {
+    let factor = u16::try_from(factor.clamp(1, 10)).unwrap_or(1);
+    let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); usize::from(factor)];
+    for (i, record) in records.iter().enumerate() {
+        let lane = crate::streams::partition_of(record.event.aggregate_id.as_str(), factor);
+        lanes[usize::from(lane)].push(i);
+    }
+    lanes.retain(|lane| !lane.is_empty());
+    lanes
+}
+
+/// Calls the handler with `records`, but not with those of an aggregate that
+/// failed earlier (`failed`: each gets that failure's outcome, unattempted); on
+/// a handler error, with bisect on, splits the batch and calls it with each
+/// half, the second after the first (so a record of the second half never
+/// overtakes a failed one of its aggregate in the first). One outcome per
+/// record, in order, and `failed` with this call's failures added.
 fn invoke<H: BatchHandler>(
     handler: Arc<H>,
     records: Vec<StreamRecord>,
     bisect: bool,
-) -> BoxFuture<'static, Vec<RecordOutcome>> {
+    failed: Failed,
+) -> BoxFuture<'static, (Vec<RecordOutcome>, Failed)> {
     async move {
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        // Kept only if a failed call may be split.
-        let spare = (bisect && records.len() > 1).then(|| records.clone());
-        let result = AssertUnwindSafe(handler.handle(StreamBatch { records }))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(super::HandlerError::new("the handler panicked")));
-        match (result, spare) {
-            (Ok(response), _) => outcomes_of(&ids, response),
-            (Err(e), Some(mut left)) => {
-                debug!(records = left.len(), error = %e, "handler error; bisecting the batch");
-                let right = left.split_off(left.len() / 2);
-                let mut outcomes = invoke(Arc::clone(&handler), left, bisect).await;
-                outcomes.extend(invoke(handler, right, bisect).await);
-                outcomes
+        let mut outcomes: Vec<Option<RecordOutcome>> = Vec::with_capacity(records.len());
+        let mut called = Vec::with_capacity(records.len());
+        for record in records {
+            match failed.get(record.event.aggregate_id.as_str()) {
+                Some(earlier) => outcomes.push(Some(earlier.clone())),
+                None => {
+                    outcomes.push(None);
+                    called.push(record);
+                }
             }
-            (Err(e), None) => vec![RecordOutcome::Retry(format!("handler error: {e}")); ids.len()],
         }
+        let aggregates: Vec<String> = called
+            .iter()
+            .map(|r| r.event.aggregate_id.to_string())
+            .collect();
+        let (got, mut failed) = call(handler, called, bisect, failed).await;
+        for (aggregate, outcome) in aggregates.into_iter().zip(&got) {
+            if *outcome != RecordOutcome::Done {
+                failed.entry(aggregate).or_insert_with(|| outcome.clone());
+            }
+        }
+        let mut got = got.into_iter();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.or_else(|| got.next()).unwrap_or(RecordOutcome::Done))
+            .collect();
+        (outcomes, failed)
     }
     .boxed()
+}
+
+/// One handler call with `records` (all to be attempted), bisected on an error
+/// when `bisect` is on.
+async fn call<H: BatchHandler>(
+    handler: Arc<H>,
+    records: Vec<StreamRecord>,
+    bisect: bool,
+    failed: Failed,
+) -> (Vec<RecordOutcome>, Failed) {
+    if records.is_empty() {
+        return (Vec::new(), failed);
+    }
+    let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    // Kept only if a failed call may be split.
+    let spare = (bisect && records.len() > 1).then(|| records.clone());
+    let result = AssertUnwindSafe(handler.handle(StreamBatch { records }))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(super::HandlerError::new("the handler panicked")));
+    match (result, spare) {
+        (Ok(response), _) => (outcomes_of(&ids, response), failed),
+        (Err(e), Some(mut left)) => {
+            debug!(records = left.len(), error = %e, "handler error; bisecting the batch");
+            let right = left.split_off(left.len() / 2);
+            let (mut outcomes, failed) = invoke(Arc::clone(&handler), left, bisect, failed).await;
+            let (more, failed) = invoke(handler, right, bisect, failed).await;
+            outcomes.extend(more);
+            (outcomes, failed)
+        }
+        (Err(e), None) => (
+            vec![RecordOutcome::Retry(format!("handler error: {e}")); ids.len()],
+            failed,
+        ),
+    }
 }
 
 /// The outcome of each record under `response`. As in AWS, a response naming a
@@ -878,7 +986,7 @@ fn plan_pending(
             continue;
         }
         let wait = due_after(p, s);
-        if p.idle < wait || plan.taken.len() >= s.batch_size {
+        if p.idle < wait || plan.taken.len() >= s.cycle_capacity() {
             if p.idle < wait {
                 let left = wait - p.idle;
                 plan.next_due = Some(plan.next_due.map_or(left, |d| d.min(left)));
@@ -925,7 +1033,7 @@ fn first_read_wait(
     s: &SourceSettings,
     deadline_left: Option<Duration>,
 ) -> Option<Duration> {
-    if hand.truncated || hand.taken >= s.batch_size || hand.probing {
+    if hand.truncated || hand.taken >= s.cycle_capacity() || hand.probing {
         return None;
     }
     let idle = hand.taken == 0 && hand.other == 0;
@@ -1731,5 +1839,168 @@ mod tests {
             }
         };
         assert_eq!(taken_after, s.visibility_timeout);
+    }
+
+    /// A record of `aggregate` with entry id `id`.
+    fn record(id: &str, aggregate: &str) -> StreamRecord {
+        StreamRecord {
+            stream: "s".into(),
+            id: id.into(),
+            attempt: 1,
+            event: EventEnvelope::new(
+                EventType::parse("TestHappened").expect("a type"),
+                1,
+                AggregateType::parse("Test").expect("a type"),
+                AggregateId::parse(aggregate).expect("an id"),
+                None,
+                Payload::from_json("{}".to_owned()).expect("json"),
+            ),
+            trace: crate::trace::TraceParent::new_root(),
+        }
+    }
+
+    #[test]
+    fn an_aggregate_is_in_one_lane_in_order_and_lanes_are_at_most_the_factor() {
+        let records: Vec<StreamRecord> = (0..200)
+            .map(|i| record(&format!("{i}-0"), &format!("agg-{}", i % 37)))
+            .collect();
+        for factor in [1, 2, 4, 10, 50] {
+            let lanes = lanes(&records, factor);
+            assert!(lanes.len() <= factor.min(10), "{factor}: {}", lanes.len());
+            let mut lane_of: HashMap<String, usize> = HashMap::new();
+            for (n, lane) in lanes.iter().enumerate() {
+                assert!(lane.windows(2).all(|w| w[0] < w[1]), "in stream order");
+                for &i in lane {
+                    let aggregate = records[i].event.aggregate_id.to_string();
+                    assert_eq!(*lane_of.entry(aggregate).or_insert(n), n, "one lane each");
+                }
+            }
+            assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), 200, "each once");
+        }
+        assert_eq!(lanes(&records, 1), [(0..200).collect::<Vec<_>>()]);
+    }
+
+    /// Fails `poison` (with `whole`, the whole call holding it, as a handler
+    /// error); records what each call held, and how many calls ran at once at
+    /// most.
+    #[derive(Default)]
+    struct Calls {
+        poison: &'static str,
+        whole: bool,
+        seen: std::sync::Mutex<Vec<Vec<String>>>,
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BatchHandler for Calls {
+        async fn handle(
+            &self,
+            batch: StreamBatch,
+        ) -> Result<BatchResponse, super::super::HandlerError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.now.fetch_sub(1, SeqCst);
+            let ids: Vec<String> = batch.records.iter().map(|r| r.id.clone()).collect();
+            self.seen.lock().expect("not poisoned").push(ids.clone());
+            if self.whole && ids.iter().any(|id| id == self.poison) {
+                return Err(super::super::HandlerError::new("poison"));
+            }
+            let mut outcomes: Vec<RecordOutcome> = batch
+                .records
+                .iter()
+                .map(|r| {
+                    if r.id == self.poison {
+                        RecordOutcome::Retry("poison".into())
+                    } else {
+                        RecordOutcome::Done
+                    }
+                })
+                .collect();
+            super::super::outcomes_in_order(&batch.records, &mut outcomes);
+            Ok(BatchResponse::from_outcomes(
+                batch.records.iter().zip(&outcomes),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bisected_batch_never_hands_over_a_record_behind_a_failed_one_of_its_aggregate() {
+        // A's first record is poison: its later record (in the second half)
+        // must not be handled before it; B's records go on.
+        let records = vec![
+            record("1-0", "A"),
+            record("2-0", "B"),
+            record("3-0", "B"),
+            record("4-0", "A"),
+        ];
+        let calls = Arc::new(Calls {
+            poison: "1-0",
+            whole: true,
+            ..Calls::default()
+        });
+        let (outcomes, failed) = invoke(Arc::clone(&calls), records, true, Failed::new()).await;
+        // The first call had the whole batch; after it failed, A's later
+        // record is handed over again only if A's poison succeeded.
+        let seen = calls.seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen[0], ["1-0", "2-0", "3-0", "4-0"]);
+        let later: Vec<&String> = seen[1..].iter().flatten().collect();
+        assert!(!later.contains(&&"4-0".to_owned()), "{seen:?}");
+        assert!(
+            matches!(outcomes[0], RecordOutcome::Retry(_)),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[1..3], [RecordOutcome::Done, RecordOutcome::Done]);
+        assert_eq!(
+            outcomes[3], outcomes[0],
+            "unattempted, as its aggregate failed"
+        );
+        assert!(failed.contains_key("A") && !failed.contains_key("B"));
+        // Judged, A's later record waits with its attempt given back.
+        let judged = judge(&[("A", 1), ("B", 1), ("B", 1), ("A", 1)], &outcomes, 4);
+        assert_eq!(judged.fates[3], Fate::Wait);
+    }
+
+    #[tokio::test]
+    async fn lanes_run_at_once_each_in_batches_and_a_failure_holds_back_only_its_aggregate() {
+        let mut s = settings();
+        s.batch_size = 5;
+        s.parallelization_factor = 4;
+        let records: Vec<StreamRecord> = (0..80)
+            .map(|i| record(&format!("{i}-0"), &format!("agg-{}", i % 16)))
+            .collect();
+        let poison = "3-0"; // agg-3's first record
+        let calls = Arc::new(Calls {
+            poison,
+            ..Calls::default()
+        });
+        let outcomes = invoke_lanes(&calls, records.clone(), &s).await;
+        let most = calls.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((2..=4).contains(&most), "calls at once: {most}");
+        let seen = calls.seen.lock().expect("not poisoned").clone();
+        assert!(
+            seen.iter().all(|call| call.len() <= 5),
+            "batches of at most 5"
+        );
+        for (record, outcome) in records.iter().zip(&outcomes) {
+            let failed = record.event.aggregate_id.as_str() == "agg-3";
+            assert_eq!(*outcome != RecordOutcome::Done, failed, "{}", record.id);
+        }
+        // After the call that failed agg-3's first record, no call holds one of
+        // agg-3's (its lane's calls run one after another).
+        let agg3: HashSet<&String> = records
+            .iter()
+            .filter(|r| r.event.aggregate_id.as_str() == "agg-3")
+            .map(|r| &r.id)
+            .collect();
+        let failed_call = seen
+            .iter()
+            .position(|call| call.iter().any(|id| id == poison))
+            .expect("the poison was handed over");
+        for call in &seen[failed_call + 1..] {
+            assert!(call.iter().all(|id| !agg3.contains(id)), "{call:?}");
+        }
     }
 }

@@ -23,10 +23,15 @@ impl RedisCluster {
     /// Starts six nodes and makes them a cluster of three primaries with a
     /// replica each; returns once every slot is served.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(1).await
+    }
+
+    /// Three primaries with `replicas` replicas each.
+    pub async fn start_with(replicas: usize) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("cluster-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir)?;
         let mut nodes = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..3 * (1 + replicas) {
             let port = spare_port()?;
             let config = dir.join(format!("nodes-{port}.conf"));
             let timeout = NODE_TIMEOUT_MS.to_string();
@@ -65,7 +70,7 @@ impl RedisCluster {
         let created = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .context("redis-cli --cluster create (is redis-tools installed?)")?;

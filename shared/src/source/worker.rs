@@ -458,6 +458,18 @@ impl<H: BatchHandler> StreamWorker<H> {
 
         let (mut fates, records, record_slots) =
             prepare(&self.stream, &taken, now_ms(), s.maximum_record_age);
+        // A lane hands over at most BatchSize records; the rest of it waits for
+        // the next cycle (one call per lane: the slowest lane sets the pace).
+        let (records, record_slots) = {
+            let (now, later) = lane_batches(&records, s.parallelization_factor, s.batch_size);
+            for i in later {
+                fates[record_slots[i]] = Fate::Wait;
+            }
+            let mut records: Vec<Option<StreamRecord>> = records.into_iter().map(Some).collect();
+            let kept: Vec<StreamRecord> = now.iter().filter_map(|&i| records[i].take()).collect();
+            let slots: Vec<usize> = now.iter().map(|&i| record_slots[i]).collect();
+            (kept, slots)
+        };
         if !records.is_empty() {
             self.stats.batches.inc();
             self.stats.records.add(records.len() as u64);
@@ -802,6 +814,26 @@ async fn invoke_lanes<H: BatchHandler>(
         }
     }
     outcomes
+}
+
+/// Which records a cycle hands over (each lane's first `batch_size`) and which
+/// wait for the next one (the rest of each lane), both in stream order. A lane
+/// is cut, never an aggregate reordered: an aggregate's waiting records all
+/// come after its handed-over ones.
+fn lane_batches(
+    records: &[StreamRecord],
+    factor: usize,
+    batch_size: usize,
+) -> (Vec<usize>, Vec<usize>) {
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for lane in lanes(records, factor) {
+        let cut = lane.len().min(batch_size.max(1));
+        now.extend_from_slice(&lane[..cut]);
+        later.extend_from_slice(&lane[cut..]);
+    }
+    now.sort_unstable();
+    later.sort_unstable();
+    (now, later)
 }
 
 /// The records' indices in `factor` lanes, by [`crate::streams::partition_of`]
@@ -1878,6 +1910,23 @@ mod tests {
             assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), 200, "each once");
         }
         assert_eq!(lanes(&records, 1), [(0..200).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn a_lane_hands_over_a_batch_and_the_rest_of_it_waits() {
+        let records: Vec<StreamRecord> = (0..60)
+            .map(|i| record(&format!("{i}-0"), &format!("agg-{}", i % 7)))
+            .collect();
+        let (now, later) = lane_batches(&records, 2, 10);
+        assert!(now.len() <= 20 && now.len() + later.len() == 60);
+        for lane in lanes(&records, 2) {
+            let cut = lane.len().min(10);
+            assert!(lane[..cut].iter().all(|i| now.contains(i)));
+            assert!(lane[cut..].iter().all(|i| later.contains(i)));
+        }
+        // With one lane and no more than a batch, nothing waits.
+        let (now, later) = lane_batches(&records[..10], 1, 10);
+        assert_eq!((now.len(), later.len()), (10, 0));
     }
 
     /// Fails `poison` (with `whole`, the whole call holding it, as a handler

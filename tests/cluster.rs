@@ -187,6 +187,18 @@ async fn the_saga_loses_no_order_when_a_primary_is_killed_mid_run() -> anyhow::R
         || async { Ok(system.pending().await? == 0) },
     )
     .await?;
+    // The relay's batches count only once a replica has them: the outboxes
+    // empty once the promoted primary has its new replica.
+    wait_until(Duration::from_secs(60), "every outbox is empty", || async {
+        system
+            .count(
+                "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) \
+                 + (SELECT count(*) FROM customers.outbox)",
+            )
+            .await
+            .map(|n| n == 0)
+    })
+    .await?;
     // Let in-flight redeliveries settle before counting effects.
     tokio::time::sleep(Duration::from_secs(1)).await;
     system.outcome().await?.assert_nothing_lost(60);

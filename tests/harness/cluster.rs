@@ -32,35 +32,7 @@ impl RedisCluster {
         std::fs::create_dir_all(&dir)?;
         let mut nodes = Vec::new();
         for _ in 0..3 * (1 + replicas) {
-            let port = spare_port()?;
-            let config = dir.join(format!("nodes-{port}.conf"));
-            let timeout = NODE_TIMEOUT_MS.to_string();
-            let log = dir.join(format!("{port}.log"));
-            // The bus port of its own: port + 10000 may be taken, or past 65535.
-            let bus = spare_port()?.to_string();
-            nodes.push(Some(
-                RedisServer::start_with(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &config.to_string_lossy(),
-                        "--cluster-port",
-                        &bus,
-                        "--cluster-node-timeout",
-                        &timeout,
-                        "--dir",
-                        &dir.to_string_lossy(),
-                        // Replicas sync at once, not after diskless sync's 5 s wait.
-                        "--repl-diskless-sync-delay",
-                        "0",
-                        "--logfile",
-                        &log.to_string_lossy(),
-                    ],
-                )
-                .await?,
-            ));
+            nodes.push(Some(start_node(&dir).await?));
         }
         let addresses: Vec<String> = nodes
             .iter()
@@ -167,6 +139,13 @@ impl RedisCluster {
             || async { Ok(self.primary_of(key).await? != port) },
         )
         .await;
+        if promoted.is_ok() {
+            // As ElastiCache replaces a lost node: a new replica for the
+            // promoted primary (without one, `WAIT 1` fails on its shard).
+            let primary = self.primary_of(key).await?;
+            self.add_replica(primary).await?;
+            return Ok(port);
+        }
         if let Err(e) = promoted {
             let nodes = node_command(self.live_port()?, redis::cmd("CLUSTER").arg("NODES")).await?;
             let mut logs = String::new();
@@ -183,6 +162,37 @@ impl RedisCluster {
         Ok(port)
     }
 
+    /// Starts a node and makes it a replica of the primary on `primary`;
+    /// returns once it has synced.
+    pub async fn add_replica(&mut self, primary: u16) -> anyhow::Result<()> {
+        let id = node_command(primary, redis::cmd("CLUSTER").arg("MYID")).await?;
+        let node = start_node(&self.dir).await?;
+        let added = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{}", node.port))
+            .arg(format!("127.0.0.1:{primary}"))
+            .args(["--cluster-slave", "--cluster-master-id", &id])
+            .output()
+            .await?;
+        anyhow::ensure!(
+            added.status.success(),
+            "redis-cli --cluster add-node: {}",
+            String::from_utf8_lossy(&added.stdout)
+        );
+        self.nodes.push(Some(node));
+        self.wait_healthy().await?;
+        // Until the primary counts it among its replicas (what `WAIT` counts).
+        wait_until(
+            Duration::from_secs(30),
+            "the new replica is connected",
+            || async {
+                let info = node_command(primary, redis::cmd("INFO").arg("replication")).await?;
+                Ok(info.contains("connected_slaves:1"))
+            },
+        )
+        .await
+    }
+
     fn live_port(&self) -> anyhow::Result<u16> {
         self.nodes
             .iter()
@@ -191,6 +201,37 @@ impl RedisCluster {
             .next()
             .context("no live node")
     }
+}
+
+/// One cluster-enabled `redis-server` on a spare port, its files in `dir`.
+async fn start_node(dir: &std::path::Path) -> anyhow::Result<RedisServer> {
+    let port = spare_port()?;
+    let config = dir.join(format!("nodes-{port}.conf"));
+    let timeout = NODE_TIMEOUT_MS.to_string();
+    let log = dir.join(format!("{port}.log"));
+    // The bus port of its own: port + 10000 may be taken, or past 65535.
+    let bus = spare_port()?.to_string();
+    RedisServer::start_with(
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &config.to_string_lossy(),
+            "--cluster-port",
+            &bus,
+            "--cluster-node-timeout",
+            &timeout,
+            "--dir",
+            &dir.to_string_lossy(),
+            // Replicas sync at once, not after diskless sync's 5 s wait.
+            "--repl-diskless-sync-delay",
+            "0",
+            "--logfile",
+            &log.to_string_lossy(),
+        ],
+    )
+    .await
 }
 
 impl Drop for RedisCluster {

@@ -442,6 +442,30 @@ async fn parallel_calls_of_one_stream_keep_each_aggregate_in_order_and_one_at_a_
     delete_streams(&redis_url(), &ns).await
 }
 
+/// With `REDIS_MIN_REPLICAS`, a record is acknowledged only once its dead
+/// letter is on that many replicas: on a Redis without replicas the dead letter
+/// is written (again at every try) and the record stays pending, never lost.
+#[tokio::test]
+async fn a_dead_letter_no_replica_holds_leaves_its_record_pending() -> anyhow::Result<()> {
+    let ns = unique_namespace();
+    let s = stream(&ns, 0);
+    append(&s, &[event("x", 0)]).await?;
+    let handler = Recorder::new(|_| RecordOutcome::Reject("poison".into()));
+    let mut settings = fast_settings(&ns, GROUP, vec![s.clone()]);
+    settings.min_replicas = 1;
+    settings.replica_timeout = Duration::from_millis(50);
+    let src = source(settings).await?;
+    let dead = src.dead_letters();
+    let running = Running::start(src, handler.clone());
+    wait_until(WAIT, "dead-lettered twice", || async {
+        Ok(dead.count().await? >= 2)
+    })
+    .await?;
+    running.stop().await?;
+    assert_eq!(pending_count(&s, GROUP).await?, 1, "not acknowledged");
+    delete_streams(&redis_url(), &ns).await
+}
+
 #[tokio::test]
 async fn a_redriven_dead_letter_is_handled_again() -> anyhow::Result<()> {
     let ns = unique_namespace();

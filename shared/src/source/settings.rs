@@ -62,6 +62,14 @@ pub struct SourceSettings {
     /// Other consumers idle this long with nothing pending are removed from the
     /// group (10 min).
     pub consumer_idle_timeout: Duration,
+    /// Replicas that must hold a dead letter (Redis `WAIT`) before its record is
+    /// acknowledged (`REDIS_MIN_REPLICAS`, 0). On a cluster the dead-letter
+    /// stream and the record's stream live on different shards: without it, a
+    /// failover of the dead-letter shard could lose a dead letter whose record
+    /// was acknowledged on the other.
+    pub min_replicas: u32,
+    /// How long that `WAIT` waits (`REDIS_REPLICA_TIMEOUT_MS`, 1 s).
+    pub replica_timeout: Duration,
 }
 
 impl SourceSettings {
@@ -86,6 +94,8 @@ impl SourceSettings {
             block: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(10),
             consumer_idle_timeout: Duration::from_secs(600),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
         }
     }
 
@@ -96,6 +106,7 @@ impl SourceSettings {
     /// `BISECT_BATCH_ON_FUNCTION_ERROR` (true/false), `PARALLELIZATION_FACTOR`
     /// (1..=10), `STARTING_POSITION`
     /// (`TRIM_HORIZON`/`LATEST`), `VISIBILITY_TIMEOUT_SECONDS` (1..=43200),
+    /// `REDIS_MIN_REPLICAS` (0..=5), `REDIS_REPLICA_TIMEOUT_MS` (1..=60000),
     /// `CONSUMER_GROUP`, `CONSUMER_NAME`.
     pub fn from_env(mut self, env: &Env) -> Result<Self, ConfigError> {
         // Every value below is range-checked before its cast.
@@ -144,6 +155,9 @@ impl SourceSettings {
             1,
             43_200,
         )? as u64);
+        self.min_replicas = env.in_range("REDIS_MIN_REPLICAS", self.min_replicas, 0, 5)?;
+        self.replica_timeout =
+            Duration::from_millis(env.in_range("REDIS_REPLICA_TIMEOUT_MS", 1000, 1, 60_000)?);
         if let Some(group) = env.get("CONSUMER_GROUP")? {
             self.group = checked_name("CONSUMER_GROUP", group)?;
         }

@@ -688,6 +688,35 @@ impl<H: BatchHandler> StreamWorker<H> {
             }
             pipe.add(&self.dlq_key, xadd);
         }
+        if !plan.dead_letters.is_empty() && s.min_replicas > 0 {
+            // The dead letters reach `min_replicas` replicas before any record
+            // is acknowledged; if they do not, nothing is acknowledged (the
+            // records come back, and may be dead-lettered twice).
+            let letters = std::mem::take(&mut pipe);
+            let timeout_ms = u64::try_from(s.replica_timeout.as_millis()).unwrap_or(u64::MAX);
+            let wait = redis::cmd("WAIT")
+                .arg(s.min_replicas)
+                .arg(timeout_ms)
+                .clone();
+            let replies = letters
+                .run(&mut self.redis, Sending::InOrder, Some(&wait))
+                .await?;
+            let acked = replies
+                .tails
+                .into_iter()
+                .map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            if acked < u64::from(s.min_replicas) {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{acked} of {} replicas acknowledged the dead letters within {timeout_ms} ms; nothing acknowledged",
+                        s.min_replicas
+                    ),
+                )));
+            }
+        }
         if !plan.acks.is_empty() {
             let mut ack = redis::cmd("XACK");
             ack.arg(&self.stream).arg(&s.group).arg(&plan.acks);

@@ -73,16 +73,13 @@ async fn records_are_read_in_order_dead_lettered_and_redriven_across_the_primari
         }
     };
     let recorder = Recorder::new(rule);
-    let source = shared::source::EventSource::with_client(
-        cluster.client()?,
-        Duration::from_secs(5),
-        {
+    let source =
+        shared::source::EventSource::with_client(cluster.client()?, Duration::from_secs(5), {
             // Dead letters reach a replica before their records are acknowledged.
             let mut settings = fast_settings(&ns, "g", streams.clone());
             settings.min_replicas = 1;
             settings
-        },
-    )?;
+        })?;
     let running = Running::start(source, Arc::clone(&recorder));
     wait_until(
         Duration::from_secs(30),

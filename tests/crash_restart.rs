@@ -60,6 +60,10 @@ struct Plan {
     /// is promoted, the endpoint the system uses moves to it, and it gets a new
     /// replica. The relay requires one replica's acknowledgement throughout.
     redis_failover: bool,
+    /// Run on a Redis Cluster (3 primaries, a replica each): the restart at 30 %
+    /// becomes a primary SIGKILLed and its replica promoted, and the failover at
+    /// 80 % the same on another shard; each shard gets a new replica after.
+    cluster: bool,
 }
 
 /// What a run saw: the invariants it checked and the ones that failed.
@@ -188,6 +192,154 @@ struct Poison {
     kind: &'static str,
 }
 
+/// The suite's Redis: one primary behind an endpoint a failover moves, with a
+/// replica, as ElastiCache's replication group; or a cluster.
+enum Topology {
+    Node {
+        server: servers::Redis,
+        endpoint: tests::forwarder::Forwarder,
+        password: String,
+        replica: Option<tests::RedisServer>,
+        new_replica: Option<tests::RedisServer>,
+    },
+    Cluster(tests::cluster::RedisCluster),
+}
+
+impl Topology {
+    /// The private Redis `server` behind an endpoint, with a replica.
+    async fn node(server: servers::Redis) -> anyhow::Result<Self> {
+        let primary_port = server
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .context("the private Redis's port")?;
+        let endpoint = tests::forwarder::Forwarder::start(primary_port).await?;
+        // The private Redis requires its password (as ElastiCache's AUTH token); its
+        // replicas use it too, to sync and to be the primary after a failover.
+        let password = server
+            .url
+            .strip_prefix("redis://:")
+            .and_then(|rest| rest.split_once('@'))
+            .map(|(password, _)| password.to_owned())
+            .context("the private Redis's password")?;
+        let mut topology = Self::Node {
+            server,
+            endpoint,
+            password,
+            replica: None,
+            new_replica: None,
+        };
+        let replica = topology.replica_of(primary_port).await?;
+        if let Self::Node { replica: r, .. } = &mut topology {
+            *r = Some(replica);
+        }
+        Ok(topology)
+    }
+
+    async fn replica_of(&self, primary: u16) -> anyhow::Result<tests::RedisServer> {
+        let Self::Node { password, .. } = self else {
+            anyhow::bail!("a node's replica");
+        };
+        let primary = primary.to_string();
+        let args = [
+            "--replicaof",
+            "127.0.0.1",
+            &primary,
+            "--masterauth",
+            password,
+            "--requirepass",
+            password,
+        ];
+        tests::RedisServer::start_with(tests::spare_port()?, &args).await
+    }
+
+    fn with_password(password: &str, url: &str) -> String {
+        url.replacen("redis://", &format!("redis://:{password}@"), 1)
+    }
+
+    /// `REDIS_URL` and `REDIS_CLUSTER` for the system.
+    fn url(&self) -> (String, bool) {
+        match self {
+            Self::Node {
+                endpoint, password, ..
+            } => (Self::with_password(password, &endpoint.url()), false),
+            Self::Cluster(cluster) => (cluster.url(), true),
+        }
+    }
+
+    /// At 30 %: the node is restarted; on a cluster the primary of an order
+    /// stream is SIGKILLed (its replica takes over, and a new replica follows).
+    async fn restart(&mut self, namespace: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Node { server, .. } => server.restart(Duration::from_secs(1)).await,
+            Self::Cluster(cluster) => {
+                let key = stream_key(namespace, &AggregateType::parse("Order")?, 0);
+                cluster.kill_primary_of(&key).await.map(drop)
+            }
+        }
+    }
+
+    /// At 80 %: the primary stops, its replica is promoted and the endpoint
+    /// moves to it; on a cluster, the primary of another shard is SIGKILLed.
+    async fn fail_over(&mut self, namespace: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Node { .. } => self.fail_node_over().await,
+            Self::Cluster(cluster) => {
+                let first = cluster
+                    .primary_of(&stream_key(namespace, &AggregateType::parse("Order")?, 0))
+                    .await?;
+                for aggregate in ["Reservation", "Credit", "Order"] {
+                    for p in 0..PARTITIONS {
+                        let key = stream_key(namespace, &AggregateType::parse(aggregate)?, p);
+                        if cluster.primary_of(&key).await? != first {
+                            return cluster.kill_primary_of(&key).await.map(drop);
+                        }
+                    }
+                }
+                anyhow::bail!("every stream on one shard")
+            }
+        }
+    }
+
+    async fn fail_node_over(&mut self) -> anyhow::Result<()> {
+        let Self::Node {
+            server,
+            endpoint,
+            password,
+            replica,
+            ..
+        } = self
+        else {
+            anyhow::bail!("a node");
+        };
+        let promoted = replica.take().context("a replica")?;
+        server.stop_in_place().await?;
+        let mut conn = redis::Client::open(Self::with_password(password, &promoted.url()))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut conn)
+            .await?;
+        endpoint.retarget(promoted.port);
+        let port = promoted.port;
+        *replica = Some(promoted);
+        let fresh = self.replica_of(port).await?;
+        if let Self::Node { new_replica, .. } = self {
+            *new_replica = Some(fresh);
+        }
+        Ok(())
+    }
+
+    async fn stop(self) {
+        if let Self::Node { server, .. } = self {
+            let _ = server.stop().await;
+        }
+    }
+}
+
 /// Runs `plan` against private servers and returns what the checks found.
 async fn run(plan: Plan) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -210,10 +362,14 @@ async fn run(plan: Plan) -> anyhow::Result<Report> {
         )))
     };
     let binaries = Binaries::system();
-    let mut redis = servers::redis_with(None, spare()?, &state.0, &binaries).await?;
+    let mut redis = if plan.cluster {
+        Topology::Cluster(tests::cluster::RedisCluster::start().await?)
+    } else {
+        Topology::node(servers::redis_with(None, spare()?, &state.0, &binaries).await?).await?
+    };
     let mut postgres = servers::postgres_with(None, spare()?, &state.0, &binaries).await?;
     let result = drive(&plan, seed, &state, &mut redis, &mut postgres, started).await;
-    let _ = redis.stop().await;
+    redis.stop().await;
     let _ = postgres.stop().await;
     result
 }
@@ -223,46 +379,14 @@ async fn drive(
     plan: &Plan,
     seed: u64,
     state: &TempState,
-    redis: &mut servers::Redis,
+    redis: &mut Topology,
     postgres: &mut servers::Postgres,
     started: Instant,
 ) -> anyhow::Result<Report> {
     let database_url = format!("{}/postgres", postgres.url);
     // Everything reaches Redis through an endpoint that a failover moves, and the
-    // primary has a replica, as in ElastiCache.
-    let primary_port = redis
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-        .context("the private Redis's port")?;
-    let endpoint = tests::forwarder::Forwarder::start(primary_port).await?;
-    let primary_port = primary_port.to_string();
-    // The private Redis requires its password (as ElastiCache's AUTH token); its
-    // replicas use it too, to sync and to be the primary after a failover.
-    let password = redis
-        .url
-        .strip_prefix("redis://:")
-        .and_then(|rest| rest.split_once('@'))
-        .map(|(password, _)| password.to_owned())
-        .context("the private Redis's password")?;
-    let with_password = |url: String| url.replacen("redis://", &format!("redis://:{password}@"), 1);
-    let replica_args = |primary: &str| {
-        [
-            "--replicaof".to_owned(),
-            "127.0.0.1".to_owned(),
-            primary.to_owned(),
-            "--masterauth".to_owned(),
-            password.clone(),
-            "--requirepass".to_owned(),
-            password.clone(),
-        ]
-    };
-    let args = replica_args(&primary_port);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut replica = Some(tests::RedisServer::start_with(tests::spare_port()?, &args).await?);
-    let mut new_replica = None;
-    let redis_url = with_password(endpoint.url());
+    // primary has a replica, as in ElastiCache (or a cluster whose shards do).
+    let (redis_url, redis_cluster) = redis.url();
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(30))
@@ -329,6 +453,7 @@ async fn drive(
         let mut env = spec.environment.clone();
         env.insert("DATABASE_URL".into(), database_url.clone());
         env.insert("REDIS_URL".into(), redis_url.clone());
+        env.insert("REDIS_CLUSTER".into(), redis_cluster.to_string());
         env.insert("RUST_LOG".into(), "warn".into());
         env.insert("DATABASE_MAX_CONNECTIONS".into(), "4".into());
         env.insert("REDIS_MIN_REPLICAS".into(), "1".into());
@@ -360,7 +485,7 @@ async fn drive(
         mode: Mode::InProcess,
         database_url: database_url.clone(),
         redis_url: redis_url.clone(),
-        redis_cluster: false,
+        redis_cluster,
         trust: tests::auth::trust(),
         registry: std::sync::Arc::new(shop::Shop),
     })
@@ -379,7 +504,8 @@ async fn drive(
         w.start()?;
     }
 
-    let redis_conn = shared::relay::connect_redis(&redis_url, Duration::from_secs(5)).await?;
+    let redis_conn = shared::redis_link::RedisClient::open(&redis_url, redis_cluster)?
+        .connect(Duration::from_secs(5))?;
     let mut poison = Vec::new();
     inject_poison(&redis_conn, &namespace, &mut poison, "early").await?;
 
@@ -460,7 +586,7 @@ async fn drive(
         }
         if redis_restarted.is_none() && done * 10 >= total * 3 {
             let t = Instant::now();
-            redis.restart(Duration::from_secs(1)).await?;
+            redis.restart(&namespace).await?;
             redis_restarted = Some((done, t.elapsed()));
             println!("  restarted Redis after {done} orders ({:?})", t.elapsed());
             allowed.store(share(6), Ordering::Relaxed);
@@ -478,22 +604,7 @@ async fn drive(
         }
         if plan.redis_failover && failed_over.is_none() && done * 10 >= total * 8 {
             let t = Instant::now();
-            let promoted = replica.take().context("a replica")?;
-            redis.stop_in_place().await?;
-            let mut conn = redis::Client::open(with_password(promoted.url()))?
-                .get_multiplexed_async_connection()
-                .await?;
-            let _: () = redis::cmd("REPLICAOF")
-                .arg("NO")
-                .arg("ONE")
-                .query_async(&mut conn)
-                .await?;
-            endpoint.retarget(promoted.port);
-            let port = promoted.port.to_string();
-            let args = replica_args(&port);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            new_replica = Some(tests::RedisServer::start_with(tests::spare_port()?, &args).await?);
-            replica = Some(promoted);
+            redis.fail_over(&namespace).await?;
             failed_over = Some((done, t.elapsed()));
             allowed.store(total, Ordering::Relaxed);
             println!(
@@ -631,7 +742,6 @@ async fn drive(
         report.violations.len(),
         started.elapsed().as_secs_f64()
     );
-    drop((replica, new_replica, endpoint));
     Ok(report)
 }
 
@@ -1268,6 +1378,7 @@ async fn short_run_keeps_every_invariant() -> anyhow::Result<()> {
         inventory_fault: None,
         postgres_down: Duration::from_secs(1),
         redis_failover: true,
+        cluster: false,
     })
     .await?;
     assert!(
@@ -1289,6 +1400,7 @@ async fn a_broken_exactly_once_guarantee_is_caught() -> anyhow::Result<()> {
         inventory_fault: Some("apply-redeliveries"),
         postgres_down: Duration::from_secs(1),
         redis_failover: false,
+        cluster: false,
     })
     .await?;
     assert!(
@@ -1302,7 +1414,29 @@ async fn a_broken_exactly_once_guarantee_is_caught() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The documented long run (RELIABILITY.md): `CRASH_ORDERS` orders, 20,000 by default.
+/// The CI run on a Redis Cluster: two primaries SIGKILLed (one at 30 %, one of
+/// another shard at 80 %), their replicas promoted, besides every other failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_run_on_a_cluster_keeps_every_invariant() -> anyhow::Result<()> {
+    let report = run(Plan {
+        orders: 2_000,
+        kill_every: Duration::from_secs(2),
+        inventory_fault: None,
+        postgres_down: Duration::from_secs(1),
+        redis_failover: true,
+        cluster: true,
+    })
+    .await?;
+    assert!(
+        report.violations.is_empty(),
+        "violations: {:#?}",
+        report.violations
+    );
+    Ok(())
+}
+
+/// The documented long run (RELIABILITY.md): `CRASH_ORDERS` orders, 20,000 by
+/// default; `CRASH_CLUSTER=true` runs it on a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long: run by hand, see RELIABILITY.md"]
 async fn long_run() -> anyhow::Result<()> {
@@ -1316,6 +1450,7 @@ async fn long_run() -> anyhow::Result<()> {
         inventory_fault: None,
         postgres_down: Duration::from_secs(30),
         redis_failover: true,
+        cluster: std::env::var("CRASH_CLUSTER").is_ok_and(|v| v == "true"),
     })
     .await?;
     assert!(

@@ -194,6 +194,7 @@ struct Poison {
 
 /// The suite's Redis: one primary behind an endpoint a failover moves, with a
 /// replica, as ElastiCache's replication group; or a cluster.
+#[allow(clippy::large_enum_variant, reason = "one per run")]
 enum Topology {
     Node {
         server: servers::Redis,

@@ -20,6 +20,29 @@ fn stream(ns: &str, partition: u16) -> String {
     format!("{ns}:{{Test:{partition}}}")
 }
 
+/// Asserts that every aggregate's records were handled successfully in
+/// sequence order, each once; how many were.
+fn done_in_order_once(handler: &Recorder) -> usize {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut done = HashSet::new();
+    for x in handler
+        .seen()
+        .into_iter()
+        .filter(|x| x.outcome == RecordOutcome::Done)
+    {
+        let prev = last.entry(x.aggregate.clone()).or_insert(-1);
+        assert_eq!(
+            x.seq as i64,
+            *prev + 1,
+            "{} handled out of order",
+            x.aggregate
+        );
+        *prev = x.seq as i64;
+        assert!(done.insert(x.id), "handled twice");
+    }
+    done.len()
+}
+
 #[tokio::test]
 async fn a_partial_batch_failure_retries_only_the_failed_records() -> anyhow::Result<()> {
     let ns = unique_namespace();
@@ -346,24 +369,7 @@ async fn events_of_one_aggregate_are_handled_in_order_under_two_consumers_with_f
         "both consumers worked: {s1:?} {s2:?}"
     );
     assert!(s1.retried + s2.retried > 0, "records failed: {s1:?} {s2:?}");
-    let mut last: BTreeMap<String, i64> = BTreeMap::new();
-    let mut done = HashSet::new();
-    for x in handler
-        .seen()
-        .into_iter()
-        .filter(|x| x.outcome == RecordOutcome::Done)
-    {
-        let prev = last.entry(x.aggregate.clone()).or_insert(-1);
-        assert_eq!(
-            x.seq as i64,
-            *prev + 1,
-            "{} handled out of order",
-            x.aggregate
-        );
-        *prev = x.seq as i64;
-        assert!(done.insert(x.id), "handled twice");
-    }
-    assert_eq!(done.len(), 1200);
+    assert_eq!(done_in_order_once(&handler), 1200);
     for s in &streams {
         assert_eq!(pending_count(s, GROUP).await?, 0);
     }
@@ -420,24 +426,7 @@ async fn parallel_calls_of_one_stream_keep_each_aggregate_in_order_and_one_at_a_
         overlaps.is_empty(),
         "an aggregate in two calls at once: {overlaps:?}"
     );
-    let mut last: BTreeMap<String, i64> = BTreeMap::new();
-    let mut done = HashSet::new();
-    for x in handler
-        .seen()
-        .into_iter()
-        .filter(|x| x.outcome == RecordOutcome::Done)
-    {
-        let prev = last.entry(x.aggregate.clone()).or_insert(-1);
-        assert_eq!(
-            x.seq as i64,
-            *prev + 1,
-            "{} handled out of order",
-            x.aggregate
-        );
-        *prev = x.seq as i64;
-        assert!(done.insert(x.id), "handled twice");
-    }
-    assert_eq!(done.len(), 600);
+    assert_eq!(done_in_order_once(&handler), 600);
     assert_eq!(pending_count(&s, GROUP).await?, 0);
     delete_streams(&redis_url(), &ns).await
 }

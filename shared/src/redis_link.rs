@@ -367,6 +367,18 @@ pub struct Replies {
     pub tails: Vec<Value>,
 }
 
+impl Replies {
+    /// With `WAIT` as the tail: the fewest replicas any pipeline reached (0 if
+    /// none was sent or a reply is not a count).
+    pub fn least_replicated(&self) -> u64 {
+        self.tails
+            .iter()
+            .map(|v| redis::from_redis_value::<u64>(v.clone()).unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 /// The indices of `commands` grouped by slot, groups in the order of their
 /// first command, indices in order within each.
 fn per_slot(commands: &[(Slot, Cmd)]) -> Vec<Vec<usize>> {

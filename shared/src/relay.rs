@@ -630,12 +630,7 @@ impl Relay {
                 .map_err(|e| RelayError::redis("publishing a batch with XADD", e))?;
             if wanted > 0 {
                 // The least replicated pipeline decides.
-                let acked = replies
-                    .tails
-                    .into_iter()
-                    .map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0))
-                    .min()
-                    .unwrap_or(0);
+                let acked = replies.least_replicated();
                 if acked < u64::from(wanted) {
                     self.metrics.count(Metric::REPLICATION_TIMEOUTS, 1);
                     return Err(RelayError::Replication {

@@ -701,12 +701,7 @@ impl<H: BatchHandler> StreamWorker<H> {
             let replies = letters
                 .run(&mut self.redis, Sending::InOrder, Some(&wait))
                 .await?;
-            let acked = replies
-                .tails
-                .into_iter()
-                .map(|v| redis::from_redis_value::<u64>(v).unwrap_or(0))
-                .min()
-                .unwrap_or(0);
+            let acked = replies.least_replicated();
             if acked < u64::from(s.min_replicas) {
                 return Err(redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

@@ -316,14 +316,7 @@ impl Topology {
         };
         let promoted = replica.take().context("a replica")?;
         server.stop_in_place().await?;
-        let mut conn = redis::Client::open(Self::with_password(password, &promoted.url()))?
-            .get_multiplexed_async_connection()
-            .await?;
-        let _: () = redis::cmd("REPLICAOF")
-            .arg("NO")
-            .arg("ONE")
-            .query_async(&mut conn)
-            .await?;
+        tests::promote(&Self::with_password(password, &promoted.url())).await?;
         endpoint.retarget(promoted.port);
         let port = promoted.port;
         *replica = Some(promoted);

@@ -80,14 +80,7 @@ impl Servers {
         if let Some(primary) = self.primary.take() {
             primary.kill();
         }
-        let mut conn = redis::Client::open(self.replica.url())?
-            .get_multiplexed_async_connection()
-            .await?;
-        let _: () = redis::cmd("REPLICAOF")
-            .arg("NO")
-            .arg("ONE")
-            .query_async(&mut conn)
-            .await?;
+        tests::promote(&self.replica.url()).await?;
         self.endpoint.retarget(self.replica.port);
         // Until it has a replica again, a relay that requires one keeps its rows
         // (and OutboxAge grows): availability traded for durability.

@@ -20,6 +20,21 @@ fn stream(ns: &str, partition: u16) -> String {
     format!("{ns}:{{Test:{partition}}}")
 }
 
+/// About one delivery in 7 fails, retryably: retries interleave with new
+/// records. Which ones is a function of the record and its attempt, not a count
+/// of deliveries: a count could fail the same record on every attempt when the
+/// batch it comes back in holds a multiple of 7 records.
+fn flaky(r: &shared::source::StreamRecord) -> RecordOutcome {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (&r.id, r.attempt).hash(&mut h);
+    if h.finish() % 7 == 0 {
+        RecordOutcome::Retry("flaky".into())
+    } else {
+        RecordOutcome::Done
+    }
+}
+
 /// Asserts that every aggregate's records were handled successfully in
 /// sequence order, each once; how many were.
 fn done_in_order_once(handler: &Recorder) -> usize {
@@ -334,21 +349,7 @@ async fn events_of_one_aggregate_are_handled_in_order_under_two_consumers_with_f
     for (p, events) in &per_stream {
         append(&streams[*p], events).await?;
     }
-    // About one delivery in 7 fails, retryably: retries interleave with new
-    // records. Which ones is a function of the record and its attempt, not a
-    // count of deliveries: a count could fail the same record on every attempt
-    // when the batch it comes back in holds a multiple of 7 records.
-    let rule = |r: &shared::source::StreamRecord| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        (&r.id, r.attempt).hash(&mut h);
-        if h.finish() % 7 == 0 {
-            RecordOutcome::Retry("flaky".into())
-        } else {
-            RecordOutcome::Done
-        }
-    };
-    let handler = Recorder::new(rule);
+    let handler = Recorder::new(flaky);
     let mut settings = fast_settings(&ns, GROUP, streams.clone());
     settings.batch_size = 25;
     settings.maximum_retry_attempts = 1000;
@@ -388,18 +389,7 @@ async fn parallel_calls_of_one_stream_keep_each_aggregate_in_order_and_one_at_a_
         .flat_map(|seq| (0..40).map(move |a| event(&format!("agg-{a}"), seq)))
         .collect();
     append(&s, &events).await?;
-    // About one delivery in 7 fails, as a function of the record and attempt.
-    let rule = |r: &shared::source::StreamRecord| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        (&r.id, r.attempt).hash(&mut h);
-        if h.finish() % 7 == 0 {
-            RecordOutcome::Retry("flaky".into())
-        } else {
-            RecordOutcome::Done
-        }
-    };
-    let handler = Recorder::slow(rule, Duration::from_millis(5));
+    let handler = Recorder::slow(flaky, Duration::from_millis(5));
     let mut settings = fast_settings(&ns, GROUP, vec![s.clone()]);
     settings.batch_size = 10;
     settings.parallelization_factor = 4;

@@ -196,7 +196,6 @@ async fn parallel(redis: &RedisClient, events: usize, factor: usize, real: bool)
     settings.parallelization_factor = factor;
     let source =
         shared::source::EventSource::with_client(redis.clone(), Duration::from_secs(10), settings)?;
-    let started = Instant::now();
     if real {
         let db = TestDb::fresh().await?;
         sqlx::query(
@@ -223,6 +222,7 @@ async fn parallel(redis: &RedisClient, events: usize, factor: usize, real: bool)
         pause: Duration::from_millis(5),
         done: std::sync::atomic::AtomicUsize::default(),
     });
+    let started = Instant::now();
     let running = Running::start(source, handler.clone());
     while handler.done.load(std::sync::atomic::Ordering::SeqCst) < events {
         tokio::time::sleep(Duration::from_millis(10)).await;

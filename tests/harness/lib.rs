@@ -288,6 +288,19 @@ impl Drop for RedisServer {
     }
 }
 
+/// Makes the replica at `url` a primary (`REPLICAOF NO ONE`), as a failover does.
+pub async fn promote(url: &str) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
 /// Every entry of every stream under `namespace`, by stream key, in stream order.
 pub async fn read_streams(
     redis_url: &str,

@@ -350,10 +350,10 @@ impl RedisConfig {
         } else {
             vec![url]
         };
-        if nodes
-            .iter()
-            .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-        {
+        if nodes.iter().any(|u| {
+            !(u.starts_with("redis://") || u.starts_with("rediss://"))
+                || (!cluster && u.contains(','))
+        }) {
             return Err(ConfigError::Malformed {
                 var: Self::URL,
                 reason: if cluster {
@@ -585,6 +585,34 @@ mod tests {
         let err = RedisConfig::from_env(&env).expect_err("a user needs a password");
         assert!(err.to_string().contains("REDIS_PASSWORD"), "{err}");
         assert!(!format!("{redis:?}").contains("token"));
+    }
+
+    #[test]
+    fn a_cluster_takes_several_nodes_and_one_node_one_url() {
+        let env = Env::from_pairs([
+            ("REDIS_URL", "redis://10.0.0.5:6379, redis://10.0.0.6:6379"),
+            ("REDIS_CLUSTER", "true"),
+            ("REDIS_PASSWORD", "token"),
+        ]);
+        let redis = RedisConfig::from_env(&env).expect("valid");
+        assert!(redis.cluster());
+        assert_eq!(
+            redis.url().expose_secret(),
+            "redis://:token@10.0.0.5:6379,redis://:token@10.0.0.6:6379"
+        );
+        assert!(redis.client().expect("a cluster client").is_cluster());
+        let several = Env::from_pairs([("REDIS_URL", "redis://a:6379,redis://b:6379")]);
+        let err = RedisConfig::from_env(&several).expect_err("several nodes need a cluster");
+        assert!(err.to_string().contains("REDIS_CLUSTER=true"), "{err}");
+        let bad = Env::from_pairs([
+            ("REDIS_URL", "redis://a:6379,b:6379"),
+            ("REDIS_CLUSTER", "true"),
+        ]);
+        let err = RedisConfig::from_env(&bad).expect_err("each node a URL");
+        assert!(err.to_string().contains("each node"), "{err}");
+        let flag = Env::from_pairs([("REDIS_URL", "redis://a:6379"), ("REDIS_CLUSTER", "yes")]);
+        let err = RedisConfig::from_env(&flag).expect_err("true or false");
+        assert!(err.to_string().contains("REDIS_CLUSTER"), "{err}");
     }
 
     #[test]

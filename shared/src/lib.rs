@@ -12,6 +12,7 @@
 //! - [`relay`]: moving outbox rows to Redis Streams, in order, never losing one.
 //! - [`source`]: reading Redis Streams with the semantics of a Lambda event source mapping.
 //! - [`streams`]: stream names and partitions.
+//! - [`layout`]: the partition count and its changes without reordering.
 //! - [`inbox`]: the ids of the events a consumer has applied.
 //! - [`answers`]: a saga participant's recorded answers, sent again as they were.
 //! - [`table`]: the names of a service's outbox and inbox, checked.
@@ -31,6 +32,7 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod inbox;
+pub mod layout;
 pub mod logbook;
 pub mod metrics;
 pub mod outbox;

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::redis_link::{Redis, RedisClient, Sending, SlotPipeline};
@@ -35,7 +35,8 @@ use crate::error::{Failure, Retry, StoreError};
 use crate::metrics::{Metric, Recorder};
 use crate::outbox::Outbox;
 use crate::source::breaker::{millis, Breaker};
-use crate::streams::{partition_of, stream_key, stream_key_pattern};
+use crate::layout::{Change, Layout};
+use crate::streams::{stream_key_pattern, StreamId};
 use crate::trace::TraceParent;
 
 /// Relay slots per outbox (see the migration `outbox_relay`).
@@ -43,6 +44,10 @@ pub const SLOTS: i16 = 16;
 
 /// Advisory-lock namespace of relay slots (first key of the two-key form).
 const LOCK_NAMESPACE: i32 = 0x1de0_0002;
+
+/// Advisory-lock namespace of stream layouts: every batch holds its
+/// namespace's lock shared, a change of layout exclusively ([`crate::layout`]).
+const LAYOUT_LOCK_NAMESPACE: i32 = 0x1de0_0003;
 
 /// How the relay behaves; see [`RelayOptions::from_env`] for the variables.
 #[derive(Debug, Clone)]
@@ -358,6 +363,10 @@ struct PendingRow {
     occurred_at: time::OffsetDateTime,
     traceparent: Option<String>,
     payload: String,
+    /// The namespace's layout ([`crate::layout`]), read with the rows, after
+    /// the locks; `NULL` before the first relay of this version ran.
+    layout_generation: Option<i32>,
+    layout_partitions: Option<i32>,
 }
 
 /// The relay's SQL on one outbox. A table name cannot be a bind parameter; an
@@ -377,11 +386,12 @@ impl OutboxSql {
     fn of(outbox: &Outbox) -> Self {
         Self {
             pending: format!(
-                "SELECT id, event_id, event_type, schema_version, aggregate_type, aggregate_id,
-                        occurred_at, traceparent, payload::text AS payload
-                 FROM {outbox}
-                 WHERE failed_at IS NULL AND relay_slot = ANY($1)
-                 ORDER BY id
+                "SELECT o.id, o.event_id, o.event_type, o.schema_version, o.aggregate_type,
+                        o.aggregate_id, o.occurred_at, o.traceparent, o.payload::text AS payload,
+                        l.generation AS layout_generation, l.partitions AS layout_partitions
+                 FROM {outbox} o LEFT JOIN toolkit.stream_layout l ON l.namespace = $3
+                 WHERE o.failed_at IS NULL AND o.relay_slot = ANY($1)
+                 ORDER BY o.id
                  LIMIT $2"
             ),
             delete: format!("DELETE FROM {outbox} WHERE id = ANY($1)"),
@@ -418,13 +428,23 @@ impl OutboxSql {
 /// outbox's name hashed (FNV-1a, stable across builds and machines, so every
 /// relay of any version agrees) in the high bits, the slot in the low eight.
 fn slot_lock_base(outbox: &Outbox) -> i32 {
-    let hash = outbox.to_string().bytes().fold(0x811c_9dc5_u32, |h, b| {
+    fnv32(&outbox.to_string()) & 0x7fff_ff00
+}
+
+/// The second key of `namespace`'s layout lock.
+fn layout_lock(namespace: &str) -> i32 {
+    fnv32(namespace) & 0x7fff_ffff
+}
+
+/// FNV-1a, 32 bit, as an advisory lock key.
+fn fnv32(text: &str) -> i32 {
+    let hash = text.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     // Reinterpreting the bits is the point: any i32 is a valid key.
     #[allow(clippy::cast_possible_wrap)]
-    let base = (hash & 0x7fff_ff00) as i32;
-    base
+    let key = hash as i32;
+    key
 }
 
 /// Moves events from the outboxes to Redis Streams.
@@ -439,6 +459,13 @@ pub struct Relay {
     /// The SQL of each configured outbox, written once at start (batches run
     /// thousands of times a second).
     sql: HashMap<Outbox, std::sync::Arc<OutboxSql>>,
+    /// When this relay was built: only a relay built after the layout last
+    /// changed may change it ([`crate::layout::Layout::change_for`]).
+    started: std::time::SystemTime,
+    /// The layout generation this relay last copied to Redis (-1: none yet).
+    copied_generation: AtomicI64,
+    /// The latest layout generation its batches published with.
+    seen_generation: AtomicI64,
 }
 
 impl fmt::Debug for Relay {
@@ -463,6 +490,9 @@ impl Relay {
             cursor: AtomicUsize::new(rand::random_range(0..SLOTS as usize)),
             metrics: Recorder::new(SERVICE),
             sql,
+            started: std::time::SystemTime::now(),
+            copied_generation: AtomicI64::new(-1),
+            seen_generation: AtomicI64::new(0),
         }
     }
 
@@ -477,6 +507,172 @@ impl Relay {
 
     pub fn options(&self) -> &RelayOptions {
         &self.options
+    }
+
+    /// The layout a batch publishes with: its row's, read with its rows.
+    fn layout_of(&self, row: &PendingRow) -> Layout {
+        match (row.layout_generation, row.layout_partitions) {
+            (Some(generation), Some(partitions)) => {
+                let generation = u32::try_from(generation).unwrap_or(0);
+                self.seen_generation
+                    .fetch_max(i64::from(generation), Ordering::Relaxed);
+                Layout {
+                    generation,
+                    partitions: u16::try_from(partitions).unwrap_or(1),
+                    previous: None,
+                }
+            }
+            _ => Layout::first(self.options.stream_partitions),
+        }
+    }
+
+    /// Records the namespace's layout if it has none, changes it when this
+    /// relay's `STREAM_PARTITIONS` differs and this relay is the newer
+    /// ([`crate::layout`]), and copies it to Redis for the consumers. Runs
+    /// when a drain starts, every few seconds in [`Relay::run`], and after a
+    /// batch that saw a generation not yet copied. Returns the layout.
+    pub async fn keep_layout(&self) -> Result<Layout, RelayError> {
+        let namespace = &self.options.stream_namespace;
+        sqlx::query(
+            "INSERT INTO toolkit.stream_layout (namespace, generation, partitions)
+             VALUES ($1, 0, $2) ON CONFLICT (namespace) DO NOTHING",
+        )
+        .bind(namespace)
+        .bind(i32::from(self.options.stream_partitions))
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording the stream layout"))?;
+        let (mut layout, newer) = self.read_layout(&self.pool, false).await?;
+        if let Change::Repartition { to } =
+            layout.change_for(self.options.stream_partitions, newer)
+        {
+            match self.repartition(to).await? {
+                Ok(changed) => layout = changed,
+                Err(waiting) => {
+                    debug!(namespace = %namespace, partitions = to, %waiting, "repartitioning waits until every consumer group has finished the previous generation");
+                }
+            }
+        }
+        let mut redis = self.redis.clone();
+        crate::layout::publish(&mut redis, namespace, &layout)
+            .await
+            .map_err(|e| RelayError::redis("copying the stream layout to Redis", e))?;
+        self.copied_generation
+            .fetch_max(i64::from(layout.generation), Ordering::Relaxed);
+        Ok(layout)
+    }
+
+    /// The namespace's layout, and whether this relay started after it last
+    /// changed; `lock`: `FOR UPDATE`.
+    async fn read_layout<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        lock: bool,
+    ) -> Result<(Layout, bool), RelayError> {
+        let started = self
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let sql = format!(
+            "SELECT generation, partitions, previous::text, changed_at < to_timestamp($2)
+             FROM toolkit.stream_layout WHERE namespace = $1{}",
+            if lock { " FOR UPDATE" } else { "" }
+        );
+        let (generation, partitions, previous, newer): (i32, i32, Option<String>, bool) =
+            sqlx::query_as(&sql)
+                .bind(&self.options.stream_namespace)
+                .bind(started)
+                .fetch_one(executor)
+                .await
+                .map_err(db("reading the stream layout"))?;
+        let layout = Layout {
+            generation: u32::try_from(generation).unwrap_or(0),
+            partitions: u16::try_from(partitions).unwrap_or(1),
+            previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
+        };
+        Ok((layout, newer))
+    }
+
+    /// Moves the namespace to the next generation with `to` partitions, or
+    /// says why it must wait (a group has not finished the previous one).
+    async fn repartition(&self, to: u16) -> Result<Result<Layout, String>, RelayError> {
+        let namespace = &self.options.stream_namespace;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a layout change"))?;
+        // Waits for the batches under way; those that come meanwhile find the
+        // lock taken and try again later.
+        sqlx::query("SET LOCAL lock_timeout = '10s'")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("starting a layout change"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(LAYOUT_LOCK_NAMESPACE)
+            .bind(layout_lock(namespace))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("taking the stream layout's lock"))?;
+        let (layout, newer) = self.read_layout(&mut *tx, true).await?;
+        if layout.change_for(to, newer) == Change::Keep {
+            return Ok(Ok(layout));
+        }
+        let mut redis = self.redis.clone();
+        let redis_error = |context| move |e| RelayError::redis(context, e);
+        if let Some(previous) = &layout.previous {
+            for (stream, end) in &previous.ends {
+                let unfinished = crate::layout::unfinished_groups(&mut redis, stream, end, None)
+                    .await
+                    .map_err(redis_error("reading the previous generation's groups"))?;
+                if let Some(first) = unfinished.into_iter().next() {
+                    return Ok(Err(first));
+                }
+            }
+        }
+        // No batch runs: the last entry of each stream is its generation's end.
+        let mut ends = std::collections::BTreeMap::new();
+        let streams = redis
+            .scan(&stream_key_pattern(namespace), Some("stream"))
+            .await
+            .map_err(redis_error("listing the streams"))?;
+        for stream in streams {
+            let current = crate::layout::parse_stream_key(namespace, &stream)
+                .is_some_and(|name| name.generation == layout.generation);
+            if !current {
+                continue;
+            }
+            if let Some(end) = crate::layout::last_entry(&mut redis, &stream)
+                .await
+                .map_err(redis_error("reading a stream's last entry"))?
+            {
+                ends.insert(stream, end);
+            }
+        }
+        let next = layout.next(to, ends);
+        let previous = serde_json::to_string(&next.previous).unwrap_or_default();
+        sqlx::query(
+            "UPDATE toolkit.stream_layout
+             SET generation = $2, partitions = $3, previous = $4::json, changed_at = clock_timestamp()
+             WHERE namespace = $1",
+        )
+        .bind(namespace)
+        .bind(i32::try_from(next.generation).unwrap_or(i32::MAX))
+        .bind(i32::from(next.partitions))
+        .bind(previous)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("changing the stream layout"))?;
+        tx.commit().await.map_err(db("changing the stream layout"))?;
+        info!(
+            namespace = %namespace,
+            generation = next.generation,
+            from = layout.partitions,
+            to = next.partitions,
+            "stream partitions changed; consumers finish the previous generation first"
+        );
+        Ok(Ok(next))
     }
 
     /// One batch from `outbox`: claim, publish, delete, commit.
@@ -510,6 +706,14 @@ impl Relay {
             return Ok(batch);
         }
         tx.commit().await.map_err(db("committing a relay batch"))?;
+        if self.seen_generation.load(Ordering::Relaxed)
+            > self.copied_generation.load(Ordering::Relaxed)
+        {
+            // Another relay changed the layout: consumers learn it from Redis.
+            if let Err(error) = self.keep_layout().await {
+                warn!(%error, "copying the stream layout to Redis failed; retrying with the next batch");
+            }
+        }
         if let Batch::Done {
             published, failed, ..
         } = &batch
@@ -546,9 +750,12 @@ impl Relay {
         let order: Vec<i16> = (0..SLOTS as usize)
             .map(|i| i16::try_from((start + i) % SLOTS as usize).unwrap_or(0))
             .collect();
+        // With the namespace's layout lock, shared: a change of layout waits
+        // for this batch, and turns away those that come while it waits.
         let slots: Vec<i16> = sqlx::query_scalar(
             "SELECT s FROM unnest($1::smallint[]) WITH ORDINALITY AS t(s, n)
-             WHERE pg_try_advisory_xact_lock($2, $3 + s)
+             WHERE pg_try_advisory_xact_lock_shared($5, $6)
+               AND pg_try_advisory_xact_lock($2, $3 + s)
              ORDER BY n
              LIMIT $4",
         )
@@ -556,6 +763,8 @@ impl Relay {
         .bind(LOCK_NAMESPACE)
         .bind(slot_lock_base(outbox))
         .bind(i64::from(slots_wanted))
+        .bind(LAYOUT_LOCK_NAMESPACE)
+        .bind(layout_lock(&self.options.stream_namespace))
         .fetch_all(&mut **tx)
         .await
         .map_err(db("taking relay slots"))?;
@@ -572,12 +781,14 @@ impl Relay {
         let rows: Vec<PendingRow> = sqlx::query_as(&sql.pending)
             .bind(&slots)
             .bind(i64::from(self.options.batch_size))
+            .bind(&self.options.stream_namespace)
             .fetch_all(&mut **tx)
             .await
             .map_err(db("reading pending outbox rows"))?;
         if rows.is_empty() {
             return Ok((Batch::Empty { slots }, Vec::new()));
         }
+        let layout = self.layout_of(&rows[0]);
         let drained = if rows.len() < self.options.batch_size as usize {
             slots
         } else {
@@ -596,7 +807,7 @@ impl Relay {
                 aggregate_id: row.aggregate_id.clone(),
                 traceparent: row.traceparent.as_deref().and_then(|tp| tp.parse().ok()),
             };
-            match self.entry(row) {
+            match self.entry(row, &layout) {
                 Ok((key, fields)) => {
                     let mut xadd = redis::cmd("XADD");
                     xadd.arg(&key).arg("*").arg(&fields);
@@ -664,7 +875,7 @@ impl Relay {
     }
 
     /// The stream key and fields of a row, or why it can never be published.
-    fn entry(&self, row: PendingRow) -> Result<StreamEntry, String> {
+    fn entry(&self, row: PendingRow, layout: &Layout) -> Result<StreamEntry, String> {
         let columns = OutboxColumns {
             event_id: row.event_id,
             event_type: row.event_type,
@@ -685,12 +896,11 @@ impl Relay {
                 self.options.max_entry_bytes
             ));
         }
-        let partition = partition_of(event.aggregate_id.as_str(), self.options.stream_partitions);
         Ok((
-            stream_key(
+            layout.stream_of(
                 &self.options.stream_namespace,
-                &event.aggregate_type,
-                partition,
+                event.aggregate_type.as_str(),
+                event.aggregate_id.as_str(),
             ),
             fields,
         ))
@@ -700,6 +910,7 @@ impl Relay {
     /// trims the streams and reports the backlog.
     pub async fn drain_until(&self, deadline: Instant) -> Result<DrainSummary, RelayError> {
         let started = Instant::now();
+        self.keep_layout().await?;
         let mut summary = DrainSummary {
             stopped_by: "empty",
             ..DrainSummary::default()
@@ -851,7 +1062,21 @@ impl Relay {
         let wake_up = async {
             let mut last_trim = Instant::now();
             let mut last_measure = Instant::now() - Duration::from_secs(3600);
+            let mut layout_due = Instant::now();
             loop {
+                if Instant::now() >= layout_due {
+                    // Every 10 s; every second while a change of this relay's waits.
+                    layout_due = match self.keep_layout().await {
+                        Ok(layout) if layout.partitions != self.options.stream_partitions => {
+                            Instant::now() + Duration::from_secs(1)
+                        }
+                        Ok(_) => Instant::now() + Duration::from_secs(10),
+                        Err(error) => {
+                            warn!(%error, "keeping the stream layout failed");
+                            Instant::now() + Duration::from_secs(1)
+                        }
+                    };
+                }
                 if last_measure.elapsed() > Duration::from_secs(10) {
                     match self.backlogs().await {
                         Ok(backlogs) => {
@@ -904,7 +1129,7 @@ impl Relay {
                             wakes.iter().for_each(tokio::sync::Notify::notify_one);
                         }
                     },
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         };
@@ -1173,31 +1398,6 @@ async fn safe_min_id(redis: &mut Redis, key: &str, cutoff: String) -> Result<Str
         }
     }
     Ok(min.map_or(cutoff, |id| id.to_string()))
-}
-
-/// A stream entry id, `ms-seq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct StreamId(u64, u64);
-
-impl StreamId {
-    fn parse(text: &str) -> Option<Self> {
-        let (ms, seq) = text.split_once('-')?;
-        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
-    }
-
-    fn next(self) -> Self {
-        if self.1 == u64::MAX {
-            Self(self.0 + 1, 0)
-        } else {
-            Self(self.0, self.1 + 1)
-        }
-    }
-}
-
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
 }
 
 /// A connection to the Redis node at `url` for the relay: reconnects by

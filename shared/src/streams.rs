@@ -77,6 +77,31 @@ pub async fn scan_streams(
     redis.scan(pattern, Some("stream")).await
 }
 
+/// A stream entry id, `ms-seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId(u64, u64);
+
+impl StreamId {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    pub fn next(self) -> Self {
+        if self.1 == u64::MAX {
+            Self(self.0 + 1, 0)
+        } else {
+            Self(self.0, self.1 + 1)
+        }
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

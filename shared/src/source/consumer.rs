@@ -47,15 +47,18 @@ impl ConsumerConfig {
             });
         }
         let mut streams = Vec::new();
+        let mut types = Vec::new();
         for t in aggregate_types {
             let t = AggregateType::parse(t).map_err(|e| ConfigError::Malformed {
                 var: "STREAM_SOURCE",
                 reason: e.to_string(),
             })?;
             streams.extend(stream_keys(&namespace, &t, partitions));
+            types.push(t.to_string());
         }
         let mut settings = SourceSettings::new(group, streams);
         settings.namespace = namespace;
+        settings.aggregate_types = types;
         Ok(Self {
             database: DatabaseConfig::from_env(env)?,
             redis: RedisConfig::from_env(env)?,
@@ -92,6 +95,7 @@ mod tests {
         let c = ConsumerConfig::from_env(&env, "inventory", &["Order"]).expect("valid");
         assert_eq!(c.source.streams, ["prod:{Order:0}", "prod:{Order:1}"]);
         assert_eq!(c.source.namespace, "prod");
+        assert_eq!(c.source.aggregate_types, ["Order"]);
         assert_eq!(c.source.group, "inventory");
         assert_eq!(c.source.batch_size, 7);
         let declared = Env::from_pairs([

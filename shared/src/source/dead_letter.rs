@@ -53,6 +53,14 @@ pub const REDRIVE_MEMORY: std::time::Duration = std::time::Duration::from_secs(3
 
 /// A record's identity across redrives: the digest of its original fields,
 /// which a redrive copies verbatim (its stream id changes every time).
+/// The `aggregate_id` field of an entry's fields, if it has one in UTF-8.
+fn aggregate_id(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<&str> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_slice() == b"aggregate_id")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
 fn identity(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
     let mut digest = Sha256::new();
     for (k, v) in fields {
@@ -379,6 +387,7 @@ fn admit<'a>(
 #[derive(Clone)]
 pub struct DeadLetters {
     redis: Redis,
+    namespace: String,
     key: String,
     redrives_key: String,
 }
@@ -406,6 +415,7 @@ impl DeadLetters {
     pub fn new(redis: Redis, namespace: &str, group: &str) -> Self {
         Self {
             redis,
+            namespace: namespace.to_owned(),
             key: dead_letter_key(namespace, group),
             redrives_key: redrives_key(namespace, group),
         }
@@ -623,14 +633,21 @@ impl DeadLetters {
         // streams, the counts and the dead letters may be on three slots: each
         // slot's commands go in the order of its first one, so the copies
         // still come first.)
+        // A record of a stream generation since finished goes to its
+        // aggregate's stream of the current one, which the consumers read.
+        let layout = crate::layout::read(&mut self.redis.clone(), &self.namespace).await?;
         let mut pipe = SlotPipeline::new();
         for letter in letters {
+            let target = layout.as_ref().map_or_else(
+                || letter.source_stream.clone(),
+                |l| l.route(&self.namespace, &letter.source_stream, aggregate_id(&letter.fields)),
+            );
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(&letter.source_stream).arg("*");
+            xadd.arg(&target).arg("*");
             for (k, v) in &letter.fields {
                 xadd.arg(k.as_slice()).arg(v.as_slice());
             }
-            pipe.add(&letter.source_stream, xadd);
+            pipe.add(&target, xadd);
         }
         for letter in letters {
             let mut count = redis::cmd("HINCRBY");

@@ -280,9 +280,11 @@ impl EventSource {
         let mut ticks: u64 = 0;
         // Only for its one line per change: the loop keeps its pace while Redis is away.
         let mut redis_away = breaker::Breaker::new(tick, tick);
+        // The layout generation whose previous one this group has finished.
+        let mut finished = None;
         loop {
             match self
-                .maintain(&mut redis, &handler, deadline, &mut held, &mut stopping)
+                .maintain(&mut redis, &handler, deadline, &mut held, &mut stopping, &mut finished)
                 .await
             {
                 Ok(()) => {
@@ -361,8 +363,10 @@ impl EventSource {
         deadline: Option<Instant>,
         held: &mut HashMap<String, Held>,
         stopping: &mut Vec<(String, Task)>,
+        finished: &mut Option<u32>,
     ) -> Result<(), redis::RedisError> {
         let s = &self.settings;
+        let all = self.streams_now(redis, finished).await?;
         let ttl_ms = u64::try_from(s.lease_ttl.as_millis()).unwrap_or(u64::MAX);
         let now_ms = u64::try_from(
             std::time::SystemTime::now()
@@ -421,7 +425,16 @@ impl EventSource {
             }
         }
 
-        let streams = s.streams.len();
+        // Streams no longer read (a finished generation) go back.
+        let gone: Vec<String> = held.keys().filter(|k| !all.contains(k)).cloned().collect();
+        for stream in gone {
+            if let Some(h) = held.remove(&stream) {
+                info!(%stream, "the stream's generation is finished; giving it back");
+                let _ = h.stop.send(true);
+                stopping.push((stream, h.task));
+            }
+        }
+        let streams = all.len();
         let live = usize::try_from(live.max(1)).unwrap_or(1);
         let share = streams.div_ceil(live);
         // Give back what is over the share (the worker finishes its batch first).
@@ -448,7 +461,7 @@ impl EventSource {
             if held.len() >= share {
                 break;
             }
-            let stream = &s.streams[(offset + i) % streams];
+            let stream = &all[(offset + i) % streams];
             if held.contains_key(stream) || stopping.iter().any(|(st, _)| st == stream) {
                 continue;
             }
@@ -473,6 +486,48 @@ impl EventSource {
             held.insert(stream.clone(), Held { stop, task });
         }
         Ok(())
+    }
+
+    /// The streams to read now: the settings' own, or for a source following
+    /// the layout ([`SourceSettings::aggregate_types`]), the previous
+    /// generation's until this group has finished every one of them, then the
+    /// current one's. `finished` remembers the generation found finished.
+    async fn streams_now(
+        &self,
+        redis: &mut Redis,
+        finished: &mut Option<u32>,
+    ) -> Result<Vec<String>, redis::RedisError> {
+        let s = &self.settings;
+        if s.aggregate_types.is_empty() {
+            return Ok(s.streams.clone());
+        }
+        let Some(layout) = crate::layout::read(redis, &s.namespace).await? else {
+            return Ok(s.streams.clone());
+        };
+        let mut done = layout.previous.is_none() || *finished == Some(layout.generation);
+        if !done {
+            done = true;
+            for (stream, end) in layout.previous_streams(&s.namespace, &s.aggregate_types) {
+                let Some(end) = end else { continue };
+                let unfinished =
+                    crate::layout::unfinished_groups(redis, &stream, &end, Some(&s.group)).await?;
+                if let Some(why) = unfinished.first() {
+                    debug!(group = %s.group, %why, "finishing the previous stream generation");
+                    done = false;
+                    break;
+                }
+            }
+            if done {
+                info!(group = %s.group, generation = layout.generation, partitions = layout.partitions, "previous stream generation finished; reading the new one");
+                *finished = Some(layout.generation);
+            }
+        }
+        Ok(crate::layout::streams_to_read(
+            &layout,
+            &s.namespace,
+            &s.aggregate_types,
+            done,
+        ))
     }
 
     async fn release(&self, redis: &mut Redis, stream: &str) {

@@ -26,6 +26,12 @@ pub struct SourceSettings {
     pub consumer: String,
     /// The streams to read (every partition of the aggregate types consumed).
     pub streams: Vec<String>,
+    /// The aggregate types consumed, when the streams follow the namespace's
+    /// layout ([`crate::layout`]): the source then reads the streams of the
+    /// layout in Redis, finishing a previous generation before the current
+    /// one, and `streams` only until a relay has recorded a layout. Empty:
+    /// exactly `streams`.
+    pub aggregate_types: Vec<String>,
     /// Where the source's own keys live: `{namespace}:dlq:{group}` and so on.
     pub namespace: String,
     /// `BatchSize`: the most records per handler call (100).
@@ -80,6 +86,7 @@ impl SourceSettings {
             service: group.to_owned(),
             consumer: default_consumer_name(),
             streams,
+            aggregate_types: Vec::new(),
             namespace: crate::streams::DEFAULT_NAMESPACE.to_owned(),
             batch_size: 100,
             maximum_batching_window: Duration::ZERO,

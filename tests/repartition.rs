@@ -13,11 +13,13 @@ use anyhow::Result;
 use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use shared::layout::Layout;
 use shared::outbox;
+use shared::redis_link::RedisClient;
 use shared::relay::{Relay, RelayOptions};
-use shared::source::{RecordOutcome, SourceSettings};
-use shared::streams::stream_keys;
-use tests::source::{fast_settings, source, Recorder, Running};
-use tests::{redis_url, unique_namespace, RunningRelay, TestDb};
+use shared::source::{EventSource, RecordOutcome, RedrivePolicy, Selection, SourceSettings};
+use shared::streams::{stream_key_pattern, stream_keys};
+use tests::cluster::RedisCluster;
+use tests::source::{fast_settings, Recorder, Running};
+use tests::{redis_url, unique_namespace, wait_until, RunningRelay, TestDb};
 
 const AGGREGATES: u64 = 40;
 const GROUP: &str = "repartition";
@@ -33,15 +35,40 @@ fn event(aggregate: u64, seq: u64) -> Result<EventEnvelope> {
     ))
 }
 
-async fn relay(db: &TestDb, ns: &str, partitions: u16) -> Result<RunningRelay> {
+fn node() -> Result<RedisClient> {
+    Ok(RedisClient::open(&redis_url(), false)?)
+}
+
+fn relay_with(db: &TestDb, redis: &RedisClient, ns: &str, partitions: u16) -> Result<Relay> {
     let options = RelayOptions {
         stream_namespace: ns.to_owned(),
         stream_partitions: partitions,
         batch_size: 50,
         ..tests::relay_options()
     };
-    let relay: Relay = tests::relay(&db.pool, &redis_url(), options).await?;
+    Ok(Relay::new(
+        db.pool.clone(),
+        redis.connect(Duration::from_secs(5))?,
+        options,
+    ))
+}
+
+async fn relay(
+    db: &TestDb,
+    redis: &RedisClient,
+    ns: &str,
+    partitions: u16,
+) -> Result<RunningRelay> {
+    let relay = relay_with(db, redis, ns, partitions)?;
     Ok(RunningRelay::start(relay, Duration::from_millis(50)).await)
+}
+
+fn source(redis: &RedisClient, settings: SourceSettings) -> Result<EventSource> {
+    Ok(EventSource::with_client(
+        redis.clone(),
+        Duration::from_secs(5),
+        settings,
+    )?)
 }
 
 /// A consumer of the group following the layout, as `ConsumerConfig` builds
@@ -55,32 +82,35 @@ fn settings(ns: &str, consumer: &str, partitions: u16) -> Result<SourceSettings>
     Ok(s)
 }
 
-async fn layout(ns: &str) -> Result<Option<Layout>> {
-    let mut redis = shared::redis_link::RedisClient::open(&redis_url(), false)?
-        .connect(Duration::from_secs(5))?;
+async fn layout(redis: &RedisClient, ns: &str) -> Result<Option<Layout>> {
+    let mut redis = redis.connect(Duration::from_secs(5))?;
     Ok(shared::layout::read(&mut redis, ns).await?)
 }
 
-async fn wait_for_generation(ns: &str, generation: u32) -> Result<Layout> {
+async fn wait_for_generation(redis: &RedisClient, ns: &str, generation: u32) -> Result<Layout> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(l) = layout(ns).await? {
+        if let Some(l) = layout(redis, ns).await? {
             if l.generation >= generation {
                 return Ok(l);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "generation {generation} never came");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "generation {generation} never came"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Entries per generation of the namespace's streams.
-async fn entries_per_generation(ns: &str) -> Result<BTreeMap<u32, u64>> {
-    let streams = tests::read_streams(&redis_url(), ns).await?;
+/// Entries per generation of the namespace's streams (on every primary).
+async fn entries_per_generation(redis: &RedisClient, ns: &str) -> Result<BTreeMap<u32, u64>> {
+    let mut redis = redis.connect(Duration::from_secs(5))?;
     let mut counts = BTreeMap::new();
-    for (key, entries) in streams {
+    for key in redis.scan(&stream_key_pattern(ns), Some("stream")).await? {
         let name = shared::layout::parse_stream_key(ns, &key).expect("a stream key");
-        *counts.entry(name.generation).or_default() += entries.len() as u64;
+        let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut redis).await?;
+        *counts.entry(name.generation).or_default() += len;
     }
     Ok(counts)
 }
@@ -91,14 +121,32 @@ async fn entries_per_generation(ns: &str) -> Result<BTreeMap<u32, u64>> {
 /// running without changing it back.
 #[tokio::test]
 async fn changing_the_partition_count_under_load_keeps_every_aggregate_in_order() -> Result<()> {
+    change_under_load(&node()?).await
+}
+
+/// The same on a Redis Cluster of three primaries: the generations' streams
+/// spread over the shards, the stream ends are found by a scan of every primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_changing_the_partition_count_keeps_every_aggregate_in_order() -> Result<()> {
+    let cluster = RedisCluster::start().await?;
+    change_under_load(&cluster.client()?).await
+}
+
+async fn change_under_load(redis: &RedisClient) -> Result<()> {
     let db = TestDb::fresh().await?;
     let ns = unique_namespace();
     // Slower than the writers while there are 2 partitions: a backlog builds
     // up in the first generation's streams before the change.
     let handler = Recorder::slow(|_| RecordOutcome::Done, Duration::from_millis(50));
     let consumers = [
-        Running::start(source(settings(&ns, "c1", 2)?).await?, Arc::clone(&handler)),
-        Running::start(source(settings(&ns, "c2", 2)?).await?, Arc::clone(&handler)),
+        Running::start(
+            source(redis, settings(&ns, "c1", 2)?)?,
+            Arc::clone(&handler),
+        ),
+        Running::start(
+            source(redis, settings(&ns, "c2", 2)?)?,
+            Arc::clone(&handler),
+        ),
     ];
 
     let writing = Arc::new(AtomicBool::new(true));
@@ -124,14 +172,14 @@ async fn changing_the_partition_count_under_load_keeps_every_aggregate_in_order(
         })
         .collect();
 
-    let first = relay(&db, &ns, 2).await?;
+    let first = relay(&db, redis, &ns, 2).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let up = relay(&db, &ns, 5).await?;
-    let l = wait_for_generation(&ns, 1).await?;
+    let up = relay(&db, redis, &ns, 5).await?;
+    let l = wait_for_generation(redis, &ns, 1).await?;
     assert_eq!(l.partitions, 5);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let down = relay(&db, &ns, 3).await?;
-    let l = wait_for_generation(&ns, 2).await?;
+    let down = relay(&db, redis, &ns, 3).await?;
+    let l = wait_for_generation(redis, &ns, 2).await?;
     assert_eq!(l.partitions, 3);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     writing.store(false, Ordering::Relaxed);
@@ -153,12 +201,18 @@ async fn changing_the_partition_count_under_load_keeps_every_aggregate_in_order(
     }
 
     // Every generation carried events: the changes happened under load.
-    let per_generation = entries_per_generation(&ns).await?;
+    let per_generation = entries_per_generation(redis, &ns).await?;
     eprintln!("entries per generation: {per_generation:?}, {total} written");
-    assert_eq!(per_generation.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
-    assert!(per_generation.values().all(|n| *n > 0), "{per_generation:?}");
+    assert_eq!(
+        per_generation.keys().copied().collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(
+        per_generation.values().all(|n| *n > 0),
+        "{per_generation:?}"
+    );
     // Nobody changed it back: the relay of 2 and the relay of 5 still ran.
-    let last = layout(&ns).await?.expect("a layout");
+    let last = layout(redis, &ns).await?.expect("a layout");
     assert_eq!((last.generation, last.partitions), (2, 3));
 
     let mut handled: HashMap<String, Vec<u64>> = HashMap::new();
@@ -173,6 +227,81 @@ async fn changing_the_partition_count_under_load_keeps_every_aggregate_in_order(
             "agg-{a}: handled out of order, twice or not at all"
         );
     }
-    assert!(handled.is_empty(), "unknown aggregates: {:?}", handled.keys());
+    assert!(
+        handled.is_empty(),
+        "unknown aggregates: {:?}",
+        handled.keys()
+    );
+    Ok(())
+}
+
+/// A record dead-lettered from a stream of the first generation is redriven,
+/// after the count changed, to its aggregate's stream of the current
+/// generation, and handled there: the consumers no longer read the old one.
+#[tokio::test]
+async fn a_dead_letter_of_a_finished_generation_is_redriven_to_its_aggregate_s_current_stream(
+) -> Result<()> {
+    let redis = node()?;
+    let db = TestDb::fresh().await?;
+    let ns = unique_namespace();
+    let poisoned = Arc::new(AtomicBool::new(true));
+    let rule = {
+        let poisoned = Arc::clone(&poisoned);
+        move |r: &shared::source::StreamRecord| {
+            if poisoned.load(Ordering::Relaxed) && r.event.aggregate_id.as_str() == "agg-3" {
+                RecordOutcome::Reject("poison".into())
+            } else {
+                RecordOutcome::Done
+            }
+        }
+    };
+    let handler = Recorder::new(rule);
+    let consumer = Running::start(
+        source(&redis, settings(&ns, "c1", 2)?)?,
+        Arc::clone(&handler),
+    );
+    let mut tx = db.pool.begin().await?;
+    for a in 0..8 {
+        outbox::append(&mut tx, &order_service::OUTBOX, &event(a, 0)?).await?;
+    }
+    tx.commit().await?;
+    relay_with(&db, &redis, &ns, 2)?
+        .drain_until(Instant::now() + Duration::from_secs(30))
+        .await?;
+    let dead = source(&redis, settings(&ns, "tools", 2)?)?.dead_letters();
+    wait_until(
+        Duration::from_secs(10),
+        "the poison record dead-lettered",
+        || async { Ok(dead.count().await? == 1) },
+    )
+    .await?;
+
+    // The count changes; the group has finished the first generation.
+    let next = relay_with(&db, &redis, &ns, 7)?.keep_layout().await?;
+    assert_eq!((next.generation, next.partitions), (1, 7));
+    poisoned.store(false, Ordering::Relaxed);
+    let report = dead
+        .redrive(&Selection::All, &RedrivePolicy::new(3), |_, _| {})
+        .await?;
+    let target = next.stream_of(&ns, "Order", "agg-3");
+    assert_eq!(report.redriven.values().sum::<u64>(), 1);
+    let mut conn = redis.connect(Duration::from_secs(5))?;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&target)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(len, 1, "the redriven record is in {target}");
+    wait_until(
+        Duration::from_secs(10),
+        "the redriven record handled",
+        || async {
+            Ok(handler
+                .seen()
+                .iter()
+                .any(|s| s.aggregate == "agg-3" && s.outcome == RecordOutcome::Done))
+        },
+    )
+    .await?;
+    consumer.stop().await?;
     Ok(())
 }

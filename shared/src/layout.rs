@@ -202,10 +202,17 @@ pub fn stream_key_in(
     }
 }
 
-fn keys(namespace: &str, aggregate_types: &[String], generation: u32, partitions: u16) -> Vec<String> {
+fn keys(
+    namespace: &str,
+    aggregate_types: &[String],
+    generation: u32,
+    partitions: u16,
+) -> Vec<String> {
     aggregate_types
         .iter()
-        .flat_map(|t| (0..partitions.max(1)).map(move |p| stream_key_in(namespace, t, generation, p)))
+        .flat_map(|t| {
+            (0..partitions.max(1)).map(move |p| stream_key_in(namespace, t, generation, p))
+        })
         .collect()
 }
 
@@ -287,7 +294,10 @@ pub async fn publish(
 }
 
 /// The id of `stream`'s last entry, if it has one.
-pub async fn last_entry(redis: &mut Redis, stream: &str) -> Result<Option<String>, redis::RedisError> {
+pub async fn last_entry(
+    redis: &mut Redis,
+    stream: &str,
+) -> Result<Option<String>, redis::RedisError> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")
@@ -350,7 +360,10 @@ mod tests {
     #[test]
     fn keys_name_their_generation_after_the_first_and_read_back() {
         assert_eq!(stream_key_in("events", "Order", 0, 3), "events:{Order:3}");
-        assert_eq!(stream_key_in("events", "Order", 2, 3), "events:{Order:g2.3}");
+        assert_eq!(
+            stream_key_in("events", "Order", 2, 3),
+            "events:{Order:g2.3}"
+        );
         // The first generation's keys are the ones written before layouts existed.
         assert_eq!(
             stream_key_in("ns", "Order", 0, 5),
@@ -389,13 +402,20 @@ mod tests {
     #[test]
     fn the_next_generation_keeps_the_old_one_s_ends_and_consumers_finish_it_first() {
         let first = Layout::first(2);
-        assert_eq!(first.streams("events", &types()), ["events:{Order:0}", "events:{Order:1}"]);
+        assert_eq!(
+            first.streams("events", &types()),
+            ["events:{Order:0}", "events:{Order:1}"]
+        );
         let ends = BTreeMap::from([("events:{Order:1}".to_owned(), "5-0".to_owned())]);
         let next = first.next(3, ends);
         assert_eq!(next.generation, 1);
         assert_eq!(
             next.streams("events", &types()),
-            ["events:{Order:g1.0}", "events:{Order:g1.1}", "events:{Order:g1.2}"]
+            [
+                "events:{Order:g1.0}",
+                "events:{Order:g1.1}",
+                "events:{Order:g1.2}"
+            ]
         );
         assert_eq!(
             next.previous_streams("events", &types()),
@@ -435,7 +455,10 @@ mod tests {
     fn a_redriven_record_of_an_old_generation_goes_to_its_aggregate_s_current_stream() {
         let next = Layout::first(2).next(4, BTreeMap::new());
         let current = next.stream_of("events", "Order", "o-1");
-        assert_eq!(next.route("events", "events:{Order:1}", Some("o-1")), current);
+        assert_eq!(
+            next.route("events", "events:{Order:1}", Some("o-1")),
+            current
+        );
         assert_eq!(next.route("events", &current, Some("o-1")), current);
         assert_eq!(
             next.route("events", "events:{Order:7}", None),

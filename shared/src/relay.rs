@@ -32,10 +32,10 @@ use tracing::{debug, info, warn};
 use crate::config::{ConfigError, Env};
 use crate::envelope::{EventEnvelope, OutboxColumns};
 use crate::error::{Failure, Retry, StoreError};
+use crate::layout::{Change, Layout};
 use crate::metrics::{Metric, Recorder};
 use crate::outbox::Outbox;
 use crate::source::breaker::{millis, Breaker};
-use crate::layout::{Change, Layout};
 use crate::streams::{stream_key_pattern, StreamId};
 use crate::trace::TraceParent;
 
@@ -543,8 +543,7 @@ impl Relay {
         .await
         .map_err(db("recording the stream layout"))?;
         let (mut layout, newer) = self.read_layout(&self.pool, false).await?;
-        if let Change::Repartition { to } =
-            layout.change_for(self.options.stream_partitions, newer)
+        if let Change::Repartition { to } = layout.change_for(self.options.stream_partitions, newer)
         {
             match self.repartition(to).await? {
                 Ok(changed) => layout = changed,
@@ -664,7 +663,9 @@ impl Relay {
         .execute(&mut *tx)
         .await
         .map_err(db("changing the stream layout"))?;
-        tx.commit().await.map_err(db("changing the stream layout"))?;
+        tx.commit()
+            .await
+            .map_err(db("changing the stream layout"))?;
         info!(
             namespace = %namespace,
             generation = next.generation,

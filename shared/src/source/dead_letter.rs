@@ -640,7 +640,13 @@ impl DeadLetters {
         for letter in letters {
             let target = layout.as_ref().map_or_else(
                 || letter.source_stream.clone(),
-                |l| l.route(&self.namespace, &letter.source_stream, aggregate_id(&letter.fields)),
+                |l| {
+                    l.route(
+                        &self.namespace,
+                        &letter.source_stream,
+                        aggregate_id(&letter.fields),
+                    )
+                },
             );
             let mut xadd = redis::cmd("XADD");
             xadd.arg(&target).arg("*");

@@ -284,7 +284,14 @@ impl EventSource {
         let mut finished = None;
         loop {
             match self
-                .maintain(&mut redis, &handler, deadline, &mut held, &mut stopping, &mut finished)
+                .maintain(
+                    &mut redis,
+                    &handler,
+                    deadline,
+                    &mut held,
+                    &mut stopping,
+                    &mut finished,
+                )
                 .await
             {
                 Ok(()) => {

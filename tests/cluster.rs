@@ -210,7 +210,7 @@ async fn the_saga_loses_no_order_when_a_primary_is_killed_mid_run() -> anyhow::R
 
 /// The emulator on a cluster (`REDIS_URL` the nodes, `REDIS_CLUSTER=true`):
 /// orders posted over HTTP are confirmed, and `emulator streams` reports every
-/// partition's stream, wherever its slot lives.
+/// partition's stream, wherever its slot lives; so does the web console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulated_system_and_its_commands_run_on_a_cluster() -> anyhow::Result<()> {
     let cluster = RedisCluster::start().await?;
@@ -275,6 +275,47 @@ async fn the_emulated_system_and_its_commands_run_on_a_cluster() -> anyhow::Resu
     for key in stream_keys(&running.namespace, &order, PARTITIONS) {
         assert!(keys.contains(&key), "{key} not in {keys:?}");
     }
+
+    // The console, as `emulator up` serves it, reads the same from the cluster.
+    let system = running.system.as_ref().expect("the system");
+    let template = tests::emulated::template()?;
+    let redis = cluster.connection()?;
+    let console = emulator::console::Console {
+        source: Arc::new(emulator::status::Source {
+            relay: shared::relay::Relay::new(
+                db.pool.clone(),
+                redis.clone(),
+                shared::relay::RelayOptions {
+                    outboxes: template.relay_outboxes()?,
+                    stream_namespace: running.namespace.clone(),
+                    ..shared::relay::RelayOptions::default()
+                },
+            ),
+            redis,
+            namespace: running.namespace.clone(),
+        }),
+        groups: emulator::cli::groups(&template),
+        max_redrives: shared::source::DEFAULT_MAX_REDRIVES,
+        views: emulator::functions::Registry::console_views(&shop::Shop),
+        pool: db.pool.clone(),
+    };
+    let snapshot = console.snapshot(&system.functions).await;
+    assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+    let shown: BTreeSet<&str> = snapshot.streams.iter().map(|s| s.key.as_str()).collect();
+    for key in stream_keys(&running.namespace, &order, PARTITIONS) {
+        assert!(
+            shown.contains(key.as_str()),
+            "the console lacks {key}: {shown:?}"
+        );
+    }
+    let published: u64 = snapshot
+        .streams
+        .iter()
+        .filter(|s| s.key.contains("{Order:"))
+        .map(|s| s.length)
+        .sum();
+    assert!(published >= 10, "every OrderCreated shown: {published}");
+    assert!(snapshot.outboxes.len() >= 3, "every outbox shown");
     running.stop().await?;
     Ok(())
 }

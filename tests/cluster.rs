@@ -279,26 +279,8 @@ async fn the_emulated_system_and_its_commands_run_on_a_cluster() -> anyhow::Resu
     // The console, as `emulator up` serves it, reads the same from the cluster.
     let system = running.system.as_ref().expect("the system");
     let template = tests::emulated::template()?;
-    let redis = cluster.connection()?;
-    let console = emulator::console::Console {
-        source: Arc::new(emulator::status::Source {
-            relay: shared::relay::Relay::new(
-                db.pool.clone(),
-                redis.clone(),
-                shared::relay::RelayOptions {
-                    outboxes: template.relay_outboxes()?,
-                    stream_namespace: running.namespace.clone(),
-                    ..shared::relay::RelayOptions::default()
-                },
-            ),
-            redis,
-            namespace: running.namespace.clone(),
-        }),
-        groups: emulator::cli::groups(&template),
-        max_redrives: shared::source::DEFAULT_MAX_REDRIVES,
-        views: emulator::functions::Registry::console_views(&shop::Shop),
-        pool: db.pool.clone(),
-    };
+    let source = tests::emulated::status_source(&db, cluster.connection()?, &running, &template)?;
+    let console = tests::emulated::console(&db, source, &template);
     let snapshot = console.snapshot(&system.functions).await;
     assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
     let shown: BTreeSet<&str> = snapshot.streams.iter().map(|s| s.key.as_str()).collect();

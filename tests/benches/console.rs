@@ -84,29 +84,11 @@ async fn main() -> Result<()> {
 
     // The same system behind a listener with the console, as `emulator up` serves it.
     let redis = shared::relay::connect_redis(&tests::redis_url(), Duration::from_secs(5)).await?;
-    let source = Arc::new(emulator::status::Source {
-        relay: shared::relay::Relay::new(
-            db.pool.clone(),
-            redis.clone(),
-            shared::relay::RelayOptions {
-                outboxes: template.relay_outboxes()?,
-                stream_namespace: running.namespace.clone(),
-                ..shared::relay::RelayOptions::default()
-            },
-        ),
-        redis,
-        namespace: running.namespace.clone(),
-    });
+    let source = tests::emulated::status_source(&db, redis, &running, &template)?;
     let status = Arc::clone(&source);
     let with_console = emulator::Emulator::of(system)
         .with_status(Arc::clone(&source))
-        .with_console(emulator::console::Console {
-            source,
-            groups: emulator::cli::groups(&template),
-            max_redrives: shared::source::DEFAULT_MAX_REDRIVES,
-            views: emulator::functions::Registry::console_views(&shop::Shop),
-            pool: db.pool.clone(),
-        });
+        .with_console(tests::emulated::console(&db, source, &template));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

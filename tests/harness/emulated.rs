@@ -198,3 +198,41 @@ impl RunningEmulator {
         crate::delete_streams(&self.redis.url, &self.namespace).await
     }
 }
+
+/// What the console and `emulator status` read for a running emulator: its
+/// relay's view of the outboxes, and the streams of its namespace on `redis`.
+pub fn status_source(
+    db: &TestDb,
+    redis: shared::redis_link::Redis,
+    running: &RunningEmulator,
+    template: &emulator::template::Template,
+) -> anyhow::Result<std::sync::Arc<emulator::status::Source>> {
+    Ok(std::sync::Arc::new(emulator::status::Source {
+        relay: shared::relay::Relay::new(
+            db.pool.clone(),
+            redis.clone(),
+            shared::relay::RelayOptions {
+                outboxes: template.relay_outboxes()?,
+                stream_namespace: running.namespace.clone(),
+                ..shared::relay::RelayOptions::default()
+            },
+        ),
+        redis,
+        namespace: running.namespace.clone(),
+    }))
+}
+
+/// The web console over `source`, as `emulator up` builds it for the shop.
+pub fn console(
+    db: &TestDb,
+    source: std::sync::Arc<emulator::status::Source>,
+    template: &emulator::template::Template,
+) -> emulator::console::Console {
+    emulator::console::Console {
+        source,
+        groups: emulator::cli::groups(template),
+        max_redrives: shared::source::DEFAULT_MAX_REDRIVES,
+        views: emulator::functions::Registry::console_views(&shop::Shop),
+        pool: db.pool.clone(),
+    }
+}

@@ -7,7 +7,9 @@
 //! answers by status, transport errors by kind), with one progress line a
 //! second on stderr. Then the backlog the load left (orders still `PENDING`,
 //! outbox rows not yet relayed, stream entries not yet processed), the time it
-//! took to drain (at most `--drain-seconds`), and the lost-order check: every
+//! took to drain (at most `--drain-seconds`), where the machine went per order
+//! (`load/profile.rs`: CPU by process, PostgreSQL commits and statements, Redis
+//! commands, handler calls and batch sizes), and the lost-order check: every
 //! order answered `201` is in `orders.orders` and has left `PENDING`. Then, at
 //! the same level, the create-order transaction in plain SQL
 //! (`tests::raw_create_order`) by as many tasks for `--raw-seconds`, on the
@@ -38,6 +40,9 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tests::emulated::RunningEmulator;
 use tests::{http_client, ms, percentile, post_order, stock_up, TestDb};
+
+#[path = "load/profile.rs"]
+mod profile;
 
 /// The raw phases' connections: PostgreSQL's 100 are shared with the
 /// emulator's pools (10 per function), so tasks beyond this wait for one.
@@ -480,6 +485,12 @@ async fn level(
     args: &Args,
 ) -> Result<Level> {
     let run = format!("load{clients}");
+    let before = match &target.db {
+        Some(db) => Some(
+            profile::Snapshot::take(&db.pool, &mut db.redis.clone(), http, &target.base).await?,
+        ),
+        None => None,
+    };
     let phase = through_http(
         http,
         &target.base,
@@ -525,6 +536,13 @@ async fn level(
             None => format!("NOT drained in {} s, left: {left}", args.drain_seconds),
         }
     );
+    if let Some(before) = &before {
+        let after =
+            profile::Snapshot::take(&db.pool, &mut db.redis.clone(), http, &target.base).await?;
+        for line in before.report(&after, level.http.accepted.len() as u64) {
+            println!("      {line}");
+        }
+    }
     level.after = Some(After {
         at_end,
         drained,

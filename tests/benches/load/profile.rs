@@ -44,6 +44,10 @@ impl Snapshot {
         )
         .fetch_one(pool)
         .await?;
+        // Only there when the server preloads it (`shared_preload_libraries`).
+        let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pool)
+            .await;
         let statements: Vec<(String, i64, f64)> = sqlx::query_as(
             "SELECT query, calls, total_exec_time FROM pg_stat_statements
              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",

@@ -180,6 +180,9 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Server-side limit per statement, so a stuck query cannot hang a request.
     pub statement_timeout: Duration,
+    /// A pooled connection idle this long is pinged before it is handed out
+    /// (see [`crate::db::pool_options`]); zero pings every one, sqlx's default.
+    pub ping_after_idle: Duration,
 }
 
 impl DatabaseConfig {
@@ -190,12 +193,14 @@ impl DatabaseConfig {
     pub const MAX_CONNECTIONS: &'static str = "DATABASE_MAX_CONNECTIONS";
     pub const ACQUIRE_TIMEOUT_MS: &'static str = "DATABASE_ACQUIRE_TIMEOUT_MS";
     pub const STATEMENT_TIMEOUT_MS: &'static str = "DATABASE_STATEMENT_TIMEOUT_MS";
+    pub const PING_AFTER_IDLE_MS: &'static str = "DATABASE_PING_AFTER_IDLE_MS";
 
     /// Reads `DATABASE_URL` (required), `DATABASE_USER` (overrides the URL's user:
     /// the service's role), `DATABASE_PASSWORD` (overrides the URL's password, e.g.
     /// from Secrets Manager), `DATABASE_SSL_ROOT_CERT` (`rds`: the bundled RDS CA
     /// bundle; else a PEM file; for `sslmode=verify-full`), `DATABASE_MAX_CONNECTIONS` (10),
-    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (3000), `DATABASE_STATEMENT_TIMEOUT_MS` (5000).
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (3000), `DATABASE_STATEMENT_TIMEOUT_MS` (5000),
+    /// `DATABASE_PING_AFTER_IDLE_MS` (1000).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.require(
             Self::URL,
@@ -225,6 +230,7 @@ impl DatabaseConfig {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
+            ping_after_idle: Duration::from_secs(1),
         })
     }
 
@@ -250,6 +256,10 @@ impl DatabaseConfig {
         self.acquire_timeout = env.millis_or(Self::ACQUIRE_TIMEOUT_MS, self.acquire_timeout)?;
         self.statement_timeout =
             env.millis_or(Self::STATEMENT_TIMEOUT_MS, self.statement_timeout)?;
+        self.ping_after_idle = Duration::from_millis(env.parse_or::<u64>(
+            Self::PING_AFTER_IDLE_MS,
+            u64::try_from(self.ping_after_idle.as_millis()).unwrap_or(u64::MAX),
+        )?);
         Ok(self)
     }
 
@@ -316,6 +326,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("ping_after_idle", &self.ping_after_idle)
             .finish()
     }
 }
@@ -626,5 +637,12 @@ mod tests {
         assert_eq!(db.acquire_timeout, Duration::from_millis(250));
         assert_eq!(db.max_connections, 10);
         assert_eq!(db.statement_timeout, Duration::from_secs(5));
+        assert_eq!(db.ping_after_idle, Duration::from_secs(1));
+        let always = Env::from_pairs([
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("DATABASE_PING_AFTER_IDLE_MS", "0"),
+        ]);
+        let db = DatabaseConfig::from_env(&always).expect("0: ping every connection");
+        assert_eq!(db.ping_after_idle, Duration::ZERO);
     }
 }

@@ -28,10 +28,29 @@ pub const REPLACES: &str = "-- toolkit:replaces ";
 /// A pool that connects on first use, so a cold start does not fail (or wait)
 /// while the database is briefly away; the first query reports that instead.
 pub fn lazy_pool(config: &DatabaseConfig) -> PgPool {
+    pool_options(config).connect_lazy_with(config.connect_options())
+}
+
+/// The pool's options: `max_connections`, `acquire_timeout`, and a ping only
+/// for a connection idle `ping_after_idle` or longer. sqlx pings every
+/// connection it hands out by default: a round trip before every transaction,
+/// one in five of create-order's. A connection in use under load is known to
+/// be alive (one that broke since fails its statement, retryably, and is
+/// discarded); one idle through an outage is still checked.
+pub fn pool_options(config: &DatabaseConfig) -> PgPoolOptions {
+    let ping_after_idle = config.ping_after_idle;
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
-        .connect_lazy_with(config.connect_options())
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ping_after_idle {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Applies every migration of `sets`, one set after the other, each in version

@@ -13,7 +13,7 @@ use shared::config::DatabaseConfig;
 use shared::envelope::{AggregateId, AggregateType, EventEnvelope, EventType, Payload};
 use shared::source::StreamRecord;
 use shared::trace::TraceParent;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
 
 /// The server tests create their databases on.
@@ -32,9 +32,10 @@ pub struct TestDb {
 
 /// The test's own pool on the database `config` names.
 async fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(10))
+    let mut config = config.clone();
+    config.max_connections = 20;
+    config.acquire_timeout = Duration::from_secs(10);
+    Ok(shared::db::pool_options(&config)
         .connect_with(config.connect_options())
         .await?)
 }

@@ -16,7 +16,7 @@
 //! same database while the emulator runs, and the ratio.
 //!
 //! `cargo bench -p tests --bench load -- [--levels 1,4,16,64] [--seconds 60]
-//! [--raw-seconds 15] [--drain-seconds 120]`: starts the emulator in-process on
+//! [--raw-seconds 15] [--drain-seconds 120] [--env NAME=VALUE]`: starts the emulator in-process on
 //! a fresh database. With `--url http://127.0.0.1:3000` it loads an already
 //! running `emulator up` instead; the backlog, the lost-order check and the raw
 //! phases then need `--database-url` (its database), and the stream lag reads
@@ -61,6 +61,8 @@ struct Args {
     redis_url: String,
     namespace: Option<String>,
     state_dir: Option<std::path::PathBuf>,
+    /// `--env K=V` (repeatable): added to every function of the emulator it starts.
+    env: Vec<(String, String)>,
 }
 
 fn args() -> Result<Args> {
@@ -74,6 +76,7 @@ fn args() -> Result<Args> {
         redis_url: tests::redis_url(),
         namespace: None,
         state_dir: None,
+        env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -93,6 +96,11 @@ fn args() -> Result<Args> {
             "--redis-url" => parsed.redis_url = value()?,
             "--namespace" => parsed.namespace = Some(value()?),
             "--state-dir" => parsed.state_dir = Some(value()?.into()),
+            "--env" => {
+                let pair = value()?;
+                let (k, v) = pair.split_once('=').context("--env NAME=VALUE")?;
+                parsed.env.push((k.to_owned(), v.to_owned()));
+            }
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -258,8 +266,13 @@ async fn target(args: &Args) -> Result<Target> {
         });
     }
     let db = TestDb::fresh().await?;
+    let env: Vec<(&str, &str)> = args
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let running =
-        tests::emulated::start_unthrottled(&db, emulator::system::Mode::InProcess, &[]).await?;
+        tests::emulated::start_unthrottled(&db, emulator::system::Mode::InProcess, &env).await?;
     let database = Database::new(
         db.pool.clone(),
         &tests::redis_url(),

@@ -305,3 +305,72 @@ async fn a_dead_letter_of_a_finished_generation_is_redriven_to_its_aggregate_s_c
     consumer.stop().await?;
     Ok(())
 }
+
+/// A redeployment of the emulated system with another `STREAM_PARTITIONS`: the
+/// new one starts while the old one still serves (on the same database, Redis
+/// and namespace), then the old one stops; orders keep coming throughout. Every
+/// order is confirmed, its stock reserved once, and the layout has moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulated_system_redeployed_with_more_partitions_confirms_every_order() -> Result<()> {
+    let db = TestDb::fresh().await?;
+    sqlx::query(
+        "INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('LAMP-1', 1000, 10)",
+    )
+    .execute(&db.pool)
+    .await?;
+    let ns = unique_namespace();
+    let mode = emulator::system::Mode::InProcess;
+    let env = |partitions| {
+        [
+            ("STREAM_PARTITIONS", partitions),
+            ("STREAM_NAMESPACE", ns.as_str()),
+        ]
+    };
+    let http = tests::client_as("c-1");
+    let post = |base: String| {
+        let http = http.clone();
+        async move {
+            let answer = http
+                .post(format!("{base}/orders"))
+                .json(&serde_json::json!({"items": [{"sku": "LAMP-1", "quantity": 1, "unit_price_cents": 10}]}))
+                .send()
+                .await?;
+            anyhow::ensure!(answer.status() == 201, "{}", answer.text().await?);
+            anyhow::Ok(())
+        }
+    };
+    let old = tests::emulated::start(&db, mode.clone(), &env("1")).await?;
+    for _ in 0..20 {
+        post(old.base.clone()).await?;
+    }
+    let new = tests::emulated::start(&db, mode, &env("4")).await?;
+    for _ in 0..20 {
+        post(old.base.clone()).await?;
+        post(new.base.clone()).await?;
+    }
+    old.stop_leaving_streams().await?;
+    for _ in 0..20 {
+        post(new.base.clone()).await?;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "every order is confirmed",
+        || async {
+            let confirmed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+                    .fetch_one(&db.pool)
+                    .await?;
+            Ok(confirmed == 80)
+        },
+    )
+    .await?;
+    let reserved: i32 =
+        sqlx::query_scalar("SELECT reserved FROM inventory.stock WHERE sku = 'LAMP-1'")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(reserved, 80, "stock reserved once per order");
+    let l = layout(&node()?, &ns).await?.expect("a layout");
+    assert_eq!((l.generation, l.partitions), (1, 4));
+    new.stop().await?;
+    Ok(())
+}

@@ -57,7 +57,8 @@ pub struct RunningEmulator {
 }
 
 /// Starts the template's system on `db` with `env` added to every function
-/// (`Parameters` of an env-vars file) and the stream namespace unique to the test.
+/// (`Parameters` of an env-vars file) and the stream namespace unique to the test
+/// (unless `env` names one).
 pub async fn start(
     db: &TestDb,
     mode: Mode,
@@ -108,7 +109,11 @@ pub async fn start_on(
     mut template: emulator::template::Template,
     trust: emulator::auth::Trust,
 ) -> anyhow::Result<RunningEmulator> {
-    let namespace = crate::unique_namespace();
+    // The test's own namespace (two emulators on one system), else a new one.
+    let namespace = env
+        .iter()
+        .find(|(k, _)| *k == "STREAM_NAMESPACE")
+        .map_or_else(crate::unique_namespace, |(_, v)| (*v).to_owned());
     let mut parameters: BTreeMap<&str, &str> = env.iter().copied().collect();
     parameters.insert("STREAM_NAMESPACE", &namespace);
     // Every customer may buy unless the test says otherwise.
@@ -184,6 +189,21 @@ impl RunningEmulator {
     /// Stops serving, then the system (in-flight invocations finish), and
     /// deletes the test's streams.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.halt().await?;
+        if self.redis.cluster {
+            // A test's cluster goes with the test.
+            return Ok(());
+        }
+        crate::delete_streams(&self.redis.url, &self.namespace).await
+    }
+
+    /// Stops as [`RunningEmulator::stop`] and leaves the streams to another
+    /// emulator of the same system (a redeployment).
+    pub async fn stop_leaving_streams(mut self) -> anyhow::Result<()> {
+        self.halt().await
+    }
+
+    async fn halt(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -191,11 +211,7 @@ impl RunningEmulator {
         if let Some(system) = self.system.take() {
             system.stop().await;
         }
-        if self.redis.cluster {
-            // A test's cluster goes with the test.
-            return Ok(());
-        }
-        crate::delete_streams(&self.redis.url, &self.namespace).await
+        Ok(())
     }
 }
 

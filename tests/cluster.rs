@@ -243,18 +243,7 @@ async fn the_emulated_system_and_its_commands_run_on_a_cluster() -> anyhow::Resu
             .await?;
         assert_eq!(answer.status(), 201, "{}", answer.text().await?);
     }
-    wait_until(
-        Duration::from_secs(60),
-        "every order is confirmed",
-        || async {
-            let confirmed: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
-                    .fetch_one(&db.pool)
-                    .await?;
-            Ok(confirmed == 10)
-        },
-    )
-    .await?;
+    tests::wait_confirmed(&db, 10).await?;
 
     let mut out = Vec::new();
     emulator::cli::streams(

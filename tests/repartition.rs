@@ -352,18 +352,7 @@ async fn the_emulated_system_redeployed_with_more_partitions_confirms_every_orde
     for _ in 0..20 {
         post(new.base.clone()).await?;
     }
-    wait_until(
-        Duration::from_secs(60),
-        "every order is confirmed",
-        || async {
-            let confirmed: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
-                    .fetch_one(&db.pool)
-                    .await?;
-            Ok(confirmed == 80)
-        },
-    )
-    .await?;
+    tests::wait_confirmed(&db, 80).await?;
     let reserved: i32 =
         sqlx::query_scalar("SELECT reserved FROM inventory.stock WHERE sku = 'LAMP-1'")
             .fetch_one(&db.pool)

@@ -441,6 +441,22 @@ pub async fn prefill_outbox(db: &TestDb, rows: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits up to a minute until `n` orders of `db` are `CONFIRMED`.
+pub async fn wait_confirmed(db: &TestDb, n: i64) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} orders confirmed"),
+        || async {
+            let confirmed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+                    .fetch_one(&db.pool)
+                    .await?;
+            Ok(confirmed == n)
+        },
+    )
+    .await
+}
+
 /// The benchmarks' baseline: the transaction create-order runs for a POST
 /// without Idempotency-Key, as plain SQL (not our code), for `customer`.
 pub async fn raw_create_order(pool: &PgPool, customer: &str) -> anyhow::Result<()> {

@@ -94,3 +94,27 @@ pub async fn purge(
         .map(|r| r.rows_affected())
         .map_err(|e| StoreError::database("purging the inbox", e))
 }
+
+/// Takes a transaction-scoped advisory lock per aggregate of `ids` (in
+/// `namespace`, the first key), in the order of their keys, so that two
+/// transactions deciding on one aggregate run one after the other: the second
+/// then reads (inbox, answers, state) what the first committed. The event
+/// source hands an aggregate's records to one consumer at a time; this holds
+/// even when a Redis failover loses a lease or a delivery and two consumers
+/// briefly have one aggregate's records at once.
+pub async fn lock_aggregates(
+    tx: &mut sqlx::PgConnection,
+    namespace: i32,
+    ids: &[uuid::Uuid],
+) -> Result<(), crate::StoreError> {
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock($1, k))
+         FROM (SELECT DISTINCT hashtext(id::text) AS k FROM unnest($2::uuid[]) AS id ORDER BY 1) AS keys",
+    )
+    .bind(namespace)
+    .bind(ids)
+    .execute(&mut *tx)
+    .await
+    .map(drop)
+    .map_err(|e| crate::StoreError::database("locking the batch's aggregates", e))
+}

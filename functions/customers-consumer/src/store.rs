@@ -94,19 +94,23 @@ struct Loaded {
 /// hold and the credit of their customers (in customer order; a customer
 /// without a record gets one, with the default limit), and reads which orders
 /// were released before.
+/// The advisory-lock namespace of the orders this consumer decides on.
+const ORDER_LOCKS: i32 = 0x1de0_0011;
+
 async fn load(
     tx: &mut PgConnection,
     jobs: &[Job],
     default_limit_cents: i64,
 ) -> Result<Loaded, StoreError> {
-    let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
-    let fresh = inbox::record(tx, &customers::INBOX, GROUP, &event_ids).await?;
     let order_ids: Vec<Uuid> = jobs
         .iter()
         .map(|j| j.command.order_id().as_uuid())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    inbox::lock_aggregates(tx, ORDER_LOCKS, &order_ids).await?;
+    let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
+    let fresh = inbox::record(tx, &customers::INBOX, GROUP, &event_ids).await?;
     let answered = answers::load(tx, &customers::ANSWERS, &order_ids).await?;
     let to_decide = triage(jobs, &fresh, &answered).to_decide;
     if to_decide.is_empty() {

@@ -179,22 +179,26 @@ struct Loaded {
 /// given before, and for the requests still to decide locks the reservation
 /// rows of their orders and the stock of their SKUs (in SKU order) and reads
 /// which orders were cancelled.
+/// The advisory-lock namespace of the orders this consumer decides on.
+const ORDER_LOCKS: i32 = 0x1de0_0010;
+
 async fn load(
     tx: &mut PgConnection,
     jobs: &[Job],
     memory: &impl Memory,
 ) -> Result<Loaded, StoreError> {
-    // The inbox: only events seen for the first time take effect; the others
-    // (redeliveries, or the reconciler asking again) are answered again.
-    let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
-    let fresh = memory.record_events(tx, &event_ids).await?;
-    // What was answered before, for every order of the batch.
     let order_ids: Vec<Uuid> = jobs
         .iter()
         .map(|j| j.command.order_id().as_uuid())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    shared::inbox::lock_aggregates(tx, ORDER_LOCKS, &order_ids).await?;
+    // The inbox: only events seen for the first time take effect; the others
+    // (redeliveries, or the reconciler asking again) are answered again.
+    let event_ids: Vec<Uuid> = jobs.iter().map(|j| j.event_id).collect();
+    let fresh = memory.record_events(tx, &event_ids).await?;
+    // What was answered before, for every order of the batch.
     let answered = memory.answers(tx, &order_ids).await?;
     let to_decide = triage(jobs, &fresh, &answered).to_decide;
     if to_decide.is_empty() {

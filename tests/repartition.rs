@@ -363,3 +363,19 @@ async fn the_emulated_system_redeployed_with_more_partitions_confirms_every_orde
     new.stop().await?;
     Ok(())
 }
+
+/// A namespace whose Redis copy of the layout outlived its database (a
+/// development database made afresh): the new database's first relay writes
+/// its own layout of the same generation over it, and consumers follow that.
+#[tokio::test]
+async fn a_fresh_database_replaces_a_surviving_copy_of_the_same_generation() -> Result<()> {
+    let redis = node()?;
+    let ns = unique_namespace();
+    let mut conn = redis.connect(Duration::from_secs(5))?;
+    shared::layout::publish(&mut conn, &ns, &Layout::first(1)).await?;
+    let db = TestDb::fresh().await?;
+    relay_with(&db, &redis, &ns, 4)?.keep_layout().await?;
+    let copy = layout(&redis, &ns).await?.expect("a layout");
+    assert_eq!((copy.generation, copy.partitions), (0, 4));
+    Ok(())
+}

@@ -254,13 +254,15 @@ pub fn layout_key(namespace: &str) -> String {
     format!("{namespace}:layout")
 }
 
-/// Sets the key to the layout unless it already holds this generation or a
-/// later one (a relay of the previous deployment never sets it back).
+/// Sets the key to the layout unless it holds a later generation (a relay of
+/// the previous deployment never sets it back). The same generation is
+/// written again: PostgreSQL's row is the truth (a database made afresh in a
+/// namespace whose copy survived).
 const PUBLISH: &str = "local current = redis.call('GET', KEYS[1]) \
     if current then \
         local ok, decoded = pcall(cjson.decode, current) \
         if ok and type(decoded) == 'table' and tonumber(decoded.generation) \
-            and tonumber(decoded.generation) >= tonumber(ARGV[2]) then return 0 end \
+            and tonumber(decoded.generation) > tonumber(ARGV[2]) then return 0 end \
     end \
     redis.call('SET', KEYS[1], ARGV[1]) return 1";
 
@@ -275,7 +277,7 @@ pub async fn read(redis: &mut Redis, namespace: &str) -> Result<Option<Layout>, 
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
-/// Copies `layout` to Redis unless Redis has it or a later one; true if written.
+/// Copies `layout` to Redis unless Redis has a later generation; true if written.
 pub async fn publish(
     redis: &mut Redis,
     namespace: &str,

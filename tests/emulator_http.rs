@@ -307,7 +307,7 @@ async fn saga_scenario(mode: emulator::system::Mode) -> Result<()> {
         std::sync::Arc::clone(&running.system.as_ref().expect("a running system").functions);
     tests::wait_until(Duration::from_secs(30), "nothing in flight", || {
         let functions = std::sync::Arc::clone(&functions);
-        async move { Ok(functions.in_flight() == 0) }
+        async move { Ok(functions.in_flight().is_empty()) }
     })
     .await?;
     running.stop().await

@@ -245,7 +245,7 @@ impl Console {
             .filter(|_| errors.is_empty())
             .map(|streams| {
                 status::decide(
-                    in_flight.max(functions.in_flight()),
+                    status::busiest(in_flight, functions.in_flight()),
                     outboxes
                         .iter()
                         .map(|o| status::OutboxStatus {

@@ -363,12 +363,14 @@ impl Functions {
     /// those with a stream source, whose invocation under `--runtime-api` is a
     /// long poll that never ends while the emulator runs (the records it
     /// works on show as lag or pending instead).
-    pub fn in_flight(&self) -> u64 {
+    /// By function, those with none left out.
+    pub fn in_flight(&self) -> BTreeMap<String, u64> {
         self.by_id
             .values()
             .filter(|f| f.spec.stream_source().is_none())
-            .map(|f| f.in_flight.get())
-            .sum()
+            .map(|f| (f.spec.logical_id.clone(), f.in_flight.get()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Function>> {

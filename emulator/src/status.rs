@@ -8,6 +8,7 @@
 //! invocation as in flight. The figures are read one after the other, not at
 //! one instant, so `wait-idle` asks for two idle readings in a row.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ pub struct Status {
     pub idle: bool,
     /// Invocations in flight (HTTP, Invoke API, schedules).
     pub in_flight: u64,
+    /// The same by function (logical id), those with none left out.
+    #[serde(default)]
+    pub in_flight_by_function: BTreeMap<String, u64>,
     /// Outbox rows waiting for the relay, by outbox.
     pub outboxes: Vec<OutboxStatus>,
     /// Per stream and consumer group: entries not yet read, and read but not
@@ -64,7 +68,7 @@ impl Source {
             now.pending = now.pending.max(then.pending);
         }
         let groups = groups_of(&streams);
-        let in_flight = in_flight.max(functions.in_flight());
+        let in_flight = busiest(in_flight, functions.in_flight());
         Ok(decide(in_flight, outboxes, groups))
     }
 
@@ -78,6 +82,15 @@ impl Source {
         }
         Ok(out)
     }
+}
+
+/// Two readings of the invocations in flight by function: the larger of each.
+pub fn busiest(mut a: BTreeMap<String, u64>, b: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    for (function, n) in b {
+        let entry = a.entry(function).or_default();
+        *entry = (*entry).max(n);
+    }
+    a
 }
 
 /// Per stream and consumer group, its lag and pending.
@@ -98,7 +111,12 @@ pub fn groups_of(streams: &[shared::source::StreamOverview]) -> Vec<GroupStatus>
 /// Idle: nothing in flight, no outbox row waiting, no stream entry unread or
 /// unacknowledged. A lag Redis cannot tell counts as none (it cannot be
 /// waited out).
-pub fn decide(in_flight: u64, outboxes: Vec<OutboxStatus>, groups: Vec<GroupStatus>) -> Status {
+pub fn decide(
+    in_flight_by_function: BTreeMap<String, u64>,
+    outboxes: Vec<OutboxStatus>,
+    groups: Vec<GroupStatus>,
+) -> Status {
+    let in_flight = in_flight_by_function.values().sum();
     let idle = in_flight == 0
         && outboxes.iter().all(|o| o.pending == 0)
         && groups
@@ -107,6 +125,7 @@ pub fn decide(in_flight: u64, outboxes: Vec<OutboxStatus>, groups: Vec<GroupStat
     Status {
         idle,
         in_flight,
+        in_flight_by_function,
         outboxes,
         groups,
     }
@@ -116,7 +135,16 @@ pub fn decide(in_flight: u64, outboxes: Vec<OutboxStatus>, groups: Vec<GroupStat
 pub fn busy(status: &Status) -> Vec<String> {
     let mut busy = Vec::new();
     if status.in_flight > 0 {
-        busy.push(format!("{} invocations in flight", status.in_flight));
+        let by: Vec<String> = status
+            .in_flight_by_function
+            .iter()
+            .map(|(function, n)| format!("{function} {n}"))
+            .collect();
+        busy.push(format!(
+            "{} invocations in flight ({})",
+            status.in_flight,
+            by.join(", ")
+        ));
     }
     for o in status.outboxes.iter().filter(|o| o.pending > 0) {
         busy.push(format!("{}: {} rows waiting", o.outbox, o.pending));
@@ -230,6 +258,13 @@ mod tests {
         }]
     }
 
+    fn flying(n: u64) -> BTreeMap<String, u64> {
+        (n > 0)
+            .then(|| ("CreateOrderFunction".to_owned(), n))
+            .into_iter()
+            .collect()
+    }
+
     fn group(lag: Option<u64>, pending: u64) -> Vec<GroupStatus> {
         vec![GroupStatus {
             stream: "events:{Order:0}".into(),
@@ -241,28 +276,28 @@ mod tests {
 
     #[test]
     fn idle_only_with_nothing_in_flight_waiting_unread_or_unacknowledged() {
-        assert!(decide(0, outbox(0), group(Some(0), 0)).idle);
-        assert!(decide(0, outbox(0), group(None, 0)).idle);
-        assert!(decide(0, Vec::new(), Vec::new()).idle);
-        assert!(!decide(1, outbox(0), group(Some(0), 0)).idle);
-        assert!(!decide(0, outbox(3), group(Some(0), 0)).idle);
-        assert!(!decide(0, outbox(0), group(Some(2), 0)).idle);
-        assert!(!decide(0, outbox(0), group(Some(0), 1)).idle);
-        let status = decide(2, outbox(3), group(Some(4), 1));
+        assert!(decide(flying(0), outbox(0), group(Some(0), 0)).idle);
+        assert!(decide(flying(0), outbox(0), group(None, 0)).idle);
+        assert!(decide(flying(0), Vec::new(), Vec::new()).idle);
+        assert!(!decide(flying(1), outbox(0), group(Some(0), 0)).idle);
+        assert!(!decide(flying(0), outbox(3), group(Some(0), 0)).idle);
+        assert!(!decide(flying(0), outbox(0), group(Some(2), 0)).idle);
+        assert!(!decide(flying(0), outbox(0), group(Some(0), 1)).idle);
+        let status = decide(flying(2), outbox(3), group(Some(4), 1));
         assert_eq!(
             summary(&status),
-            "busy: 2 invocations in flight; orders.outbox: 3 rows waiting; \
+            "busy: 2 invocations in flight (CreateOrderFunction 2); orders.outbox: 3 rows waiting; \
              events:{Order:0} group inventory: lag 4, pending 1\n\
              in flight 2\n\
              orders.outbox      pending 3\n\
              events:{Order:0} group inventory    lag 4      pending 1\n"
         );
-        assert!(summary(&decide(0, outbox(0), Vec::new())).starts_with("idle\n"));
+        assert!(summary(&decide(flying(0), outbox(0), Vec::new())).starts_with("idle\n"));
         let busy = busy(&status);
         assert_eq!(
             busy,
             [
-                "2 invocations in flight",
+                "2 invocations in flight (CreateOrderFunction 2)",
                 "orders.outbox: 3 rows waiting",
                 "events:{Order:0} group inventory: lag 4, pending 1"
             ]

@@ -165,11 +165,27 @@ async fn exactly_once(
         answers.iter().all(|(_, s, _)| *s == 201 || *s == 429),
         "only throttling while warming"
     );
-    let waited = std::process::Command::new(BIN)
-        .args(["wait-idle", "--url", base, "--timeout", "60"])
-        .output()?;
-    assert!(waited.status.success(), "{waited:?}");
+    let wait_idle = || {
+        std::process::Command::new(BIN)
+            .args(["wait-idle", "--url", base, "--timeout", "60"])
+            .output()
+    };
+    let waited = wait_idle()?;
     let mut db = sqlx::PgConnection::connect(database_url).await?;
+    if !waited.status.success() {
+        // An invocation may run up to its function's Timeout (60 s): one that
+        // began late under a loaded CI machine is waited for once more, and
+        // what was busy is printed either way.
+        let report = not_idle(base, &mut db, function_of(&waited.stderr)).await;
+        eprintln!("not idle after 60 s: {waited:?}\n{report}");
+        let again = wait_idle()?;
+        if !again.status.success() {
+            panic!(
+                "{again:?}\n{}",
+                not_idle(base, &mut db, function_of(&again.stderr)).await
+            );
+        }
+    }
     let confirmed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
             .fetch_one(&mut db)
@@ -206,6 +222,42 @@ async fn exactly_once(
 }
 
 /// `emulator logs --function F --json`: every line the emulator keeps.
+/// The first function `wait-idle` names as busy ("… in flight (F 1)").
+fn function_of(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let (_, after) = text.split_once("in flight (")?;
+    after.split_whitespace().next().map(str::to_owned)
+}
+
+/// What the system was doing when it did not come to rest: the busy
+/// function's latest log lines and the database's sessions.
+async fn not_idle(base: &str, db: &mut sqlx::PgConnection, function: Option<String>) -> String {
+    let mut report = String::new();
+    if let Some(function) = function {
+        let logs = logs_of(base, &function).unwrap_or_else(|e| e.to_string());
+        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+        report.push_str(&format!("{function}'s last log lines, newest first:\n"));
+        for line in tail {
+            report.push_str(line);
+            report.push('\n');
+        }
+    }
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' | ', application_name, state, \
+         wait_event_type || ':' || wait_event, left(query, 200)) \
+         FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND state <> 'idle'",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    report.push_str("database sessions not idle (application, state, waiting on, query):\n");
+    for session in sessions {
+        report.push_str(&format!("{session}\n"));
+    }
+    report
+}
+
 fn logs_of(base: &str, function: &str) -> anyhow::Result<String> {
     let logs = std::process::Command::new(BIN)
         .args(["logs", "--url", base, "--function", function])

@@ -364,18 +364,70 @@ async fn the_emulated_system_redeployed_with_more_partitions_confirms_every_orde
     Ok(())
 }
 
-/// A namespace whose Redis copy of the layout outlived its database (a
-/// development database made afresh): the new database's first relay writes
-/// its own layout of the same generation over it, and consumers follow that.
+/// A copy in Redis that survived a database made afresh (its row gone) is
+/// replaced by the new row's layout, whether it holds the same generation or a
+/// later one: consumers would otherwise read streams nobody writes.
 #[tokio::test]
-async fn a_fresh_database_replaces_a_surviving_copy_of_the_same_generation() -> Result<()> {
+async fn a_fresh_database_replaces_a_surviving_copy() -> Result<()> {
+    let redis = node()?;
+    for surviving in [
+        Layout::first(1),
+        Layout {
+            origin: Some(uuid::Uuid::now_v7().to_string()),
+            ..Layout::first(2)
+                .next(2, BTreeMap::new())
+                .next(3, BTreeMap::new())
+        },
+    ] {
+        let ns = unique_namespace();
+        let mut conn = redis.connect(Duration::from_secs(5))?;
+        shared::layout::publish(&mut conn, &ns, &surviving).await?;
+        let db = TestDb::fresh().await?;
+        relay_with(&db, &redis, &ns, 4)?.keep_layout().await?;
+        let copy = layout(&redis, &ns).await?.expect("a layout");
+        assert_eq!(
+            (copy.generation, copy.partitions),
+            (0, 4),
+            "over a surviving generation {}",
+            surviving.generation
+        );
+    }
+    Ok(())
+}
+
+/// Within one row, a copy never goes back to an earlier generation (a relay
+/// of the previous deployment still finishing), with or without origins (a
+/// relay of an earlier version writes none).
+#[tokio::test]
+async fn a_copy_goes_back_only_for_another_row() -> Result<()> {
     let redis = node()?;
     let ns = unique_namespace();
     let mut conn = redis.connect(Duration::from_secs(5))?;
-    shared::layout::publish(&mut conn, &ns, &Layout::first(1)).await?;
-    let db = TestDb::fresh().await?;
-    relay_with(&db, &redis, &ns, 4)?.keep_layout().await?;
-    let copy = layout(&redis, &ns).await?.expect("a layout");
-    assert_eq!((copy.generation, copy.partitions), (0, 4));
+    let row = |origin: &str| Layout {
+        origin: (!origin.is_empty()).then(|| origin.to_owned()),
+        ..Layout::first(2)
+    };
+    let later = Layout {
+        origin: Some("a".into()),
+        ..Layout::first(2).next(3, BTreeMap::new())
+    };
+    assert!(shared::layout::publish(&mut conn, &ns, &later).await?);
+    assert!(
+        !shared::layout::publish(&mut conn, &ns, &row("a")).await?,
+        "same row, earlier"
+    );
+    assert!(
+        !shared::layout::publish(&mut conn, &ns, &row("")).await?,
+        "no origin, earlier"
+    );
+    assert!(
+        shared::layout::publish(&mut conn, &ns, &later).await?,
+        "same generation again"
+    );
+    assert!(
+        shared::layout::publish(&mut conn, &ns, &row("b")).await?,
+        "another row"
+    );
+    assert_eq!(layout(&redis, &ns).await?, Some(row("b")));
     Ok(())
 }

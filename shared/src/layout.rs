@@ -44,6 +44,12 @@ pub struct Layout {
     /// The generation before this one, until every group has finished it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Previous>,
+    /// The id of the PostgreSQL row it comes from (made with the row, kept by
+    /// its changes): a copy from another row, a database since made afresh,
+    /// is replaced whatever its generation. `None` where it does not matter
+    /// (a batch's routing, a relay of an earlier version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A generation being finished by the consumers.
@@ -73,6 +79,7 @@ impl Layout {
             generation: 0,
             partitions: partitions.max(1),
             previous: None,
+            origin: None,
         }
     }
 
@@ -97,6 +104,7 @@ impl Layout {
                 partitions: self.partitions,
                 ends,
             }),
+            origin: self.origin.clone(),
         }
     }
 
@@ -254,15 +262,20 @@ pub fn layout_key(namespace: &str) -> String {
     format!("{namespace}:layout")
 }
 
-/// Sets the key to the layout unless it holds a later generation (a relay of
-/// the previous deployment never sets it back). The same generation is
-/// written again: PostgreSQL's row is the truth (a database made afresh in a
-/// namespace whose copy survived).
+/// Sets the key to the layout unless it holds a later generation of the same
+/// row (a relay of the previous deployment never sets it back). The same
+/// generation is written again, and a copy of another row (`origin`) is
+/// replaced whatever its generation: PostgreSQL's row is the truth (a
+/// database made afresh in a namespace whose copy survived). A copy or a
+/// layout without an origin (a relay of an earlier version) compares
+/// generations only.
 const PUBLISH: &str = "local current = redis.call('GET', KEYS[1]) \
     if current then \
         local ok, decoded = pcall(cjson.decode, current) \
         if ok and type(decoded) == 'table' and tonumber(decoded.generation) \
-            and tonumber(decoded.generation) > tonumber(ARGV[2]) then return 0 end \
+            and tonumber(decoded.generation) > tonumber(ARGV[2]) \
+            and (ARGV[3] == '' or type(decoded.origin) ~= 'string' \
+                 or decoded.origin == ARGV[3]) then return 0 end \
     end \
     redis.call('SET', KEYS[1], ARGV[1]) return 1";
 
@@ -277,7 +290,8 @@ pub async fn read(redis: &mut Redis, namespace: &str) -> Result<Option<Layout>, 
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
-/// Copies `layout` to Redis unless Redis has a later generation; true if written.
+/// Copies `layout` to Redis unless Redis has a later generation of the same
+/// row ([`PUBLISH`]); true if written.
 pub async fn publish(
     redis: &mut Redis,
     namespace: &str,
@@ -290,6 +304,7 @@ pub async fn publish(
         .arg(layout_key(namespace))
         .arg(json)
         .arg(layout.generation)
+        .arg(layout.origin.as_deref().unwrap_or_default())
         .query_async(redis)
         .await?;
     Ok(written == 1)

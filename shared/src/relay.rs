@@ -424,6 +424,11 @@ impl OutboxSql {
     }
 }
 
+/// `toolkit.stream_layout` as [`Relay::read_layout`] reads it: generation,
+/// partitions, previous (JSON), whether the relay started after its last
+/// change, origin.
+type LayoutRow = (i32, i32, Option<String>, bool, String);
+
 /// The second key of a relay slot's advisory lock is this plus the slot: the
 /// outbox's name hashed (FNV-1a, stable across builds and machines, so every
 /// relay of any version agrees) in the high bits, the slot in the low eight.
@@ -520,6 +525,7 @@ impl Relay {
                     generation,
                     partitions: u16::try_from(partitions).unwrap_or(1),
                     previous: None,
+                    origin: None,
                 }
             }
             _ => Layout::first(self.options.stream_partitions),
@@ -574,21 +580,22 @@ impl Relay {
             .unwrap_or_default()
             .as_secs_f64();
         let sql = format!(
-            "SELECT generation, partitions, previous::text, changed_at < to_timestamp($2)
+            "SELECT generation, partitions, previous::text, changed_at < to_timestamp($2),
+                    origin::text
              FROM toolkit.stream_layout WHERE namespace = $1{}",
             if lock { " FOR UPDATE" } else { "" }
         );
-        let (generation, partitions, previous, newer): (i32, i32, Option<String>, bool) =
-            sqlx::query_as(&sql)
-                .bind(&self.options.stream_namespace)
-                .bind(started)
-                .fetch_one(executor)
-                .await
-                .map_err(db("reading the stream layout"))?;
+        let (generation, partitions, previous, newer, origin): LayoutRow = sqlx::query_as(&sql)
+            .bind(&self.options.stream_namespace)
+            .bind(started)
+            .fetch_one(executor)
+            .await
+            .map_err(db("reading the stream layout"))?;
         let layout = Layout {
             generation: u32::try_from(generation).unwrap_or(0),
             partitions: u16::try_from(partitions).unwrap_or(1),
             previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
+            origin: Some(origin),
         };
         Ok((layout, newer))
     }

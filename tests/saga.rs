@@ -971,3 +971,157 @@ async fn a_lost_cancellation_is_sent_again_until_the_inventory_confirms_the_rele
     assert_eq!(later.cancelled_resent, 0, "{later:?}");
     system.stop().await
 }
+
+/// Sessions of `db`'s database waiting on a lock of this kind (`transactionid`,
+/// `advisory`, …).
+async fn waiting_on(db: &TestDb, lock: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = $1",
+    )
+    .bind(lock)
+    .fetch_one(&db.pool)
+    .await?)
+}
+
+/// Runs `reserve` and `cancel` (one participant's batches for one order) as
+/// two consumers would with one order's events at once (a lease lost in a
+/// Redis failover can hand a stream to a second reader while the first still
+/// works). A test transaction holds an answer to the order's `OrderCreated`
+/// in `schema`'s answers uncommitted, so the reserving batch stops at the end
+/// of its write, after its reads, until the test rolls it back; the
+/// cancelling batch runs meanwhile. Returns what each applied.
+async fn reserve_beside_a_cancellation<R, C>(
+    db: &TestDb,
+    schema: &str,
+    order: uuid::Uuid,
+    reserve: R,
+    cancel: C,
+) -> anyhow::Result<String>
+where
+    R: std::future::Future + Send + 'static,
+    C: std::future::Future + Send + 'static,
+    R::Output: std::fmt::Debug + Send,
+    C::Output: std::fmt::Debug + Send,
+{
+    let mut blocker = db.pool.begin().await?;
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.answers (order_id, request, event_id, event_type, schema_version,
+                                       aggregate_type, aggregate_id, occurred_at, payload)
+         VALUES ($1, 'OrderCreated', gen_random_uuid(), 'Answer', 1, 'Answer', $1::text, now(),
+                 '{{}}')"
+    ))
+    .bind(order)
+    .execute(&mut *blocker)
+    .await?;
+    let reserving = tokio::spawn(reserve);
+    wait_until(
+        Duration::from_secs(10),
+        "the reserving batch waits inside its write",
+        || async { Ok(waiting_on(db, "transactionid").await? == 1) },
+    )
+    .await?;
+    let cancelling = tokio::spawn(cancel);
+    // It waits for the order's lock, or (without one) decides at once.
+    wait_until(
+        Duration::from_secs(10),
+        "the cancelling batch decides or waits for the order",
+        || async { Ok(cancelling.is_finished() || waiting_on(db, "advisory").await? == 1) },
+    )
+    .await?;
+    blocker.rollback().await?;
+    let reserved = reserving.await?;
+    let released = cancelling.await?;
+    Ok(format!("{reserved:?}, then {released:?}"))
+}
+
+/// The inventory's batches for one order at once: the cancellation waits for
+/// the reservation's transaction, then releases it. Without the order lock it
+/// decides meanwhile, finds nothing to release, and the stock stays held for a
+/// cancelled order.
+#[tokio::test]
+async fn a_cancellation_beside_its_order_s_uncommitted_reservation_releases_it(
+) -> anyhow::Result<()> {
+    let db = TestDb::fresh().await?;
+    sqlx::query("INSERT INTO inventory.stock (sku, available, price_cents) VALUES ('W-1', 5, 100)")
+        .execute(&db.pool)
+        .await?;
+    let order = contracts::OrderId::new();
+    let create = inventory_consumer::Job {
+        event_id: uuid::Uuid::now_v7(),
+        traceparent: None,
+        command: inventory_consumer::Command::Reserve {
+            order_id: order,
+            lines: vec![inventory_consumer::Line {
+                sku: contracts::Sku::parse("W-1")?,
+                quantity: contracts::Quantity::try_from(2_i64)?,
+                unit_price_cents: 100,
+            }],
+        },
+    };
+    let cancel = inventory_consumer::Job {
+        event_id: uuid::Uuid::now_v7(),
+        traceparent: None,
+        command: inventory_consumer::Command::Release { order_id: order },
+    };
+    let (a, b) = (db.pool.clone(), db.pool.clone());
+    let applied = reserve_beside_a_cancellation(
+        &db,
+        "inventory",
+        order.as_uuid(),
+        async move { inventory_consumer::apply(&a, &[create]).await },
+        async move { inventory_consumer::apply(&b, &[cancel]).await },
+    )
+    .await?;
+    let (available, held): (i32, i32) =
+        sqlx::query_as("SELECT available, reserved FROM inventory.stock WHERE sku = 'W-1'")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(
+        (available, held),
+        (5, 0),
+        "no stock held for the cancelled order ({applied})"
+    );
+    Ok(())
+}
+
+/// The same for the customer service's credit.
+#[tokio::test]
+async fn a_cancellation_beside_its_order_s_uncommitted_credit_releases_it() -> anyhow::Result<()> {
+    let db = TestDb::fresh().await?;
+    let order = contracts::OrderId::new();
+    let customer = contracts::CustomerId::parse("race-1")?;
+    let create = customers_consumer::Job {
+        event_id: uuid::Uuid::now_v7(),
+        traceparent: None,
+        command: customers_consumer::Command::Reserve {
+            order_id: order,
+            customer: customer.clone(),
+            total_cents: 300,
+        },
+    };
+    let cancel = customers_consumer::Job {
+        event_id: uuid::Uuid::now_v7(),
+        traceparent: None,
+        command: customers_consumer::Command::Release { order_id: order },
+    };
+    let (a, b) = (db.pool.clone(), db.pool.clone());
+    let applied = reserve_beside_a_cancellation(
+        &db,
+        "customers",
+        order.as_uuid(),
+        async move { customers_consumer::apply(&a, &[create], 1_000).await },
+        async move { customers_consumer::apply(&b, &[cancel], 1_000).await },
+    )
+    .await?;
+    let reserved: i64 = sqlx::query_scalar(
+        "SELECT reserved_cents FROM customers.credit WHERE customer_id = 'race-1'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(
+        reserved, 0,
+        "no credit held for the cancelled order ({applied})"
+    );
+    Ok(())
+}

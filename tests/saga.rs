@@ -1090,13 +1090,12 @@ async fn a_cancellation_beside_its_order_s_uncommitted_reservation_releases_it(
 async fn a_cancellation_beside_its_order_s_uncommitted_credit_releases_it() -> anyhow::Result<()> {
     let db = TestDb::fresh().await?;
     let order = contracts::OrderId::new();
-    let customer = contracts::CustomerId::parse("race-1")?;
     let create = customers_consumer::Job {
         event_id: uuid::Uuid::now_v7(),
         traceparent: None,
         command: customers_consumer::Command::Reserve {
             order_id: order,
-            customer: customer.clone(),
+            customer: contracts::CustomerId::parse("race-1")?,
             total_cents: 300,
         },
     };

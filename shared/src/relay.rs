@@ -308,10 +308,12 @@ impl Counts {
     }
 }
 
-/// The drain's shared set of slots seen drained (a panicked loop's set is as
-/// good as any: it only ever grows or clears).
-fn lock(seen: &std::sync::Mutex<BTreeSet<i16>>) -> std::sync::MutexGuard<'_, BTreeSet<i16>> {
-    seen.lock()
+/// A relay's shared state: a drain's set of slots seen drained, a change's
+/// waiting (what a panicked holder left is as good as any: each only ever
+/// grows or clears).
+fn lock<T>(shared: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -471,6 +473,31 @@ pub struct Relay {
     copied_generation: AtomicI64,
     /// The latest layout generation its batches published with.
     seen_generation: AtomicI64,
+    /// A change of this relay's waiting for consumer groups: since when, and
+    /// when it last said so at warn level.
+    waiting: std::sync::Mutex<Option<Waiting>>,
+}
+
+/// A layout change that waits for consumer groups to finish a generation.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    since: Instant,
+    warned: Option<Instant>,
+}
+
+/// How long a layout change waits quietly (at debug level) before the relay
+/// warns, and then how often it warns again.
+const WAITING_WARNING: Duration = Duration::from_secs(60);
+
+impl Waiting {
+    /// Whether to warn at `now`: after [`WAITING_WARNING`] of waiting, then
+    /// once every [`WAITING_WARNING`].
+    fn warn_at(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= WAITING_WARNING
+            && self
+                .warned
+                .is_none_or(|warned| now.duration_since(warned) >= WAITING_WARNING)
+    }
 }
 
 impl fmt::Debug for Relay {
@@ -498,6 +525,7 @@ impl Relay {
             started: std::time::SystemTime::now(),
             copied_generation: AtomicI64::new(-1),
             seen_generation: AtomicI64::new(0),
+            waiting: std::sync::Mutex::new(None),
         }
     }
 
@@ -552,11 +580,14 @@ impl Relay {
         if let Change::Repartition { to } = layout.change_for(self.options.stream_partitions, newer)
         {
             match self.repartition(to).await? {
-                Ok(changed) => layout = changed,
-                Err(waiting) => {
-                    debug!(namespace = %namespace, partitions = to, %waiting, "repartitioning waits until every consumer group has finished the previous generation");
+                Ok(changed) => {
+                    layout = changed;
+                    *lock(&self.waiting) = None;
                 }
+                Err(waiting) => self.still_waiting(to, &waiting),
             }
+        } else {
+            *lock(&self.waiting) = None;
         }
         let mut redis = self.redis.clone();
         crate::layout::publish(&mut redis, namespace, &layout)
@@ -565,6 +596,34 @@ impl Relay {
         self.copied_generation
             .fetch_max(i64::from(layout.generation), Ordering::Relaxed);
         Ok(layout)
+    }
+
+    /// Says that a change to `to` partitions waits for `group` (what
+    /// [`Relay::repartition`] gave back): at debug level, and at warn level
+    /// once it has waited a minute, then once a minute, since a group nobody
+    /// runs any more blocks every further change.
+    fn still_waiting(&self, to: u16, group: &str) {
+        let namespace = &self.options.stream_namespace;
+        let now = Instant::now();
+        let mut waiting = lock(&self.waiting);
+        let state = waiting.get_or_insert(Waiting {
+            since: now,
+            warned: None,
+        });
+        if state.warn_at(now) {
+            state.warned = Some(now);
+            warn!(
+                namespace = %namespace,
+                partitions = to,
+                waited_s = now.duration_since(state.since).as_secs(),
+                waiting_for = %group,
+                "repartitioning waits until every consumer group has finished the previous \
+                 generation; a group nobody runs any more blocks it: remove it from each of \
+                 its streams (XGROUP DESTROY <stream> <group>)"
+            );
+        } else {
+            debug!(namespace = %namespace, partitions = to, waiting_for = %group, "repartitioning waits until every consumer group has finished the previous generation");
+        }
     }
 
     /// The namespace's layout, and whether this relay started after it last
@@ -1463,6 +1522,25 @@ mod tests {
         Batch::Empty {
             slots: slots.collect(),
         }
+    }
+
+    /// A change that waits is said at warn level after a minute, then once a
+    /// minute; at debug level in between.
+    #[test]
+    fn a_waiting_change_warns_after_a_minute_then_once_a_minute() {
+        let since = Instant::now();
+        let at = |s: u64| since + Duration::from_secs(s);
+        let mut waiting = Waiting {
+            since,
+            warned: None,
+        };
+        assert!(!waiting.warn_at(at(0)));
+        assert!(!waiting.warn_at(at(59)));
+        assert!(waiting.warn_at(at(60)));
+        waiting.warned = Some(at(60));
+        assert!(!waiting.warn_at(at(61)));
+        assert!(!waiting.warn_at(at(119)));
+        assert!(waiting.warn_at(at(120)));
     }
 
     /// A drain woken by notifications ends once every slot was found without

@@ -239,40 +239,26 @@ pub struct Backlog {
     pub failed: u64,
 }
 
-/// When a drain of one outbox is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Until {
-    /// Every slot seen without pending rows since the last batch that
-    /// published: a drain that nothing wakes again ([`Relay::drain_until`]).
-    Quiet,
-    /// Every slot seen without pending rows once, counting a batch that took
-    /// fewer rows than it could: a drain that the outbox's notifications wake
-    /// again for rows committed since ([`Relay::run`]). Under a steady flow of
-    /// small commits this saves the empty rounds `Quiet` would make after
-    /// each one.
-    Drained,
-}
-
-impl Until {
-    /// Adds what `batch` found to `seen` (the slots found without pending rows)
-    /// and says whether the drain is done.
-    fn done(self, seen: &mut BTreeSet<i16>, batch: Batch) -> bool {
-        match batch {
-            Batch::Done { drained, .. } => {
-                match self {
-                    Until::Quiet => seen.clear(),
-                    Until::Drained => seen.extend(drained),
-                }
-                seen.len() == SLOTS as usize
-            }
-            Batch::Empty { slots } => {
-                let before = seen.len();
-                seen.extend(slots);
-                seen.len() == before || seen.len() == SLOTS as usize
-            }
-            // Others hold every slot: they are draining it.
-            Batch::Busy => true,
+/// Adds what `batch` found to `seen` (the slots found without pending rows)
+/// and says whether the drain of its outbox is done: every slot seen without
+/// pending rows once, counting a batch that took fewer rows than it could.
+/// Rows committed since are for the next drain: the one the outbox's
+/// notifications wake ([`Relay::run`]), or the next round ([`Relay::drain_until`]).
+/// Under a steady flow of small commits this saves the empty batches a rule of
+/// "every slot empty since the last batch that published" makes after each one.
+fn drained(seen: &mut BTreeSet<i16>, batch: Batch) -> bool {
+    match batch {
+        Batch::Done { drained, .. } => {
+            seen.extend(drained);
+            seen.len() == SLOTS as usize
         }
+        Batch::Empty { slots } => {
+            let before = seen.len();
+            seen.extend(slots);
+            seen.len() == before || seen.len() == SLOTS as usize
+        }
+        // Others hold every slot: they are draining it.
+        Batch::Busy => true,
     }
 }
 
@@ -293,6 +279,13 @@ impl Counts {
             batches: total.batches + c.batches,
             hit_deadline: total.hit_deadline || c.hit_deadline,
         })
+    }
+
+    /// Whether [`Relay::drain_until`] drains every outbox again after a round
+    /// that did this: it published or set aside rows (more may have come
+    /// meanwhile, to any outbox), and time is left.
+    fn another_round(&self) -> bool {
+        !self.hit_deadline && self.published + self.failed > 0
     }
 
     /// Counts what `batch` did.
@@ -1001,27 +994,35 @@ impl Relay {
         Ok(summary)
     }
 
-    /// Drains every outbox at once, each with its own batch loops, so that one
-    /// that never empties (rows keep arriving) does not hold up the others
-    /// (`tests/outbox_relay.rs::a_busy_outbox_does_not_starve_the_others`).
+    /// Drains every outbox at once, each with its own batch loops, in rounds
+    /// until one finds nothing to publish. A round ends when every outbox was
+    /// seen drained once, so one that never empties (rows keep arriving) holds
+    /// up neither the others
+    /// (`tests/outbox_relay.rs::a_busy_outbox_does_not_starve_the_others`) nor
+    /// the rows committed to a quiet one while it drains: they wait one round,
+    /// not until the busy one empties
+    /// (`tests/outbox_relay.rs::a_quiet_outbox_s_new_rows_wait_one_round_not_the_busy_one`).
     async fn drain_all(&self, deadline: Instant) -> Result<Counts, RelayError> {
-        let drains = self
-            .options
-            .outboxes
-            .iter()
-            .map(|outbox| self.drain_outbox(outbox, deadline, Until::Quiet));
-        Ok(Counts::sum(futures::future::try_join_all(drains).await?))
+        let mut rounds = Vec::new();
+        loop {
+            let drains = self
+                .options
+                .outboxes
+                .iter()
+                .map(|outbox| self.drain_outbox(outbox, deadline));
+            let round = Counts::sum(futures::future::try_join_all(drains).await?);
+            let again = round.another_round();
+            rounds.push(round);
+            if !again {
+                return Ok(Counts::sum(rounds));
+            }
+        }
     }
 
     /// Drains one outbox with [`RelayOptions::batches_in_flight`] batch loops at
     /// once: while one batch waits for Redis, another reads or commits. They take
     /// disjoint slots, so order per aggregate holds.
-    async fn drain_outbox(
-        &self,
-        outbox: &Outbox,
-        deadline: Instant,
-        until: Until,
-    ) -> Result<Counts, RelayError> {
+    async fn drain_outbox(&self, outbox: &Outbox, deadline: Instant) -> Result<Counts, RelayError> {
         let seen = std::sync::Mutex::new(BTreeSet::new());
         // The first batch takes every free slot: a drain woken by a few commits
         // is then one transaction, where loops of `slots_per_batch` slots each
@@ -1029,31 +1030,30 @@ impl Relay {
         // start only when that batch leaves work.
         let mut first = Counts::default();
         if self
-            .step(outbox, deadline, until, &seen, SLOTS as u32, &mut first)
+            .step(outbox, deadline, &seen, SLOTS as u32, &mut first)
             .await?
         {
             return Ok(first);
         }
         let loops = (0..self.options.batches_in_flight.max(1))
-            .map(|_| self.batch_loop(outbox, deadline, until, &seen));
+            .map(|_| self.batch_loop(outbox, deadline, &seen));
         let mut all = futures::future::try_join_all(loops).await?;
         all.push(first);
         Ok(Counts::sum(all))
     }
 
-    /// Batches until [`Until`] says the outbox is done, or `deadline`. `seen`:
+    /// Batches until the outbox is [`drained`], or `deadline`. `seen`:
     /// the slots the drain's loops have found without pending rows, shared.
     async fn batch_loop(
         &self,
         outbox: &Outbox,
         deadline: Instant,
-        until: Until,
         seen: &std::sync::Mutex<BTreeSet<i16>>,
     ) -> Result<Counts, RelayError> {
         let slots = self.options.slots_per_batch;
         let mut counts = Counts::default();
         while !self
-            .step(outbox, deadline, until, seen, slots, &mut counts)
+            .step(outbox, deadline, seen, slots, &mut counts)
             .await?
         {}
         Ok(counts)
@@ -1065,7 +1065,6 @@ impl Relay {
         &self,
         outbox: &Outbox,
         deadline: Instant,
-        until: Until,
         seen: &std::sync::Mutex<BTreeSet<i16>>,
         slots: u32,
         counts: &mut Counts,
@@ -1076,7 +1075,7 @@ impl Relay {
         }
         let batch = self.batch(outbox, slots).await?;
         counts.add(&batch);
-        Ok(until.done(&mut lock(seen), batch))
+        Ok(drained(&mut lock(seen), batch))
     }
 
     /// Drains, then waits for `NOTIFY outbox` (sent when outbox rows commit) or
@@ -1226,11 +1225,7 @@ impl Relay {
         while !*stopped.borrow() {
             // A bounded round, so that a stop is seen even under constant load.
             match self
-                .drain_outbox(
-                    outbox,
-                    Instant::now() + Duration::from_secs(1),
-                    Until::Drained,
-                )
+                .drain_outbox(outbox, Instant::now() + Duration::from_secs(1))
                 .await
             {
                 Ok(counts) => {
@@ -1543,36 +1538,34 @@ mod tests {
         assert!(waiting.warn_at(at(120)));
     }
 
-    /// A drain woken by notifications ends once every slot was found without
-    /// pending rows, a short batch counting; one nothing wakes again starts
-    /// over after every batch that published.
+    /// A drain ends once every slot was found without pending rows, a short
+    /// batch counting, or when others hold every slot.
     #[test]
     fn a_drain_ends_when_its_slots_are_drained() {
         let mut seen = BTreeSet::new();
-        assert!(
-            !Until::Drained.done(&mut seen, done(3, 0..8)),
-            "half the slots"
-        );
-        assert!(
-            !Until::Drained.done(&mut seen, done(500, 0..0)),
-            "a full batch"
-        );
-        assert!(Until::Drained.done(&mut seen, empty(8..16)), "all drained");
+        assert!(!drained(&mut seen, done(3, 0..8)), "half the slots");
+        assert!(!drained(&mut seen, done(500, 0..0)), "a full batch");
+        assert!(drained(&mut seen, empty(8..16)), "all drained");
+        let mut seen = BTreeSet::new();
+        assert!(!drained(&mut seen, empty(0..8)));
+        assert!(drained(&mut seen, empty(0..8)), "nothing new seen");
+        assert!(drained(&mut BTreeSet::new(), Batch::Busy));
+    }
 
-        let mut seen = BTreeSet::new();
-        assert!(!Until::Quiet.done(&mut seen, done(3, 0..8)));
-        assert!(
-            !Until::Quiet.done(&mut seen, empty(8..16)),
-            "0..8 unseen since"
-        );
-        assert!(Until::Quiet.done(&mut seen, empty(0..8)));
-        let mut seen = BTreeSet::new();
-        assert!(!Until::Quiet.done(&mut seen, empty(0..8)));
-        assert!(
-            Until::Quiet.done(&mut seen, empty(0..8)),
-            "nothing new seen"
-        );
-        assert!(Until::Drained.done(&mut seen, Batch::Busy));
+    /// `drain_until` drains every outbox again after a round that published or
+    /// set rows aside, until one finds nothing or time is up.
+    #[test]
+    fn another_round_follows_one_that_published() {
+        let round = |published, failed, hit_deadline| Counts {
+            published,
+            failed,
+            batches: 1,
+            hit_deadline,
+        };
+        assert!(round(3, 0, false).another_round());
+        assert!(round(0, 1, false).another_round());
+        assert!(!round(0, 0, false).another_round());
+        assert!(!round(3, 0, true).another_round());
     }
 
     #[test]

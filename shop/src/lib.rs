@@ -74,7 +74,7 @@ pub enum ShopFunction {
     CreateOrder(create_order::Deps),
     InventoryApi(inventory_api::Deps),
     CustomersApi(customers_api::Deps),
-    OutboxRelay(outbox_relay::Deps),
+    OutboxRelay(Box<outbox_relay::Deps>),
     InventoryConsumer(Arc<inventory_consumer::Deps>),
     CustomersConsumer(Arc<shared::source::Consumer<Customers>>),
     OrderSaga(Arc<order_saga::Deps>),
@@ -97,9 +97,9 @@ impl ShopFunction {
             "customers-api" => Self::CustomersApi(customers_api::Deps::new(
                 &customers_api::Config::from_env(env)?,
             )),
-            "outbox-relay" => Self::OutboxRelay(
+            "outbox-relay" => Self::OutboxRelay(Box::new(
                 outbox_relay::Deps::connect(&outbox_relay::Config::from_env(env)?).await?,
-            ),
+            )),
             "inventory-consumer" => {
                 let config = local(stream_consumer::config::<Inventory>(env)?);
                 Self::InventoryConsumer(Arc::new(stream_consumer::connect(&config, env).await?))

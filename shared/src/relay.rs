@@ -58,6 +58,9 @@ pub struct RelayOptions {
     pub slots_per_batch: u32,
     /// Batch loops one relay runs at once per outbox (`RELAY_BATCHES_IN_FLIGHT`, 2).
     pub batches_in_flight: u32,
+    /// While [`Relay::drain_until`] drains a busy outbox, how often it looks
+    /// again at one it found drained (`RELAY_IDLE_POLL_MS`, 50).
+    pub idle_poll: Duration,
     /// Streams per aggregate type (`hash(aggregate_id) mod N`).
     pub stream_partitions: u16,
     /// The first part of every stream key (`events:{Order:0}`).
@@ -99,6 +102,7 @@ impl Default for RelayOptions {
             batch_size: 500,
             slots_per_batch: 8,
             batches_in_flight: 2,
+            idle_poll: Duration::from_millis(50),
             stream_partitions: 1,
             stream_namespace: crate::streams::DEFAULT_NAMESPACE.to_owned(),
             max_entry_bytes: 1024 * 1024,
@@ -128,6 +132,7 @@ impl RelayOptions {
             512 * 1024 * 1024,
         )?;
         let in_flight = env.in_range("RELAY_BATCHES_IN_FLIGHT", d.batches_in_flight, 1, 16)?;
+        let idle_poll_ms: u64 = env.in_range("RELAY_IDLE_POLL_MS", 50, 1, 60_000)?;
         let hours: u64 = env.in_range("STREAM_RETENTION_HOURS", 168, 1, 24 * 365 * 10)?;
         let min_replicas = env.in_range("REDIS_MIN_REPLICAS", 0, 0, 5)?;
         let replica_timeout_ms = env.in_range("REDIS_REPLICA_TIMEOUT_MS", 1000, 1, 60_000)?;
@@ -139,6 +144,7 @@ impl RelayOptions {
             outboxes,
             batch_size: batch,
             batches_in_flight: in_flight,
+            idle_poll: Duration::from_millis(idle_poll_ms),
             stream_partitions: crate::streams::partitions(env)?,
             max_entry_bytes: max_entry,
             stream_retention: Duration::from_secs(hours * 3600),
@@ -243,7 +249,7 @@ pub struct Backlog {
 /// and says whether the drain of its outbox is done: every slot seen without
 /// pending rows once, counting a batch that took fewer rows than it could.
 /// Rows committed since are for the next drain: the one the outbox's
-/// notifications wake ([`Relay::run`]), or the next round ([`Relay::drain_until`]).
+/// notifications wake ([`Relay::run`]), or the next look ([`Relay::drain_until`]).
 /// Under a steady flow of small commits this saves the empty batches a rule of
 /// "every slot empty since the last batch that published" makes after each one.
 fn drained(seen: &mut BTreeSet<i16>, batch: Batch) -> bool {
@@ -281,11 +287,9 @@ impl Counts {
         })
     }
 
-    /// Whether [`Relay::drain_until`] drains every outbox again after a round
-    /// that did this: it published or set aside rows (more may have come
-    /// meanwhile, to any outbox), and time is left.
-    fn another_round(&self) -> bool {
-        !self.hit_deadline && self.published + self.failed > 0
+    /// Whether the drain that did this published or set aside rows.
+    fn worked(&self) -> bool {
+        self.published + self.failed > 0
     }
 
     /// Counts what `batch` did.
@@ -298,6 +302,29 @@ impl Counts {
             self.failed += failed;
             self.batches += 1;
         }
+    }
+}
+
+/// What one outbox's loop in [`Relay::drain_until`] does after a drain of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Drain it again at once: the last drain published.
+    Drain,
+    /// Look again after [`RelayOptions::idle_poll`]: it was drained, but
+    /// another outbox is still being drained.
+    Pause,
+    /// Done: time is up, or every outbox was found drained.
+    Stop,
+}
+
+/// The decision of [`Next`]: `worked`, the drain published or set aside rows;
+/// `others_busy`, another outbox's last drain did.
+fn next(hit_deadline: bool, worked: bool, others_busy: bool) -> Next {
+    match (hit_deadline, worked, others_busy) {
+        (true, _, _) => Next::Stop,
+        (false, true, _) => Next::Drain,
+        (false, false, true) => Next::Pause,
+        (false, false, false) => Next::Stop,
     }
 }
 
@@ -994,27 +1021,62 @@ impl Relay {
         Ok(summary)
     }
 
-    /// Drains every outbox at once, each with its own batch loops, in rounds
-    /// until one finds nothing to publish. A round ends when every outbox was
-    /// seen drained once, so one that never empties (rows keep arriving) holds
-    /// up neither the others
+    /// Drains every outbox at once, each with its own batch loops, until every
+    /// one was found drained, so one that never empties (rows keep arriving)
+    /// holds up neither the others
     /// (`tests/outbox_relay.rs::a_busy_outbox_does_not_starve_the_others`) nor
-    /// the rows committed to a quiet one while it drains: they wait one round,
-    /// not until the busy one empties
+    /// the rows committed to a quiet one meanwhile: it is looked at again every
+    /// [`RelayOptions::idle_poll`] while another is busy
     /// (`tests/outbox_relay.rs::a_quiet_outbox_s_new_rows_wait_one_round_not_the_busy_one`).
     async fn drain_all(&self, deadline: Instant) -> Result<Counts, RelayError> {
-        let mut rounds = Vec::new();
+        let busy = AtomicUsize::new(self.options.outboxes.len());
+        let drains = self
+            .options
+            .outboxes
+            .iter()
+            .map(|outbox| self.drain_while_busy(outbox, deadline, &busy));
+        Ok(Counts::sum(futures::future::try_join_all(drains).await?))
+    }
+
+    /// Drains `outbox` again and again while it has work, then every
+    /// [`RelayOptions::idle_poll`] while another outbox has ([`next`]).
+    /// `busy`: how many outboxes' last drain worked, shared.
+    async fn drain_while_busy(
+        &self,
+        outbox: &Outbox,
+        deadline: Instant,
+        busy: &AtomicUsize,
+    ) -> Result<Counts, RelayError> {
+        let mut drains = Vec::new();
+        let mut counted_busy = true;
         loop {
-            let drains = self
-                .options
-                .outboxes
-                .iter()
-                .map(|outbox| self.drain_outbox(outbox, deadline));
-            let round = Counts::sum(futures::future::try_join_all(drains).await?);
-            let again = round.another_round();
-            rounds.push(round);
-            if !again {
-                return Ok(Counts::sum(rounds));
+            let drain = self.drain_outbox(outbox, deadline).await?;
+            let (hit_deadline, worked) = (drain.hit_deadline, drain.worked());
+            drains.push(drain);
+            if worked != counted_busy {
+                if worked {
+                    busy.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                }
+                counted_busy = worked;
+            }
+            let others_busy = busy.load(Ordering::SeqCst) > usize::from(counted_busy);
+            match next(hit_deadline, worked, others_busy) {
+                Next::Drain => {}
+                Next::Pause => {
+                    let pause = self
+                        .options
+                        .idle_poll
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
+                Next::Stop => {
+                    if counted_busy {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    return Ok(Counts::sum(drains));
+                }
             }
         }
     }
@@ -1552,20 +1614,17 @@ mod tests {
         assert!(drained(&mut BTreeSet::new(), Batch::Busy));
     }
 
-    /// `drain_until` drains every outbox again after a round that published or
-    /// set rows aside, until one finds nothing or time is up.
+    /// In `drain_until`, an outbox is drained again at once after a drain that
+    /// published, looked at again after a pause while another is busy, and
+    /// left once every outbox was found drained or time is up.
     #[test]
-    fn another_round_follows_one_that_published() {
-        let round = |published, failed, hit_deadline| Counts {
-            published,
-            failed,
-            batches: 1,
-            hit_deadline,
-        };
-        assert!(round(3, 0, false).another_round());
-        assert!(round(0, 1, false).another_round());
-        assert!(!round(0, 0, false).another_round());
-        assert!(!round(3, 0, true).another_round());
+    fn an_outbox_is_looked_at_again_while_another_is_busy() {
+        assert_eq!(next(false, true, false), Next::Drain);
+        assert_eq!(next(false, true, true), Next::Drain);
+        assert_eq!(next(false, false, true), Next::Pause);
+        assert_eq!(next(false, false, false), Next::Stop);
+        assert_eq!(next(true, true, true), Next::Stop);
+        assert_eq!(next(true, false, true), Next::Stop);
     }
 
     #[test]

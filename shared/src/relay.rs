@@ -279,12 +279,18 @@ struct Counts {
 impl Counts {
     /// What several drains did together.
     fn sum(all: Vec<Counts>) -> Self {
-        all.into_iter().fold(Self::default(), |total, c| Self {
-            published: total.published + c.published,
-            failed: total.failed + c.failed,
-            batches: total.batches + c.batches,
-            hit_deadline: total.hit_deadline || c.hit_deadline,
+        all.into_iter().fold(Self::default(), |mut total, c| {
+            total.absorb(&c);
+            total
         })
+    }
+
+    /// Adds what another drain did.
+    fn absorb(&mut self, other: &Counts) {
+        self.published += other.published;
+        self.failed += other.failed;
+        self.batches += other.batches;
+        self.hit_deadline |= other.hit_deadline;
     }
 
     /// Whether the drain that did this published or set aside rows.
@@ -1047,12 +1053,12 @@ impl Relay {
         deadline: Instant,
         busy: &AtomicUsize,
     ) -> Result<Counts, RelayError> {
-        let mut drains = Vec::new();
+        let mut total = Counts::default();
         let mut counted_busy = true;
         loop {
             let drain = self.drain_outbox(outbox, deadline).await?;
             let (hit_deadline, worked) = (drain.hit_deadline, drain.worked());
-            drains.push(drain);
+            total.absorb(&drain);
             if worked != counted_busy {
                 if worked {
                     busy.fetch_add(1, Ordering::SeqCst);
@@ -1075,7 +1081,7 @@ impl Relay {
                     if counted_busy {
                         busy.fetch_sub(1, Ordering::SeqCst);
                     }
-                    return Ok(Counts::sum(drains));
+                    return Ok(total);
                 }
             }
         }
